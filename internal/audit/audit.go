@@ -1,0 +1,42 @@
+// Package audit names the audit events and log fields that operators read and
+// alert on; the names are a stable interface, defined here once.
+package audit
+
+// Event names, logged in the field Event. Each is one line per occurrence.
+const (
+	ConnRejected    = "conn_rejected"    // a connection closed before TLS (reason, addr)
+	HandshakeFailed = "handshake_failed" // TLS handshake refused or timed out (reason, addr)
+	SessionOpened   = "session_opened"   // a yamux session is up (identity, addr)
+	SessionClosed   = "session_closed"   // a session ended (identity, addr, duration)
+	SessionFailed   = "session_failed"   // the client could not establish a session (reason)
+	StreamOpened    = "stream_opened"    // a stream passed its header and reached the backend
+	StreamRefused   = "stream_refused"   // a stream got a non-zero status (route, status)
+	StreamClosed    = "stream_closed"    // a stream ended (route, identity, bytes each way, duration)
+	ListenerStarted = "listener_started" // a listener is bound (addr); tests read the bound address from it
+	ServerStopping  = "server_stopping"  // shutdown began
+	ReloadApplied   = "reload_applied"
+	ReloadRejected  = "reload_rejected"
+)
+
+// Field names. Values that come from a peer are capped in length by the
+// code that logs them.
+const (
+	Event      = "event"
+	Reason     = "reason"
+	Addr       = "addr"        // the peer's address, host:port
+	Listen     = "listen"      // a local listening address
+	Route      = "route"       // a route name
+	Status     = "status"      // a wire status name
+	Backend    = "backend"     // a backend target
+	BytesIn    = "bytes_in"    // bytes from the client side towards the backend
+	BytesOut   = "bytes_out"   // bytes from the backend towards the client side
+	DurationMS = "duration_ms" // elapsed milliseconds
+	Error      = "error"       // a local error's text; never certificate or key contents
+	Component  = "component"   // the subsystem that logged the line
+	Count      = "count"       // how many events a rate-limited line stands for
+
+	IdentityCN          = "identity_cn"
+	IdentitySANs        = "identity_sans"
+	IdentitySerial      = "identity_serial"
+	IdentityFingerprint = "identity_fingerprint"
+)

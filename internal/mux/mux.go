@@ -1,0 +1,70 @@
+// Package mux holds the yamux settings both roles share and adapts a yamux
+// stream to the half-close interface the copy loop uses.
+package mux
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/sirupsen/logrus"
+)
+
+// Window is the per-stream receive window. yamux's 256 KiB default caps one
+// stream at window/RTT (about 5 MB/s at 50 ms); 4 MiB allows about 80 MB/s
+// at 50 ms. The buffer behind it grows only while the reader lags, so idle
+// streams cost nothing; the worst case per session is streams x Window,
+// which the server bounds with its per-session stream cap.
+const Window = 4 << 20
+
+// Config returns the yamux configuration for one session. keepalive is the
+// ping interval: a ping that is not answered within the write timeout ends
+// the session, so a dead peer is noticed within keepalive + 10 s.
+func Config(log *logrus.Entry, keepalive time.Duration) *yamux.Config {
+	c := yamux.DefaultConfig()
+	// Streams are accepted and given a goroutine at once, so the backlog only
+	// absorbs bursts between Accept calls.
+	c.AcceptBacklog = 1024
+	c.EnableKeepAlive = keepalive > 0
+	if keepalive > 0 {
+		c.KeepAliveInterval = keepalive
+	}
+	c.MaxStreamWindowSize = Window
+	// A session whose frames cannot be written for this long is dead (or the
+	// peer stopped reading the whole connection): close it rather than hang.
+	c.ConnectionWriteTimeout = 10 * time.Second
+	// The opener waits this long for the server to read a stream's header;
+	// the server reads it at once, so a longer wait means a stuck session.
+	c.StreamOpenTimeout = 30 * time.Second
+	// No timer after our side closes. yamux's Close is also our half-close
+	// (FIN), and its close timer would reset a stream whose other direction
+	// is still moving bytes (a client that sent its query and shut its write
+	// half, waiting for a long answer). A stream whose peer never finishes
+	// is ended by the idle timeout, or with its session.
+	c.StreamCloseTimeout = 0
+	c.LogOutput = nil
+	c.Logger = logger{log}
+	return c
+}
+
+// logger sends yamux's own lines to logrus at debug level: every condition
+// they report (a reset peer, a keepalive failure) also ends the session, and
+// the session_closed event reports that once, with its reason.
+type logger struct{ log *logrus.Entry }
+
+func (l logger) Print(v ...any)                 { l.emit(fmt.Sprint(v...)) }
+func (l logger) Printf(format string, v ...any) { l.emit(fmt.Sprintf(format, v...)) }
+func (l logger) Println(v ...any)               { l.emit(fmt.Sprint(v...)) }
+
+func (l logger) emit(msg string) {
+	l.log.WithField("component", "yamux").Debug(strings.TrimSpace(msg))
+}
+
+// Stream is a yamux stream with CloseWrite: yamux's Close is itself a
+// half-close (it sends FIN and reads go on until the peer's FIN), which is
+// what the copy loop needs when one direction ends.
+type Stream struct{ *yamux.Stream }
+
+// CloseWrite sends FIN on the stream; reads continue.
+func (s Stream) CloseWrite() error { return s.Stream.Close() }
