@@ -1,0 +1,207 @@
+// Package pipe copies bytes both ways between two connections and passes
+// half-close across; Run takes ownership of both connections and closes them.
+package pipe
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrIdle is returned (wrapped) by Run when no byte moved in either direction
+// for the idle duration.
+var ErrIdle = errors.New("pipe: idle timeout")
+
+// bufSize is the size of the pooled copy buffers.
+const bufSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, bufSize)
+	return &b
+}}
+
+// Run copies a->b and b->a until both directions end, then closes a and b.
+// It takes ownership of both conns: they are closed when Run returns.
+//
+// When one direction reaches EOF, Run half-closes its destination (with
+// CloseWrite, if the conn has CloseWrite() error; a conn without it is left
+// alone until the end) and keeps copying the other direction. When a
+// direction ends in any other way (a reset, a timeout, a failed write or
+// CloseWrite), Run closes both conns at once, so the other direction ends
+// too.
+//
+// If idle > 0, the copy ends with an error satisfying errors.Is(err, ErrIdle)
+// once no byte has moved in either direction for idle; a quiet direction does
+// not time out while the other is busy. Run uses read and write deadlines on
+// both conns for this and overwrites any the caller set. idle <= 0 means no
+// idle limit and no deadlines.
+//
+// Run blocks until both directions end, and returns the bytes written to b
+// (aToB) and to a (bToA), and the first error that is not io.EOF or
+// net.ErrClosed (nil when both directions ended with EOF).
+func Run(a, b net.Conn, idle time.Duration) (aToB, bToA int64, err error) {
+	p := &pipe{a: a, b: b, idle: idle, start: time.Now()}
+	var wg sync.WaitGroup
+	wg.Go(func() { aToB = p.direction(a, b, "a->b") })
+	bToA = p.direction(b, a, "b->a")
+	wg.Wait()
+	p.closeBoth()
+	return aToB, bToA, p.err
+}
+
+// pipe is the state shared by Run's two directions.
+type pipe struct {
+	a, b  net.Conn
+	idle  time.Duration
+	start time.Time    // origin of last, for monotonic readings
+	last  atomic.Int64 // time.Since(start) at the last byte moved, in ns
+
+	errOnce   sync.Once
+	err       error // the first error; written once by errOnce, read after both directions end
+	closeOnce sync.Once
+}
+
+// touch records that bytes moved now.
+func (p *pipe) touch() { p.last.Store(int64(time.Since(p.start))) }
+
+// deadline is when the copy becomes idle if nothing moves before it.
+func (p *pipe) deadline() time.Time {
+	return p.start.Add(time.Duration(p.last.Load()) + p.idle)
+}
+
+// fail records err (unless it is net.ErrClosed or a first error is already
+// recorded) and closes both conns so the other direction ends too.
+func (p *pipe) fail(err error) {
+	if !errors.Is(err, net.ErrClosed) {
+		p.errOnce.Do(func() { p.err = err })
+	}
+	p.closeBoth()
+}
+
+func (p *pipe) closeBoth() {
+	p.closeOnce.Do(func() {
+		_ = p.a.Close() // errors from Close on conns we are discarding change nothing
+		_ = p.b.Close()
+	})
+}
+
+// direction copies src to dst until src reaches EOF or something fails, and
+// returns the bytes written to dst.
+func (p *pipe) direction(src, dst net.Conn, name string) int64 {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+
+	var n int64
+	for {
+		nr, rerr := p.read(src, buf)
+		if nr > 0 {
+			nw, werr := p.write(dst, buf[:nr])
+			n += int64(nw)
+			if errors.Is(werr, ErrIdle) {
+				p.fail(werr)
+				return n
+			}
+			if werr != nil {
+				p.fail(fmt.Errorf("pipe: %s: write: %w", name, werr))
+				return n
+			}
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, ErrIdle):
+			p.fail(rerr)
+			return n
+		case errors.Is(rerr, io.EOF):
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				if err := cw.CloseWrite(); err != nil {
+					p.fail(fmt.Errorf("pipe: %s: close write: %w", name, err))
+				}
+			}
+			return n
+		default:
+			p.fail(fmt.Errorf("pipe: %s: read: %w", name, rerr))
+			return n
+		}
+	}
+}
+
+// read reads from src into buf. With an idle limit, a read deadline that
+// passes while the other direction moved bytes is pushed back; one that
+// passes with nothing moving anywhere is an ErrIdle.
+func (p *pipe) read(src net.Conn, buf []byte) (int, error) {
+	if p.idle <= 0 {
+		return src.Read(buf)
+	}
+	for {
+		d := p.deadline()
+		if err := src.SetReadDeadline(d); err != nil {
+			return 0, err
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.touch()
+		}
+		switch {
+		case n > 0 || err == nil || !isTimeout(err):
+			return n, err
+		case time.Now().Before(d):
+			return 0, err // not our deadline: report it as it is
+		case !p.deadline().After(d):
+			return 0, p.idleErr()
+		} // else the other direction moved bytes: wait again
+	}
+}
+
+// write writes all of b to dst. With an idle limit, a write that makes no
+// progress for idle while nothing else moves is an ErrIdle; a write that
+// stalls while the other direction is busy is retried. A Write that returns
+// less than asked without an error is io.ErrShortWrite.
+func (p *pipe) write(dst net.Conn, b []byte) (int, error) {
+	if p.idle <= 0 {
+		n, err := dst.Write(b)
+		if err == nil && n < len(b) {
+			err = io.ErrShortWrite
+		}
+		return n, err
+	}
+	var done int
+	for {
+		d := p.deadline()
+		if err := dst.SetWriteDeadline(d); err != nil {
+			return done, err
+		}
+		n, err := dst.Write(b[done:])
+		done += n
+		if n > 0 {
+			p.touch()
+		}
+		switch {
+		case err == nil && done < len(b):
+			return done, io.ErrShortWrite
+		case err == nil:
+			return done, nil
+		case !isTimeout(err):
+			return done, err
+		case time.Now().Before(d):
+			// Not our deadline, or a conn whose writes cannot resume after
+			// a timeout (tls.Conn): report it as it is.
+			return done, err
+		case !p.deadline().After(d):
+			return done, p.idleErr()
+		} // else progress here or in the other direction: write on
+	}
+}
+
+func (p *pipe) idleErr() error {
+	return fmt.Errorf("%w: nothing moved for %v", ErrIdle, p.idle)
+}
+
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}

@@ -1,0 +1,249 @@
+package netfilter
+
+import (
+	"errors"
+	"maps"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+)
+
+// ReasonIPNotAllowed is the rejection reason for a peer whose address is not
+// on the allowlist (or could not be determined).
+const ReasonIPNotAllowed = "ip_not_allowed"
+
+// DefaultLogInterval is the per-address interval between rejection log lines
+// when FilterConfig.LogInterval is zero.
+const DefaultLogInterval = 10 * time.Second
+
+// maxLogAddrs bounds the per-address rate-limit table of a Filter.
+const maxLogAddrs = 4096
+
+// OtherAddrs is the addr field of the rejection line that stands for
+// addresses folded together because the per-address table was full.
+const OtherAddrs = "other"
+
+// FilterConfig configures a Filter. Allowlist and Log are required.
+type FilterConfig struct {
+	// Allowlist is the initial allowlist; required. SetAllowlist replaces it.
+	Allowlist *Allowlist
+	// LogInterval is the least time between two rejection lines for one
+	// address. Zero means DefaultLogInterval (10s); negative is an error.
+	LogInterval time.Duration
+	// Log receives conn_rejected events; required. It should already carry
+	// the component field.
+	Log *logrus.Entry
+}
+
+// Filter decides whether a peer address may connect, and rejects those that
+// may not: with a reset (SO_LINGER 0), counted by reason, and logged at most
+// once per address per LogInterval. All methods are safe for concurrent use.
+// Build one with NewFilter; the zero value is not usable.
+type Filter struct {
+	allow    atomic.Pointer[Allowlist] // swapped whole by SetAllowlist
+	log      *logrus.Entry
+	interval time.Duration
+	now      func() time.Time // the rate limiter's clock; tests replace it
+	maxAddrs int              // bound of limiter.addrs; tests lower it
+
+	mu       sync.Mutex
+	rejected map[string]uint64 // by reason; guarded by mu
+	limiter  logLimiter        // guarded by mu
+}
+
+// FilterStats are a Filter's counters since it was built.
+type FilterStats struct {
+	// Rejected counts rejected connections by reason. The map is a copy.
+	Rejected map[string]uint64
+}
+
+// NewFilter validates cfg and returns a Filter. It starts no goroutines.
+func NewFilter(cfg FilterConfig) (*Filter, error) {
+	switch {
+	case cfg.Allowlist == nil:
+		return nil, errors.New("netfilter: FilterConfig.Allowlist is required")
+	case cfg.Log == nil:
+		return nil, errors.New("netfilter: FilterConfig.Log is required")
+	case cfg.LogInterval < 0:
+		return nil, errors.New("netfilter: FilterConfig.LogInterval must not be negative")
+	}
+	f := &Filter{
+		log:      cfg.Log,
+		interval: cfg.LogInterval,
+		now:      time.Now,
+		maxAddrs: maxLogAddrs,
+		rejected: make(map[string]uint64),
+	}
+	if f.interval == 0 {
+		f.interval = DefaultLogInterval
+	}
+	f.allow.Store(cfg.Allowlist)
+	return f, nil
+}
+
+// Allowlist returns the allowlist in force.
+func (f *Filter) Allowlist() *Allowlist { return f.allow.Load() }
+
+// SetAllowlist replaces the allowlist atomically: every decision after it
+// returns uses a. Connections already accepted are not re-checked. A nil a
+// is refused with an error and the old list stays.
+func (f *Filter) SetAllowlist(a *Allowlist) error {
+	if a == nil {
+		return errors.New("netfilter: SetAllowlist: nil allowlist")
+	}
+	f.allow.Store(a)
+	return nil
+}
+
+// Allowed reports whether ip is on the allowlist in force. It does no I/O.
+func (f *Filter) Allowed(ip netip.Addr) bool { return f.allow.Load().Contains(ip) }
+
+// Reject closes c with a reset, without reading from it: it sets SO_LINGER
+// to 0 when c is a *net.TCPConn or otherwise has SetLinger(int) error, then
+// closes c (a conn without SetLinger gets a plain Close). It counts the
+// rejection under reason and logs the event conn_rejected with the fields
+// reason and addr (ip, no port), at most once per address per LogInterval.
+// A line that stands for several rejections (the ones suppressed since the
+// last line, plus its own) carries the field count. Rejections suppressed
+// after an address's last line are counted in Stats but never logged.
+//
+// The per-address table is bounded: when it is full, expired entries are
+// dropped, and if it is still full the new address is folded with all other
+// such addresses into one line per interval whose addr is OtherAddrs.
+func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0) // best effort: a failure still ends in Close
+	}
+	_ = c.Close() // the peer is refused; a close error changes nothing
+
+	f.mu.Lock()
+	f.rejected[reason]++
+	key, count, ok := f.limiter.allow(ip, f.now(), f.interval, f.maxAddrs)
+	f.mu.Unlock()
+	if !ok {
+		return
+	}
+	fields := logrus.Fields{
+		audit.Event:  audit.ConnRejected,
+		audit.Reason: reason,
+		audit.Addr:   key,
+	}
+	if count > 1 {
+		fields[audit.Count] = count
+	}
+	f.log.WithFields(fields).Info("connection rejected")
+}
+
+// Stats returns a copy of the counters.
+func (f *Filter) Stats() FilterStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return FilterStats{Rejected: maps.Clone(f.rejected)}
+}
+
+// PeerAddr returns the IP of a (a *net.TCPAddr, a *net.UDPAddr, or any
+// net.Addr whose String() is host:port as netip.ParseAddrPort reads it),
+// unmapped, with any zone kept. It reports false when there is no IP.
+func PeerAddr(a net.Addr) (netip.Addr, bool) {
+	var ip netip.Addr
+	switch a := a.(type) {
+	case nil:
+		return netip.Addr{}, false
+	case *net.TCPAddr:
+		if a == nil {
+			return netip.Addr{}, false
+		}
+		ip = a.AddrPort().Addr()
+	case *net.UDPAddr:
+		if a == nil {
+			return netip.Addr{}, false
+		}
+		ip = a.AddrPort().Addr()
+	default:
+		ap, err := netip.ParseAddrPort(a.String())
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		ip = ap.Addr()
+	}
+	ip = ip.Unmap()
+	return ip, ip.IsValid()
+}
+
+// logLimiter decides which rejections get a log line. Its owner guards it.
+type logLimiter struct {
+	addrs map[netip.Addr]*logSlot
+	other logSlot   // addresses that found the table full
+	sweep time.Time // no entry of addrs expires before this time
+}
+
+// logSlot is one rate-limited stream of lines.
+type logSlot struct {
+	last       time.Time // when the last line was logged
+	suppressed uint64    // rejections since then that logged nothing
+}
+
+// hit records one rejection at now and reports whether to log it, and if so
+// how many rejections the line stands for.
+func (s *logSlot) hit(now time.Time, interval time.Duration) (uint64, bool) {
+	if !s.last.IsZero() && now.Sub(s.last) < interval {
+		s.suppressed++
+		return 0, false
+	}
+	n := s.suppressed + 1
+	s.last, s.suppressed = now, 0
+	return n, true
+}
+
+// allow records a rejection from ip and reports the addr field and count of
+// the line to log, or false to log nothing. The table never holds more than
+// limit addresses.
+func (l *logLimiter) allow(ip netip.Addr, now time.Time, interval time.Duration, limit int) (string, uint64, bool) {
+	if l.addrs == nil {
+		l.addrs = make(map[netip.Addr]*logSlot)
+	}
+	s, ok := l.addrs[ip]
+	if !ok && len(l.addrs) >= limit && !now.Before(l.sweep) {
+		l.dropExpired(now, interval)
+	}
+	if !ok && len(l.addrs) < limit {
+		s = &logSlot{}
+		l.addrs[ip] = s
+	}
+	if s == nil {
+		n, ok := l.other.hit(now, interval)
+		return OtherAddrs, n, ok
+	}
+	n, ok := s.hit(now, interval)
+	return ipString(ip), n, ok
+}
+
+// dropExpired removes the entries whose interval has passed and notes when
+// the next one can expire, so a full table of live entries is not rescanned
+// for every new address.
+func (l *logLimiter) dropExpired(now time.Time, interval time.Duration) {
+	var oldest time.Time
+	for ip, s := range l.addrs {
+		if now.Sub(s.last) >= interval {
+			delete(l.addrs, ip)
+			continue
+		}
+		if oldest.IsZero() || s.last.Before(oldest) {
+			oldest = s.last
+		}
+	}
+	l.sweep = oldest.Add(interval)
+}
+
+func ipString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return "unknown"
+	}
+	return ip.String()
+}
