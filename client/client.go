@@ -1,0 +1,229 @@
+// Package client is the tunnel's client role: it keeps a session to the
+// server up and turns connections to local forward ports into streams.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/pipe"
+	"github.com/tunnel-dev/tunnel/internal/wire"
+)
+
+// ListenError reports a forward whose local address could not be bound.
+type ListenError struct {
+	Forward Forward
+	Err     error
+}
+
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("client: forward %s=%s: cannot listen: %v", e.Forward.Listen, e.Forward.Route, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// Client is the client role. Create it with New; Run it once, from one
+// goroutine (Listen first if wanted).
+type Client struct {
+	cfg    Config
+	log    *logrus.Entry
+	keeper *SessionKeeper
+	lns    []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
+
+	streamsActive atomic.Int64
+	streamsTotal  atomic.Uint64
+	streamsFailed atomic.Uint64
+}
+
+// New checks cfg and returns a Client. It opens nothing.
+func New(cfg Config) (*Client, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{cfg: cfg, log: cfg.Log, keeper: newSessionKeeper(cfg)}, nil
+}
+
+// Listen binds every forward's local address. If one cannot be bound it
+// closes the others and returns a *ListenError. Call it before Run to learn
+// about a taken port before anything else happens; Run calls it if needed.
+func (c *Client) Listen(ctx context.Context) error {
+	if c.lns != nil {
+		return nil
+	}
+	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
+	lns := make([]net.Listener, 0, len(c.cfg.Forwards))
+	for _, f := range c.cfg.Forwards {
+		ln, err := lc.Listen(ctx, "tcp", f.Listen)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return &ListenError{Forward: f, Err: err}
+		}
+		lns = append(lns, ln)
+	}
+	c.lns = lns
+	return nil
+}
+
+// Run binds the forwards (see Listen), then keeps the session up and serves
+// local connections until ctx ends. When ctx ends it closes the listeners
+// and the session, waits for its goroutines and returns nil.
+func (c *Client) Run(ctx context.Context) error {
+	if err := c.Listen(ctx); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { c.keeper.Run(ctx) })
+	for i, ln := range c.lns {
+		f := c.cfg.Forwards[i]
+		c.log.WithFields(logrus.Fields{audit.Event: audit.ListenerStarted, audit.Listen: ln.Addr().String(), audit.Route: f.Route}).
+			Info("forward listening")
+		wg.Go(func() { c.serveForward(ctx, ln, f, &wg) })
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// serveForward accepts local connections on ln until ctx ends, then closes ln.
+func (c *Client) serveForward(ctx context.Context, ln net.Listener, f Forward, wg *sync.WaitGroup) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var backoff time.Duration
+	for {
+		lc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			c.log.WithError(err).Errorf("accept on %s failed; retrying in %v", ln.Addr(), backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		backoff = 0
+		wg.Go(func() { c.serveLocal(ctx, lc, f) })
+	}
+}
+
+// serveLocal carries one local connection over a new stream. It closes lc.
+func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
+	defer lc.Close()
+	c.streamsTotal.Add(1)
+	c.streamsActive.Add(1)
+	defer c.streamsActive.Add(-1)
+	log := c.log.WithFields(logrus.Fields{audit.Route: f.Route, audit.Addr: lc.RemoteAddr().String()})
+
+	st, err := c.openStream(ctx, f.Route)
+	if err != nil {
+		c.streamsFailed.Add(1)
+		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Reason: "session_unavailable", audit.Error: err.Error()}).
+			Warn("closing local connection: no session to the server")
+		return
+	}
+	// Copy at once: the local side's first bytes follow the header without
+	// waiting for the status, which the first read from the stream checks.
+	start := time.Now()
+	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, c.cfg.IdleTimeout)
+	if se, ok := errors.AsType[*wire.StatusError](err); ok {
+		c.streamsFailed.Add(1)
+		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: se.Code.String()}).
+			Warn("server refused the stream: " + se.Code.String())
+		return
+	}
+	fields := logrus.Fields{
+		audit.Event: audit.StreamClosed, audit.BytesIn: out, audit.BytesOut: in,
+		audit.DurationMS: time.Since(start).Milliseconds(),
+	}
+	if err != nil {
+		fields[audit.Error] = err.Error()
+	}
+	log.WithFields(fields).Info("stream closed")
+}
+
+// openStream opens a stream on the current session and writes its header.
+// A session that the server asked to go away is retired and another is
+// waited for, within ConnectTimeout in all.
+func (c *Client) openStream(ctx context.Context, route string) (mux.Stream, error) {
+	hdr, err := wire.AppendHeader(nil, route)
+	if err != nil {
+		return mux.Stream{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	defer cancel()
+	for {
+		s, err := c.keeper.Session(ctx)
+		if err != nil {
+			return mux.Stream{}, err
+		}
+		st, err := s.OpenStream()
+		if err != nil {
+			if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrSessionShutdown) {
+				c.keeper.Retire(s)
+				continue
+			}
+			return mux.Stream{}, err
+		}
+		st.SetWriteDeadline(time.Now().Add(c.cfg.ConnectTimeout))
+		_, err = st.Write(hdr)
+		st.SetWriteDeadline(time.Time{})
+		if err != nil {
+			st.Close()
+			return mux.Stream{}, fmt.Errorf("client: writing stream header: %w", err)
+		}
+		return mux.Stream{Stream: st}, nil
+	}
+}
+
+// statusConn is a stream whose first Read first consumes and checks the
+// server's status byte, so the copy loop can start before the status comes.
+type statusConn struct {
+	mux.Stream
+	checked bool // only the one goroutine reading the stream touches it
+}
+
+func (s *statusConn) Read(p []byte) (int, error) {
+	if !s.checked {
+		if err := wire.ReadStatus(s.Stream); err != nil {
+			return 0, err
+		}
+		s.checked = true
+	}
+	return s.Stream.Read(p)
+}
+
+// Stats is a snapshot of the client's counters.
+type Stats struct {
+	SessionUp     bool
+	StreamsActive int64
+	StreamsTotal  uint64
+	StreamsFailed uint64
+}
+
+// Stats returns a snapshot of the counters; safe for concurrent use.
+func (c *Client) Stats() Stats {
+	c.keeper.mu.Lock()
+	up := c.keeper.cur != nil
+	c.keeper.mu.Unlock()
+	return Stats{
+		SessionUp: up, StreamsActive: c.streamsActive.Load(),
+		StreamsTotal: c.streamsTotal.Load(), StreamsFailed: c.streamsFailed.Load(),
+	}
+}

@@ -1,0 +1,103 @@
+package client
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Defaults for the zero values of Config's fields.
+const (
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultDialTimeout    = 10 * time.Second
+	DefaultKeepalive      = 10 * time.Second
+	DefaultBackoffMin     = 100 * time.Millisecond
+	DefaultBackoffMax     = 30 * time.Second
+)
+
+// tcpKeepAlive is set on every TCP connection the client makes or accepts:
+// it finds a dead peer on a path where nothing else is sent.
+var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4}
+
+// Config configures a Client. It must not be modified after New.
+type Config struct {
+	// Server is the server's host:port; required.
+	Server string
+
+	// TLS returns the TLS configuration for one dial of the server
+	// (trust.ClientConfig); required. It is called for every dial, so a
+	// reloaded certificate is used by the next dial.
+	TLS func() *tls.Config
+
+	// Forwards are the local listeners; at least one.
+	Forwards []Forward
+
+	// ConnectTimeout is how long a local connection waits for the session
+	// when it is down before it is closed; zero means DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+
+	// DialTimeout bounds one dial of the server, TCP and TLS together; zero
+	// means DefaultDialTimeout.
+	DialTimeout time.Duration
+
+	// Keepalive is the yamux ping interval: a dead server is noticed within
+	// Keepalive plus 10 s. Zero means DefaultKeepalive.
+	Keepalive time.Duration
+
+	// BackoffMin and BackoffMax bound the redial delay, which doubles per
+	// failed attempt with full jitter; zero means the defaults.
+	BackoffMin, BackoffMax time.Duration
+
+	// IdleTimeout ends a stream on which no byte moved either way for this
+	// long; zero means no limit.
+	IdleTimeout time.Duration
+
+	// Log receives the events; required.
+	Log *logrus.Entry
+}
+
+func (c Config) withDefaults() (Config, error) {
+	switch {
+	case c.TLS == nil:
+		return c, errors.New("client: Config.TLS is nil")
+	case c.Log == nil:
+		return c, errors.New("client: Config.Log is nil")
+	case len(c.Forwards) == 0:
+		return c, errors.New("client: no forwards configured")
+	}
+	if _, _, err := net.SplitHostPort(c.Server); err != nil {
+		return c, fmt.Errorf("client: server address %q: %w", c.Server, err)
+	}
+	for _, f := range c.Forwards {
+		if err := f.check(); err != nil {
+			return c, fmt.Errorf("client: forward %s=%s: %w", f.Listen, f.Route, err)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"ConnectTimeout", &c.ConnectTimeout, DefaultConnectTimeout},
+		{"DialTimeout", &c.DialTimeout, DefaultDialTimeout},
+		{"Keepalive", &c.Keepalive, DefaultKeepalive},
+		{"BackoffMin", &c.BackoffMin, DefaultBackoffMin},
+		{"BackoffMax", &c.BackoffMax, DefaultBackoffMax},
+		{"IdleTimeout", &c.IdleTimeout, 0},
+	} {
+		if *d.v < 0 {
+			return c, fmt.Errorf("client: Config.%s is negative (%v)", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.BackoffMax < c.BackoffMin {
+		return c, fmt.Errorf("client: BackoffMax %v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)
+	}
+	return c, nil
+}

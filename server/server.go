@@ -1,0 +1,260 @@
+// Package server is the tunnel's server role: it accepts TCP, filters peers by
+// address, completes mutual TLS and serves yamux streams to named backends.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/wire"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// ReasonHandshakeLimit is the conn_rejected reason for a connection refused
+// because MaxHandshakes handshakes were already in flight.
+const ReasonHandshakeLimit = "handshake_limit"
+
+// ErrShutdownForced is returned by Serve when streams were still open at the
+// end of the shutdown timeout and were cut.
+var ErrShutdownForced = errors.New("server: shutdown timeout: open streams were closed")
+
+// Server serves tunnel clients. Create it with New; it is safe for
+// concurrent use, and Serve may be called once.
+type Server struct {
+	cfg        Config
+	log        *logrus.Entry
+	routes     map[string]Route
+	handshakes chan struct{} // one token per handshake in flight
+
+	mu       sync.Mutex
+	sessions map[*session]struct{} // guarded by mu
+
+	activeStreams atomic.Int64
+	stats         counters
+}
+
+// New checks cfg, fills in its defaults and returns a Server. It starts no
+// goroutine and opens nothing.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	routes := make(map[string]Route, len(cfg.Routes))
+	for _, r := range cfg.Routes {
+		routes[r.Name] = r
+	}
+	return &Server{
+		cfg:        cfg,
+		log:        cfg.Log,
+		routes:     routes,
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		sessions:   make(map[*session]struct{}),
+	}, nil
+}
+
+// Serve accepts connections on ln until ctx is done, then shuts down
+// gracefully: it closes ln, tells every session to open no new stream
+// (yamux GoAway), waits up to ShutdownTimeout for open streams to finish, closes
+// what remains and returns once every goroutine it started has ended. It
+// returns nil after a clean drain, ErrShutdownForced if streams were cut,
+// or the listener's error if accepting failed for good. Serve closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ln = s.cfg.Filter.WrapListener(ln)
+	s.log.WithFields(logrus.Fields{audit.Event: audit.ListenerStarted, audit.Listen: ln.Addr().String()}).
+		Info("server listening")
+
+	// hard outlives ctx: it carries the sessions and streams that may still
+	// finish during the drain, and is cancelled when the drain is over.
+	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHard()
+
+	var wg sync.WaitGroup
+	acceptErr := make(chan error, 1)
+	wg.Go(func() { acceptErr <- s.acceptLoop(ctx, hard, ln, &wg) })
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-acceptErr:
+	}
+	ln.Close()
+	s.log.WithFields(logrus.Fields{audit.Event: audit.ServerStopping, "open_streams": s.activeStreams.Load()}).
+		Info("server stopping: no new connections or streams")
+	if !s.drain(s.cfg.ShutdownTimeout) {
+		err = errors.Join(err, ErrShutdownForced)
+	}
+	cancelHard()
+	s.closeSessions()
+	wg.Wait()
+	return err
+}
+
+// acceptLoop accepts until ln fails. Each connection gets a goroutine in wg.
+func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off as
+			// net/http does, rather than spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.WithError(err).Errorf("accept failed; retrying in %v", backoff)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		backoff = 0
+		wg.Go(func() { s.handle(ctx, hard, c) })
+	}
+}
+
+// handle owns c until it returns: handshake, then the protocol the client
+// negotiated.
+func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
+	defer c.Close()
+	addr := c.RemoteAddr().String()
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		ip, _ := netfilter.PeerAddr(c.RemoteAddr())
+		s.stats.handshakeLimit.Add(1)
+		s.cfg.Filter.Reject(c, ip, ReasonHandshakeLimit)
+		return
+	}
+	tc, err := s.handshake(ctx, c)
+	<-s.handshakes
+	if err != nil {
+		s.stats.handshakesFailed.Add(1)
+		s.log.WithFields(logrus.Fields{
+			audit.Event: audit.HandshakeFailed, audit.Reason: handshakeReason(ctx, err), audit.Addr: addr,
+			audit.Error: err.Error(),
+		}).Warn("handshake failed")
+		return
+	}
+	s.stats.handshakesOK.Add(1)
+	cs := tc.ConnectionState()
+	id, _ := trust.PeerIdentity(cs)
+	switch cs.NegotiatedProtocol {
+	case trust.ALPNTunnel:
+		s.serveSession(hard, tc, addr, id)
+	default:
+		// A plain TLS client (no ALPN): only a raw route could serve it,
+		// and none is configured.
+		s.log.WithFields(id.Fields()).WithFields(logrus.Fields{
+			audit.Event: audit.ConnRejected, audit.Reason: "no_alpn", audit.Addr: addr,
+		}).Warn("client offered no ALPN protocol and no raw route is configured")
+	}
+}
+
+// handshake runs the TLS handshake under HandshakeTimeout.
+func (s *Server) handshake(ctx context.Context, c net.Conn) (*tls.Conn, error) {
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	tc := tls.Server(c, s.cfg.TLS)
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// handshakeReason names why a handshake failed for the audit line.
+func handshakeReason(ctx context.Context, err error) string {
+	switch {
+	case ctx.Err() != nil:
+		return "shutdown"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return trust.FailureReason(err)
+}
+
+// drain waits until no stream is open or d has passed, and reports whether
+// the drain was clean. Sessions were told to go away first.
+func (s *Server) drain(d time.Duration) bool {
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.goAway()
+	}
+	s.mu.Unlock()
+	deadline := time.Now().Add(d)
+	for s.activeStreams.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond) // poll, as http.Server.Shutdown does
+	}
+	return true
+}
+
+func (s *Server) closeSessions() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ss := range s.sessions {
+		ss.mux.Close()
+	}
+}
+
+func (s *Server) track(ss *session) {
+	s.mu.Lock()
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
+// Stats is a snapshot of the server's counters.
+type Stats struct {
+	HandshakesOK, HandshakesFailed, HandshakeLimit uint64
+	SessionsActive                                 int
+	StreamsActive                                  int64
+	StreamsTotal                                   uint64
+	StreamsRefused                                 map[string]uint64 // by status name
+}
+
+type counters struct {
+	handshakesOK, handshakesFailed, handshakeLimit atomic.Uint64
+	streamsTotal                                   atomic.Uint64
+	refused                                        [6]atomic.Uint64 // by wire.Status
+}
+
+// Stats returns a snapshot of the counters; safe for concurrent use.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	n := len(s.sessions)
+	s.mu.Unlock()
+	st := Stats{
+		HandshakesOK:     s.stats.handshakesOK.Load(),
+		HandshakesFailed: s.stats.handshakesFailed.Load(),
+		HandshakeLimit:   s.stats.handshakeLimit.Load(),
+		SessionsActive:   n,
+		StreamsActive:    s.activeStreams.Load(),
+		StreamsTotal:     s.stats.streamsTotal.Load(),
+		StreamsRefused:   make(map[string]uint64),
+	}
+	for i := range s.stats.refused {
+		if v := s.stats.refused[i].Load(); v > 0 {
+			st.StreamsRefused[wire.Status(i).String()] = v
+		}
+	}
+	return st
+}

@@ -1,0 +1,90 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// session is one client's yamux session over a verified TLS connection.
+type session struct {
+	mux   *yamux.Session
+	addr  string
+	id    trust.Identity
+	log   *logrus.Entry // carries the identity and addr fields
+	slots chan struct{} // one token per open stream, cap MaxStreamsPerSession
+}
+
+func (ss *session) goAway() {
+	// An error means the session is already closing; nothing to tell.
+	_ = ss.mux.GoAway()
+}
+
+// serveSession runs a yamux server session on tc until the peer or the
+// server ends it, with one goroutine per stream, and waits for them.
+func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, id trust.Identity) {
+	log := s.log.WithFields(id.Fields()).WithField(audit.Addr, addr)
+	m, err := yamux.Server(tc, mux.Config(log, s.cfg.Keepalive))
+	if err != nil { // only a bad yamux.Config, which is ours
+		log.WithError(err).Error("yamux server")
+		return
+	}
+	ss := &session{mux: m, addr: addr, id: id, log: log, slots: make(chan struct{}, s.cfg.MaxStreamsPerSession)}
+	s.track(ss)
+	defer s.untrack(ss)
+	// The drain is over when ctx ends: close the session even if it was
+	// tracked after closeSessions ran.
+	stop := context.AfterFunc(ctx, func() { m.Close() })
+	defer stop()
+	start := time.Now()
+	log.WithField(audit.Event, audit.SessionOpened).Info("session opened")
+
+	var wg sync.WaitGroup
+	var endErr error
+	for {
+		st, err := m.AcceptStream()
+		if err != nil {
+			endErr = err
+			break
+		}
+		wg.Go(func() { s.serveStream(ctx, ss, st) })
+	}
+	m.Close()
+	wg.Wait()
+	log.WithFields(logrus.Fields{
+		audit.Event: audit.SessionClosed, audit.Reason: sessionEndReason(endErr),
+		audit.DurationMS: time.Since(start).Milliseconds(),
+	}).Info("session closed")
+}
+
+// sessionEndReason names why a yamux session ended.
+func sessionEndReason(err error) string {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return "peer_closed"
+	case errors.Is(err, yamux.ErrKeepAliveTimeout):
+		return "keepalive_timeout"
+	case errors.Is(err, yamux.ErrConnectionWriteTimeout):
+		return "write_timeout"
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return "closed"
+	case errors.Is(err, yamux.ErrInvalidVersion), errors.Is(err, yamux.ErrInvalidMsgType):
+		return "protocol_error"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return "error"
+}
