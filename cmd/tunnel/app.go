@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version and commit are set at build time with
+// -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = ""
+)
+
+// run runs the command line args and returns the exit status. Only main
+// calls os.Exit; tests call run.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.RunContext(ctx, reorderPositional(args))
+	code := exitCode(err)
+	switch {
+	case err == nil:
+	case code == exitConfig:
+		fmt.Fprintf(stderr, "%s: %v\n", commandName(args), err)
+	case errors.As(err, new(*loggedError)):
+		// already logged as an event
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", commandName(args), err)
+	}
+	return code
+}
+
+func commandName(args []string) string {
+	name := "tunnel"
+	for _, a := range args[1:] {
+		if strings.HasPrefix(a, "-") {
+			break
+		}
+		switch a {
+		case "server", "client", "cert", "demo", "init", "issue":
+			name += " " + a
+			continue
+		}
+		break
+	}
+	return name
+}
+
+// reorderPositional lets `tunnel cert issue DIR --client app1` work:
+// urfave/cli v2 stops parsing flags at the first positional argument, so the
+// leading positional arguments of a cert subcommand move behind its flags.
+func reorderPositional(args []string) []string {
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] != "cert" {
+			if strings.HasPrefix(args[i], "-") {
+				continue // global flags
+			}
+			return args
+		}
+		start := i + 2 // after "cert SUB"
+		end := start
+		for end < len(args) && !strings.HasPrefix(args[end], "-") {
+			end++
+		}
+		if end == start || end == len(args) {
+			return args
+		}
+		out := append([]string{}, args[:start]...)
+		out = append(out, args[end:]...)
+		return append(out, args[start:end]...)
+	}
+	return args
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:  "tunnel",
+		Usage: "a Layer-4 TCP tunnel with mutual TLS",
+		UsageText: `tunnel server --listen 127.0.0.1:8443 --cert pki/srv.pem --key pki/srv-key.pem --ca pki/ca.pem \
+     --allow 127.0.0.1/32 --route db=127.0.0.1:5432
+   tunnel client --server 127.0.0.1:8443 --server-name srv --cert pki/app1.pem --key pki/app1-key.pem \
+     --ca pki/ca.pem --forward 15432=db
+   tunnel demo`,
+		Version:                   versionString(),
+		Writer:                    stdout,
+		ErrWriter:                 stderr,
+		HideVersion:               true,
+		DisableSliceFlagSeparator: true, // --route values carry commas; see splitValues
+		// Errors reach run, which prints one line and picks the status.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   usageError,
+		Commands: []*cli.Command{
+			serverCommand(stderr),
+			clientCommand(stderr),
+			certCommand(stdout),
+			demoCommand(stdout, stderr),
+			{
+				Name:  "version",
+				Usage: "print the version, Go version and commit",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintln(stdout, "tunnel", versionString())
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func usageError(_ *cli.Context, err error, _ bool) error {
+	return &configError{err: err}
+}
+
+func versionString() string {
+	c := commit
+	if c == "" {
+		c = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" {
+					c = s.Value
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("%s (%s, commit %s)", version, runtime.Version(), c)
+}
+
+// splitValues returns the entries of a repeatable flag: each occurrence (or
+// the environment variable) may hold several, separated by sep characters
+// and white space.
+func splitValues(vals []string, sep string) []string {
+	var out []string
+	for _, v := range vals {
+		out = append(out, strings.FieldsFunc(v, func(r rune) bool {
+			return strings.ContainsRune(sep, r) || r == ' ' || r == '\t' || r == '\n'
+		})...)
+	}
+	return out
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tunnel-dev/tunnel/internal/devpki"
+)
+
+func certCommand(stdout io.Writer) *cli.Command {
+	keyFlags := []cli.Flag{
+		&cli.IntFlag{Name: "days", Usage: "validity in days (default: 3650 for the CA, 825 for certificates)"},
+		&cli.IntFlag{Name: "rsa", Usage: "RSA key of `BITS` (2048, 3072 or 4096) instead of ECDSA P-256"},
+		&cli.BoolFlag{Name: "force", Usage: "overwrite existing files"},
+	}
+	return &cli.Command{
+		Name:  "cert",
+		Usage: "a development CA for tests and trials (use a real CA in production)",
+		Description: `Example:
+   tunnel cert init ./pki
+   tunnel cert issue ./pki --server tunnel.example.com --ip 127.0.0.1 --dns localhost
+   tunnel cert issue ./pki --client app1
+
+   Keys are written 0600 and never overwritten without --force. For
+   production, issue certificates from a real CA (step-ca, Vault PKI,
+   cert-manager, your enterprise CA).`,
+		OnUsageError: usageError,
+		Subcommands: []*cli.Command{
+			{
+				Name:         "init",
+				Usage:        "create a CA in DIR: ca.pem and ca-key.pem",
+				ArgsUsage:    "DIR",
+				Flags:        keyFlags,
+				OnUsageError: usageError,
+				Action: func(c *cli.Context) error {
+					dir, err := oneArg(c, "DIR")
+					if err != nil {
+						return err
+					}
+					files, err := devpki.Init(dir, keyOptions(c))
+					return reportFiles(stdout, files, err)
+				},
+			},
+			{
+				Name:      "issue",
+				Usage:     "issue a server or client certificate from the CA in DIR",
+				ArgsUsage: "DIR",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "server", Usage: "issue a server certificate for `NAME` (CN and DNS name)"},
+					&cli.StringFlag{Name: "client", Usage: "issue a client certificate for `NAME` (CN)"},
+					&cli.StringSliceFlag{Name: "dns", Usage: "extra DNS `NAME` for a server certificate (repeatable)"},
+					&cli.StringSliceFlag{Name: "ip", Usage: "IP `ADDRESS` for a server certificate (repeatable)"},
+				}, keyFlags...),
+				OnUsageError: usageError,
+				Action: func(c *cli.Context) error {
+					dir, err := oneArg(c, "DIR")
+					if err != nil {
+						return err
+					}
+					srv, cl := c.String("server"), c.String("client")
+					switch {
+					case srv != "" && cl != "":
+						return flagError("--server/--client", "give one, not both")
+					case srv != "":
+						var ips []net.IP
+						for _, s := range splitValues(c.StringSlice("ip"), ",") {
+							ip := net.ParseIP(s)
+							if ip == nil {
+								return flagError("--ip", "%q is not an IP address", s)
+							}
+							ips = append(ips, ip)
+						}
+						files, err := devpki.IssueServer(dir, srv, splitValues(c.StringSlice("dns"), ","), ips, keyOptions(c))
+						return reportFiles(stdout, files, err)
+					case cl != "":
+						if len(c.StringSlice("dns")) > 0 || len(c.StringSlice("ip")) > 0 {
+							return flagError("--dns/--ip", "only for --server certificates")
+						}
+						files, err := devpki.IssueClient(dir, cl, keyOptions(c))
+						return reportFiles(stdout, files, err)
+					}
+					return flagError("--server/--client", "required: the NAME to issue for")
+				},
+			},
+		},
+	}
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.Args().Len() != 1 {
+		return "", &configError{err: fmt.Errorf("want exactly one %s argument, got %d", what, c.Args().Len())}
+	}
+	return c.Args().First(), nil
+}
+
+func keyOptions(c *cli.Context) devpki.Options {
+	return devpki.Options{Days: c.Int("days"), RSABits: c.Int("rsa"), Force: c.Bool("force")}
+}
+
+// reportFiles prints the files written, or turns a devpki error into a
+// configuration error (bad names, existing files, a missing CA are all the
+// operator's to fix).
+func reportFiles(w io.Writer, files []string, err error) error {
+	if err != nil {
+		return &configError{err: err}
+	}
+	for _, f := range files {
+		fmt.Fprintln(w, "wrote", f)
+	}
+	return nil
+}

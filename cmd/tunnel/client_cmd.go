@@ -1,0 +1,132 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+func clientCommand(stderr io.Writer) *cli.Command {
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "server", EnvVars: []string{"TUNNEL_SERVER"}, Usage: "server `HOST:PORT` to dial (required)"},
+		&cli.StringFlag{Name: "server-name", EnvVars: []string{"TUNNEL_SERVER_NAME"}, Usage: "`NAME` the server certificate must carry (default: the host of --server)"},
+		&cli.StringSliceFlag{Name: "forward", EnvVars: []string{"TUNNEL_FORWARD"}, Usage: "local `[HOST:]PORT=ROUTE` whose connections go to ROUTE (repeatable; a bare port listens on 127.0.0.1)"},
+		&cli.DurationFlag{Name: "connect-timeout", Value: client.DefaultConnectTimeout, EnvVars: []string{"TUNNEL_CONNECT_TIMEOUT"}, Usage: "how long a local connection waits for the session while it is down"},
+		&cli.DurationFlag{Name: "dial-timeout", Value: client.DefaultDialTimeout, EnvVars: []string{"TUNNEL_DIAL_TIMEOUT"}, Usage: "limit on one dial of the server, TCP and TLS"},
+		&cli.DurationFlag{Name: "keepalive", Value: client.DefaultKeepalive, EnvVars: []string{"TUNNEL_KEEPALIVE"}, Usage: "session ping interval; a dead server is noticed within this plus 10s"},
+		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"TUNNEL_IDLE_TIMEOUT"}, Usage: "close a stream idle this long both ways (0: never)"},
+	}
+	flags = append(flags, tlsFlags("server CA bundle `FILE`: the server certificate must chain to it")...)
+	flags = append(flags, logFlags()...)
+	return &cli.Command{
+		Name:  "client",
+		Usage: "keep a mutual-TLS session to a server and expose its routes on local ports",
+		Description: `Example:
+   tunnel client --server tunnel.example.com:8443 \
+     --cert pki/app1.pem --key pki/app1-key.pem --ca pki/ca.pem \
+     --forward 127.0.0.1:15432=db --forward 16379=cache
+
+   Then "psql -h 127.0.0.1 -p 15432" reaches route db on the server.
+   Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 on a
+   configuration error (a forward port already taken is one).`,
+		Flags:        flags,
+		OnUsageError: usageError,
+		Action: func(c *cli.Context) error {
+			return runClient(c, stderr)
+		},
+	}
+}
+
+// loadClient turns the flags into a checked client configuration.
+func loadClient(c *cli.Context, log *logrus.Entry) (client.Config, trust.Sources, *trust.Store, error) {
+	var zero client.Config
+	if c.Args().Len() > 0 {
+		return zero, trust.Sources{}, nil, &configError{err: fmt.Errorf("unexpected argument %q", c.Args().First())}
+	}
+	srv := c.String("server")
+	if srv == "" {
+		return zero, trust.Sources{}, nil, flagError("--server", "required: the server's HOST:PORT")
+	}
+	host, port, err := net.SplitHostPort(srv)
+	if err != nil || host == "" || port == "" {
+		return zero, trust.Sources{}, nil, flagError("--server", "%q is not HOST:PORT", srv)
+	}
+	name := c.String("server-name")
+	if name == "" {
+		name = host
+	}
+	var fwds []client.Forward
+	for _, v := range splitValues(c.StringSlice("forward"), ",") {
+		f, err := client.ParseForward(v)
+		if err != nil {
+			return zero, trust.Sources{}, nil, &configError{flag: "--forward", err: err}
+		}
+		fwds = append(fwds, f)
+	}
+	if len(fwds) == 0 {
+		return zero, trust.Sources{}, nil, flagError("--forward", "required: at least one [HOST:]PORT=ROUTE")
+	}
+	for _, d := range []string{"connect-timeout", "dial-timeout", "keepalive", "idle-timeout"} {
+		if c.Duration(d) < 0 {
+			return zero, trust.Sources{}, nil, flagError("--"+d, "%v is negative", c.Duration(d))
+		}
+	}
+	src, err := tlsSources(c)
+	if err != nil {
+		return zero, src, nil, err
+	}
+	m, err := loadTrust(src)
+	if err != nil {
+		return zero, src, nil, err
+	}
+	store := trust.NewStore(m)
+	cfg := client.Config{
+		Server:         srv,
+		TLS:            func() *tls.Config { return trust.ClientConfig(store, name, []string{trust.ALPNTunnel}) },
+		Forwards:       fwds,
+		ConnectTimeout: c.Duration("connect-timeout"),
+		DialTimeout:    c.Duration("dial-timeout"),
+		Keepalive:      c.Duration("keepalive"),
+		IdleTimeout:    c.Duration("idle-timeout"),
+		Log:            log,
+	}
+	return cfg, src, store, nil
+}
+
+func runClient(c *cli.Context, stderr io.Writer) error {
+	log, err := newLogger(c, stderr, "client")
+	if err != nil {
+		return err
+	}
+	cfg, src, store, err := loadClient(c, log)
+	if err != nil {
+		return err
+	}
+	cl, err := client.New(cfg)
+	if err != nil {
+		return &configError{err: err}
+	}
+	if err := cl.Listen(c.Context); err != nil {
+		var le *client.ListenError
+		if errors.As(err, &le) {
+			return flagError("--forward", "%s=%s: %v", le.Forward.Listen, le.Forward.Route, le.Err)
+		}
+		return &configError{err: err}
+	}
+	stopReload := reloadOnSIGHUP(log, src, store)
+	defer stopReload()
+	logTrust(log, store.Material())
+	if err := cl.Run(c.Context); err != nil {
+		return fatal(log, err, "client failed")
+	}
+	log.WithField("event", "client_stopped").Info("client stopped")
+	return nil
+}
