@@ -1,0 +1,60 @@
+# tunnel: build, test and demo targets. Needs only Go (and a C compiler for
+# the race detector); .ci/run installs the rest of what the tests use.
+
+GO      ?= go
+BIN     ?= bin/tunnel
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --verify -q HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# Extra flags for the demo, e.g. make demo DEMO_ARGS='--duration 10s'.
+DEMO_ARGS ?=
+
+# -race needs cgo, which needs a C compiler (gcc, libc6-dev). Without one,
+# `make test` runs without -race and says so; under CI it fails instead.
+RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
+
+.PHONY: all build test demo vet fmt fmtcheck bench clean
+
+all: build
+
+## build: compile the tunnel binary into bin/tunnel
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tunnel
+
+## test: vet, gofmt check, then every test (unit and end-to-end) with -race
+test: vet fmtcheck
+	@if [ -z "$(RACE)" ]; then \
+		if [ -n "$$CI" ]; then \
+			echo "make test: -race needs cgo and a C compiler (apt-get install gcc libc6-dev)" >&2; exit 1; \
+		fi; \
+		echo "WARNING: cgo is off (no C compiler?): running the tests WITHOUT -race" >&2; \
+	fi
+	$(GO) test $(RACE) -count=1 ./...
+
+## demo: build, then run a server, a client and an echo backend on loopback
+demo: build
+	$(BIN) demo $(DEMO_ARGS)
+
+## vet: go vet on every package
+vet:
+	$(GO) vet ./...
+
+## fmt: rewrite the sources with gofmt
+fmt:
+	gofmt -w .
+
+## fmtcheck: fail if gofmt would change any file
+fmtcheck:
+	@out="$$(gofmt -l .)"; \
+	if [ -n "$$out" ]; then \
+		echo "gofmt: these files need formatting (run make fmt):" >&2; \
+		echo "$$out" >&2; exit 1; \
+	fi
+
+## bench: run the benchmarks (no tests)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## clean: remove build output
+clean:
+	rm -rf bin
