@@ -150,9 +150,11 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 	s.stats.handshakesOK.Add(1)
 	cs := tc.ConnectionState()
 	id, _ := trust.PeerIdentity(cs)
+	ip, _ := netfilter.PeerAddr(c.RemoteAddr())
+	peer := Peer{Addr: ip, Identity: id, Chains: cs.VerifiedChains}
 	switch cs.NegotiatedProtocol {
 	case trust.ALPNTunnel:
-		s.serveSession(hard, tc, addr, id)
+		s.serveSession(hard, tc, addr, peer)
 	default:
 		// A plain TLS client (no ALPN): only a raw route could serve it,
 		// and none is configured.

@@ -28,7 +28,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // testPKI is a CA with a server and a client certificate, in memory.
 type testPKI struct {
 	serverTLS *tls.Config
-	clientTLS *tls.Config
+	clientTLS *tls.Config // CN app1
+	otherTLS  *tls.Config // CN app2, same CA
 }
 
 func newTestPKI(t *testing.T) testPKI {
@@ -58,10 +59,14 @@ func newTestPKI(t *testing.T) testPKI {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	srvStore := trust.NewStore(&trust.Material{Certificate: leaf("srv.test", x509.ExtKeyUsageServerAuth), CAPool: pool, CACerts: []*x509.Certificate{ca.Cert}})
-	cliStore := trust.NewStore(&trust.Material{Certificate: leaf("app1", x509.ExtKeyUsageClientAuth), CAPool: pool, CACerts: []*x509.Certificate{ca.Cert}})
+	client := func(cn string) *tls.Config {
+		st := trust.NewStore(&trust.Material{Certificate: leaf(cn, x509.ExtKeyUsageClientAuth), CAPool: pool, CACerts: []*x509.Certificate{ca.Cert}})
+		return trust.ClientConfig(st, "srv.test", []string{trust.ALPNTunnel})
+	}
 	return testPKI{
 		serverTLS: trust.ServerConfig(srvStore, []string{trust.ALPNTunnel}),
-		clientTLS: trust.ClientConfig(cliStore, "srv.test", []string{trust.ALPNTunnel}),
+		clientTLS: client("app1"),
+		otherTLS:  client("app2"),
 	}
 }
 
@@ -157,13 +162,18 @@ func startServer(t *testing.T, pki testPKI, mutate func(*Config)) *running {
 // dialSession opens a yamux client session to the server.
 func dialSession(t *testing.T, pki testPKI, addr string) *yamux.Session {
 	t.Helper()
-	c, err := tls.Dial("tcp", addr, pki.clientTLS)
+	return dialSessionAs(t, pki.clientTLS, addr)
+}
+
+func dialSessionAs(t *testing.T, cfg *tls.Config, addr string) *yamux.Session {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = io.Discard
-	s, err := yamux.Client(c, cfg)
+	ycfg := yamux.DefaultConfig()
+	ycfg.LogOutput = io.Discard
+	s, err := yamux.Client(c, ycfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,5 +412,55 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %v", d)
 		}
 		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+}
+
+// Recheck closes exactly the sessions the check refuses, with their streams,
+// and logs the event with the reason.
+func TestRecheck(t *testing.T) {
+	pki := newTestPKI(t)
+	r := startServer(t, pki, nil)
+	app1 := dialSessionAs(t, pki.clientTLS, r.addr)
+	app2 := dialSessionAs(t, pki.otherTLS, r.addr)
+	st1, err := openRoute(t, app1, header(t, "echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openRoute(t, app2, header(t, "echo")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().SessionsActive == 2 })
+
+	if n := r.srv.Recheck("session_revoked", func(p Peer) string { return "" }); n != 0 {
+		t.Fatalf("Recheck(keep all) closed %d sessions", n)
+	}
+	n := r.srv.Recheck("session_revoked", func(p Peer) string {
+		if p.Identity.CommonName == "app1" && len(p.Chains) > 0 && p.Addr.IsLoopback() {
+			return "revoked"
+		}
+		return ""
+	})
+	if n != 1 {
+		t.Fatalf("Recheck closed %d sessions, want 1", n)
+	}
+	// app1's open stream ends and its session is gone; app2 still works.
+	st1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := st1.Read(make([]byte, 1)); err == nil {
+		t.Fatal("stream of a closed session still readable")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("stream of a closed session did not end")
+	}
+	waitFor(t, 5*time.Second, func() bool { return app1.IsClosed() })
+	if _, err := openRoute(t, app2, header(t, "echo")); err != nil {
+		t.Fatalf("untouched session: %v", err)
+	}
+	var logged bool
+	for _, e := range r.log.AllEntries() {
+		if e.Data["event"] == "session_revoked" && e.Data["reason"] == "revoked" && e.Data["identity_cn"] == "app1" {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Fatal("no session_revoked line for app1")
 	}
 }

@@ -14,14 +14,13 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/mux"
-	"github.com/tunnel-dev/tunnel/trust"
 )
 
 // session is one client's yamux session over a verified TLS connection.
 type session struct {
 	mux   *yamux.Session
 	addr  string
-	id    trust.Identity
+	peer  Peer
 	log   *logrus.Entry // carries the identity and addr fields
 	slots chan struct{} // one token per open stream, cap MaxStreamsPerSession
 }
@@ -33,14 +32,14 @@ func (ss *session) goAway() {
 
 // serveSession runs a yamux server session on tc until the peer or the
 // server ends it, with one goroutine per stream, and waits for them.
-func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, id trust.Identity) {
-	log := s.log.WithFields(id.Fields()).WithField(audit.Addr, addr)
+func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
+	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
 	m, err := yamux.Server(tc, mux.Config(log, s.cfg.Keepalive))
 	if err != nil { // only a bad yamux.Config, which is ours
 		log.WithError(err).Error("yamux server")
 		return
 	}
-	ss := &session{mux: m, addr: addr, id: id, log: log, slots: make(chan struct{}, s.cfg.MaxStreamsPerSession)}
+	ss := &session{mux: m, addr: addr, peer: peer, log: log, slots: make(chan struct{}, s.cfg.MaxStreamsPerSession)}
 	s.track(ss)
 	defer s.untrack(ss)
 	// The drain is over when ctx ends: close the session even if it was

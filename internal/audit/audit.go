@@ -9,6 +9,7 @@ const (
 	SessionOpened   = "session_opened"   // a yamux session is up (identity, addr)
 	SessionClosed   = "session_closed"   // a session ended (identity, addr, duration)
 	SessionFailed   = "session_failed"   // the client could not establish a session (reason)
+	SessionRevoked  = "session_revoked"  // a live session closed because its peer is no longer trusted (reason)
 	StreamOpened    = "stream_opened"    // a stream passed its header and reached the backend
 	StreamRefused   = "stream_refused"   // a stream got a non-zero status (route, status)
 	StreamClosed    = "stream_closed"    // a stream ended (route, identity, bytes each way, duration)

@@ -1,0 +1,60 @@
+package server
+
+import (
+	"crypto/x509"
+	"net/netip"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// Peer is what the server knows of a live session's client: what a new
+// trust snapshot, CRL or allowlist is checked against.
+type Peer struct {
+	Addr     netip.Addr            // the client address the allowlist saw
+	Identity trust.Identity        // of the verified leaf
+	Chains   [][]*x509.Certificate // the verified chains, leaf first
+}
+
+// PeerCheck decides whether a live session may go on. It returns "" to keep
+// the session, or a short snake_case reason ("revoked", "ca_removed",
+// "ip_not_allowed") to close it. It must not block.
+type PeerCheck func(Peer) (reason string)
+
+// Recheck runs check against every live session and closes those it
+// refuses, logging event with the reason and the peer's identity. Streams
+// of a closed session end at once. It returns how many it closed. Safe for
+// concurrent use; sessions that open while it runs are checked by their
+// own handshake against the trust that is current by then.
+func (s *Server) Recheck(event string, check PeerCheck) int {
+	s.mu.Lock()
+	var doomed []*session
+	reasons := map[*session]string{}
+	for ss := range s.sessions {
+		if r := check(ss.peer); r != "" {
+			doomed = append(doomed, ss)
+			reasons[ss] = r
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range doomed {
+		ss.log.WithFields(logrus.Fields{audit.Event: event, audit.Reason: reasons[ss]}).
+			Warn("closing session: its client is no longer accepted")
+		ss.mux.Close()
+	}
+	return len(doomed)
+}
+
+// AllowlistCheck is a PeerCheck that refuses peers whose address f no
+// longer allows.
+func AllowlistCheck(f *netfilter.Filter) PeerCheck {
+	return func(p Peer) string {
+		if !f.Allowed(p.Addr) {
+			return netfilter.ReasonIPNotAllowed
+		}
+		return ""
+	}
+}
