@@ -12,11 +12,12 @@ import (
 
 // Defaults for the zero values of Config's fields.
 const (
-	DefaultConnectTimeout = 10 * time.Second
-	DefaultDialTimeout    = 10 * time.Second
-	DefaultKeepalive      = 10 * time.Second
-	DefaultBackoffMin     = 100 * time.Millisecond
-	DefaultBackoffMax     = 30 * time.Second
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultKeepalive        = 10 * time.Second
+	DefaultKeepaliveTimeout = 10 * time.Second
+	DefaultBackoffMin       = 100 * time.Millisecond
+	DefaultBackoffMax       = 30 * time.Second
 )
 
 // tcpKeepAlive is set on every TCP connection the client makes or accepts:
@@ -45,8 +46,12 @@ type Config struct {
 	DialTimeout time.Duration
 
 	// Keepalive is the yamux ping interval: a dead server is noticed within
-	// Keepalive plus 10 s. Zero means DefaultKeepalive.
+	// Keepalive plus KeepaliveTimeout. Zero means DefaultKeepalive.
 	Keepalive time.Duration
+
+	// KeepaliveTimeout bounds the answer to a ping and any write to the
+	// session; zero means DefaultKeepaliveTimeout.
+	KeepaliveTimeout time.Duration
 
 	// BackoffMin and BackoffMax bound the redial delay, which doubles per
 	// failed attempt with full jitter; zero means the defaults.
@@ -85,6 +90,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"ConnectTimeout", &c.ConnectTimeout, DefaultConnectTimeout},
 		{"DialTimeout", &c.DialTimeout, DefaultDialTimeout},
 		{"Keepalive", &c.Keepalive, DefaultKeepalive},
+		{"KeepaliveTimeout", &c.KeepaliveTimeout, DefaultKeepaliveTimeout},
 		{"BackoffMin", &c.BackoffMin, DefaultBackoffMin},
 		{"BackoffMax", &c.BackoffMax, DefaultBackoffMax},
 		{"IdleTimeout", &c.IdleTimeout, 0},

@@ -181,7 +181,7 @@ func (k *SessionKeeper) dial(ctx context.Context) (*yamux.Session, error) {
 	id, _ := trust.PeerIdentity(cs)
 	log := k.log.WithFields(id.Fields()).WithField(audit.Addr, k.cfg.Server)
 	rc := &readErrConn{Conn: tc}
-	s, err := yamux.Client(rc, mux.Config(log, k.cfg.Keepalive))
+	s, err := yamux.Client(rc, mux.Config(log, k.cfg.Keepalive, k.cfg.KeepaliveTimeout))
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("client: yamux: %w", err)

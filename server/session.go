@@ -34,7 +34,7 @@ func (ss *session) goAway() {
 // server ends it, with one goroutine per stream, and waits for them.
 func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
 	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
-	m, err := yamux.Server(tc, mux.Config(log, s.cfg.Keepalive))
+	m, err := yamux.Server(tc, mux.Config(log, s.cfg.Keepalive, 0))
 	if err != nil { // only a bad yamux.Config, which is ours
 		log.WithError(err).Error("yamux server")
 		return

@@ -21,7 +21,8 @@ func clientCommand(stderr io.Writer) *cli.Command {
 		&cli.StringSliceFlag{Name: "forward", EnvVars: []string{"TUNNEL_FORWARD"}, Usage: "local `[HOST:]PORT=ROUTE` whose connections go to ROUTE (repeatable; a bare port listens on 127.0.0.1)"},
 		&cli.DurationFlag{Name: "connect-timeout", Value: client.DefaultConnectTimeout, EnvVars: []string{"TUNNEL_CONNECT_TIMEOUT"}, Usage: "how long a local connection waits for the session while it is down"},
 		&cli.DurationFlag{Name: "dial-timeout", Value: client.DefaultDialTimeout, EnvVars: []string{"TUNNEL_DIAL_TIMEOUT"}, Usage: "limit on one dial of the server, TCP and TLS"},
-		&cli.DurationFlag{Name: "keepalive", Value: client.DefaultKeepalive, EnvVars: []string{"TUNNEL_KEEPALIVE"}, Usage: "session ping interval; a dead server is noticed within this plus 10s"},
+		&cli.DurationFlag{Name: "keepalive", Value: client.DefaultKeepalive, EnvVars: []string{"TUNNEL_KEEPALIVE"}, Usage: "session ping interval; a dead server is noticed within this plus --keepalive-timeout"},
+		&cli.DurationFlag{Name: "keepalive-timeout", Value: client.DefaultKeepaliveTimeout, EnvVars: []string{"TUNNEL_KEEPALIVE_TIMEOUT"}, Usage: "how long a ping may go unanswered before the session is dropped and redialled"},
 		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"TUNNEL_IDLE_TIMEOUT"}, Usage: "close a stream idle this long both ways (0: never)"},
 	}
 	flags = append(flags, tlsFlags("server CA bundle `FILE`: the server certificate must chain to it")...)
@@ -74,7 +75,7 @@ func loadClient(c *cli.Context, log *logrus.Entry) (client.Config, trust.Sources
 	if len(fwds) == 0 {
 		return zero, trust.Sources{}, nil, flagError("--forward", "required: at least one [HOST:]PORT=ROUTE")
 	}
-	for _, d := range []string{"connect-timeout", "dial-timeout", "keepalive", "idle-timeout"} {
+	for _, d := range []string{"connect-timeout", "dial-timeout", "keepalive", "keepalive-timeout", "idle-timeout"} {
 		if c.Duration(d) < 0 {
 			return zero, trust.Sources{}, nil, flagError("--"+d, "%v is negative", c.Duration(d))
 		}
@@ -89,14 +90,15 @@ func loadClient(c *cli.Context, log *logrus.Entry) (client.Config, trust.Sources
 	}
 	store := trust.NewStore(m)
 	cfg := client.Config{
-		Server:         srv,
-		TLS:            func() *tls.Config { return trust.ClientConfig(store, name, []string{trust.ALPNTunnel}) },
-		Forwards:       fwds,
-		ConnectTimeout: c.Duration("connect-timeout"),
-		DialTimeout:    c.Duration("dial-timeout"),
-		Keepalive:      c.Duration("keepalive"),
-		IdleTimeout:    c.Duration("idle-timeout"),
-		Log:            log,
+		Server:           srv,
+		TLS:              func() *tls.Config { return trust.ClientConfig(store, name, []string{trust.ALPNTunnel}) },
+		Forwards:         fwds,
+		ConnectTimeout:   c.Duration("connect-timeout"),
+		DialTimeout:      c.Duration("dial-timeout"),
+		Keepalive:        c.Duration("keepalive"),
+		KeepaliveTimeout: c.Duration("keepalive-timeout"),
+		IdleTimeout:      c.Duration("idle-timeout"),
+		Log:              log,
 	}
 	return cfg, src, store, nil
 }

@@ -18,10 +18,14 @@ import (
 // which the server bounds with its per-session stream cap.
 const Window = 4 << 20
 
+// DefaultTimeout is the default for Config's timeout.
+const DefaultTimeout = 10 * time.Second
+
 // Config returns the yamux configuration for one session. keepalive is the
-// ping interval: a ping that is not answered within the write timeout ends
-// the session, so a dead peer is noticed within keepalive + 10 s.
-func Config(log *logrus.Entry, keepalive time.Duration) *yamux.Config {
+// ping interval (0 turns pings off); timeout bounds a ping's answer and any
+// frame write (0 means DefaultTimeout), so a dead peer is noticed within
+// keepalive + timeout.
+func Config(log *logrus.Entry, keepalive, timeout time.Duration) *yamux.Config {
 	c := yamux.DefaultConfig()
 	// Streams are accepted and given a goroutine at once, so the backlog only
 	// absorbs bursts between Accept calls.
@@ -31,9 +35,13 @@ func Config(log *logrus.Entry, keepalive time.Duration) *yamux.Config {
 		c.KeepAliveInterval = keepalive
 	}
 	c.MaxStreamWindowSize = Window
-	// A session whose frames cannot be written for this long is dead (or the
-	// peer stopped reading the whole connection): close it rather than hang.
-	c.ConnectionWriteTimeout = 10 * time.Second
+	// A session whose frames cannot be written for this long, or whose ping
+	// is not answered, is dead (or the peer stopped reading the whole
+	// connection): close it rather than hang.
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	c.ConnectionWriteTimeout = timeout
 	// The opener waits this long for the server to read a stream's header;
 	// the server reads it at once, so a longer wait means a stuck session.
 	c.StreamOpenTimeout = 30 * time.Second
