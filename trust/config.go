@@ -41,8 +41,8 @@ var errNoMaterial = errors.New("trust: no TLS material loaded")
 //
 // The returned config must not be modified; nextProtos is copied. It is safe
 // for concurrent handshakes.
-func ServerConfig(s *Store, nextProtos []string) *tls.Config {
-	sc := &serverConfigs{store: s, nextProtos: slices.Clone(nextProtos)}
+func ServerConfig(s *Store, nextProtos []string, opts ...ConfigOption) *tls.Config {
+	sc := &serverConfigs{store: s, nextProtos: slices.Clone(nextProtos), opts: collect(opts)}
 	return &tls.Config{
 		MinVersion:         minVersion,
 		CipherSuites:       cipherSuites,
@@ -56,6 +56,7 @@ func ServerConfig(s *Store, nextProtos []string) *tls.Config {
 type serverConfigs struct {
 	store      *Store
 	nextProtos []string                    // read-only after construction
+	opts       configOptions               // read-only after construction
 	cached     atomic.Pointer[builtConfig] // the config of the latest material seen
 }
 
@@ -81,7 +82,7 @@ func (sc *serverConfigs) forClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 		ClientAuth:       tls.RequireAndVerifyClientCert,
 		ClientCAs:        m.CAPool,
 		NextProtos:       sc.nextProtos,
-		VerifyConnection: verifyPeer(x509.ExtKeyUsageClientAuth),
+		VerifyConnection: verifyPeer(x509.ExtKeyUsageClientAuth, sc.opts.revocation),
 	}
 	sc.cached.Store(&builtConfig{m: m, cfg: cfg})
 	return cfg, nil
@@ -100,13 +101,14 @@ func (sc *serverConfigs) forClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 // config has no certificate and no roots, and every handshake fails.
 //
 // The caller owns the returned config; nextProtos is copied.
-func ClientConfig(s *Store, serverName string, nextProtos []string) *tls.Config {
+func ClientConfig(s *Store, serverName string, nextProtos []string, opts ...ConfigOption) *tls.Config {
+	o := collect(opts)
 	cfg := &tls.Config{
 		MinVersion:       minVersion,
 		CipherSuites:     cipherSuites,
 		ServerName:       serverName,
 		NextProtos:       slices.Clone(nextProtos),
-		VerifyConnection: verifyPeer(x509.ExtKeyUsageServerAuth),
+		VerifyConnection: verifyPeer(x509.ExtKeyUsageServerAuth, o.revocation),
 	}
 	if m := s.Material(); m != nil {
 		cert := &m.Certificate
@@ -121,16 +123,43 @@ func ClientConfig(s *Store, serverName string, nextProtos []string) *tls.Config 
 	return cfg
 }
 
+// ConfigOption adds a check to the configs of ServerConfig and ClientConfig.
+type ConfigOption func(*configOptions)
+
+type configOptions struct {
+	revocation *RevocationChecker
+}
+
+func collect(opts []ConfigOption) configOptions {
+	var o configOptions
+	for _, fn := range opts {
+		fn(&o)
+	}
+	return o
+}
+
+// WithRevocation checks the peer's verified chains with rc on every
+// handshake, after the usage checks. A nil rc checks nothing.
+func WithRevocation(rc *RevocationChecker) ConfigOption {
+	return func(o *configOptions) { o.revocation = rc }
+}
+
 // verifyPeer returns a VerifyConnection hook that checks the peer's leaf for
-// usage. Revocation checks belong here too: this hook runs on every
-// handshake, resumed or not.
-func verifyPeer(usage x509.ExtKeyUsage) func(tls.ConnectionState) error {
+// usage, then its chains for revocation if rc is set. It runs on every
+// handshake, resumed or not, which VerifyPeerCertificate does not.
+func verifyPeer(usage x509.ExtKeyUsage, rc *RevocationChecker) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		leaf := peerLeaf(cs)
 		if leaf == nil {
 			return errNoPeerCertificate
 		}
-		return CheckLeaf(leaf, usage)
+		if err := CheckLeaf(leaf, usage); err != nil {
+			return err
+		}
+		if rc != nil {
+			return rc.CheckChains(cs.VerifiedChains)
+		}
+		return nil
 	}
 }
 

@@ -15,12 +15,13 @@ import (
 	"os"
 )
 
-// Sources names the files a role loads its TLS material from. All three are
-// required; CertFile may hold a chain, leaf first.
+// Sources names the files a role loads its TLS material from. The first
+// three are required; CertFile may hold a chain, leaf first.
 type Sources struct {
-	CertFile string // PEM certificate, optionally followed by its intermediates
-	KeyFile  string // PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted
-	CAFile   string // PEM bundle of the CA certificates that verify the peer
+	CertFile string   // PEM certificate, optionally followed by its intermediates
+	KeyFile  string   // PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted
+	CAFile   string   // PEM bundle of the CA certificates that verify the peer
+	CRLFiles []string // CRLs (PEM, one or more per file, or DER) checked against the peer's chain
 }
 
 // Material is one immutable, checked load of Sources. It is never mutated
@@ -30,6 +31,7 @@ type Material struct {
 	Certificate tls.Certificate // own chain and key; Leaf is set
 	CAPool      *x509.CertPool  // built from CACerts; verifies the peer
 	CACerts     []*x509.Certificate
+	CRLs        []*CRL  // parsed from Sources.CRLFiles; signatures are checked when used
 	Sources     Sources // the files this was loaded from
 }
 
@@ -47,7 +49,7 @@ var (
 // certificate "c.pem"`. Err is the cause: an fs error (errors.Is(err,
 // fs.ErrNotExist) works), a parse error, or one of the Err* values above.
 type LoadError struct {
-	Field string // "cert", "key" or "ca"
+	Field string // "cert", "key", "ca" or "crl"
 	Path  string // the file named by Field
 	Err   error
 }
@@ -58,11 +60,13 @@ func (e *LoadError) Error() string {
 
 func (e *LoadError) Unwrap() error { return e.Err }
 
-// Load reads and checks all three files of src: the certificate chain
-// parses, the key parses, is unencrypted, is a supported type (RSA, ECDSA,
-// Ed25519) and matches the leaf, and the CA file holds at least one
-// certificate. Load does not check validity dates or usages of its own leaf;
-// the peer does. Errors are *LoadError.
+// Load reads and checks every file of src: the certificate chain parses, the
+// key parses, is unencrypted, is a supported type (RSA, ECDSA, Ed25519) and
+// matches the leaf, the CA file holds at least one certificate, and each CRL
+// file holds CRLs that ParseCRLs accepts. Load does not check validity dates
+// or usages of its own leaf; the peer does. Nor does it check CRL
+// signatures: a CRL may be issued by an intermediate that only the peer
+// presents. Errors are *LoadError.
 func Load(src Sources) (*Material, error) {
 	chain, err := readCerts("cert", src.CertFile)
 	if err != nil {
@@ -85,6 +89,18 @@ func Load(src Sources) (*Material, error) {
 	for _, c := range cas {
 		pool.AddCert(c)
 	}
+	var crls []*CRL
+	for _, path := range src.CRLFiles {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, &LoadError{Field: "crl", Path: path, Err: err}
+		}
+		cs, err := ParseCRLs(data, path)
+		if err != nil {
+			return nil, &LoadError{Field: "crl", Path: path, Err: err}
+		}
+		crls = append(crls, cs...)
+	}
 	ders := make([][]byte, len(chain))
 	for i, c := range chain {
 		ders[i] = c.Raw
@@ -93,6 +109,7 @@ func Load(src Sources) (*Material, error) {
 		Certificate: tls.Certificate{Certificate: ders, PrivateKey: key, Leaf: leaf},
 		CAPool:      pool,
 		CACerts:     cas,
+		CRLs:        crls,
 		Sources:     src,
 	}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -80,7 +81,7 @@ func TestLoadKeyForms(t *testing.T) {
 			if !tt.key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(m.Certificate.PrivateKey.(crypto.Signer).Public()) {
 				t.Error("PrivateKey is not the loaded key")
 			}
-			if len(m.CACerts) != 1 || !m.CACerts[0].Equal(ca.cert) || m.Sources != src {
+			if len(m.CACerts) != 1 || !m.CACerts[0].Equal(ca.cert) || !reflect.DeepEqual(m.Sources, src) {
 				t.Errorf("CACerts/Sources not as loaded: %d CA certs, %+v", len(m.CACerts), m.Sources)
 			}
 			if _, err := leaf.cert.Verify(x509.VerifyOptions{Roots: m.CAPool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {

@@ -71,7 +71,7 @@ func ekuName(u x509.ExtKeyUsage) string {
 // "unknown_authority", "expired_or_not_yet_valid", "bad_chain" (the chain is
 // otherwise invalid: CA not allowed to sign, name constraints, unhandled
 // critical extension, insecure algorithm), "bad_key_usage", "bad_eku",
-// "name_mismatch", "no_client_certificate", "protocol_version",
+// "name_mismatch", "revoked", "crl_unavailable", "no_client_certificate", "protocol_version",
 // "no_common_alpn", "eof", "not_tls", "peer_alert_<alert>" (the peer refused
 // us with that TLS alert, e.g. "peer_alert_bad_certificate",
 // "peer_alert_unknown_ca"), or "other". A nil error gives "".
@@ -127,6 +127,12 @@ func FailureReason(err error) string {
 func certReason(err error) string {
 	if ue, ok := errors.AsType[*UsageError](err); ok {
 		return ue.Reason
+	}
+	if _, ok := errors.AsType[*RevokedError](err); ok {
+		return ReasonRevoked
+	}
+	if _, ok := errors.AsType[*UnavailableError](err); ok {
+		return ReasonCRLUnavailable
 	}
 	if _, ok := errors.AsType[x509.HostnameError](err); ok {
 		return "name_mismatch"

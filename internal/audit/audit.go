@@ -17,6 +17,13 @@ const (
 	ServerStopping  = "server_stopping"  // shutdown began
 	ReloadApplied   = "reload_applied"
 	ReloadRejected  = "reload_rejected"
+
+	CRLRefreshed   = "crl_refreshed"    // a CRL was fetched and verified (url)
+	CRLFetchFailed = "crl_fetch_failed" // a fetch failed; the previous CRL stays (url, error)
+	CRLUnavailable = "crl_unavailable"  // no usable CRL for a certificate that needs one (url or source, reason)
+	CRLRejected    = "crl_rejected"     // a CRL does not verify against its issuer and is ignored (source)
+	CRLLimit       = "crl_limit"        // a CRL store cap was hit (limit, url)
+	RevocationOff  = "revocation_disabled"
 )
 
 // Field names. Values that come from a peer are capped in length by the
@@ -35,6 +42,11 @@ const (
 	Error      = "error"       // a local error's text; never certificate or key contents
 	Component  = "component"   // the subsystem that logged the line
 	Count      = "count"       // how many events a rate-limited line stands for
+	URL        = "url"         // a CRL Distribution Point
+	Source     = "source"      // a CRL's file path or URL
+	Serial     = "serial"      // a certificate serial number, lowercase hex
+	Issuer     = "issuer"      // a CA's subject
+	Limit      = "limit"       // which cap was hit
 
 	IdentityCN          = "identity_cn"
 	IdentitySANs        = "identity_sans"

@@ -1,0 +1,282 @@
+package trust
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"code.dny.dev/ssrf"
+)
+
+// Fetch limits and defaults. Distribution Point URLs come from certificates
+// a peer presents, so everything about a fetch is bounded.
+const (
+	MaxCRLURLLen            = 2048
+	DefaultCRLFetchTimeout  = 30 * time.Second
+	DefaultCRLMaxBytes      = 5 << 20
+	crlFetchHeaderBytes     = 64 << 10
+	crlFetchTLSHandshakeMax = 10 * time.Second
+)
+
+// ErrURLRefused wraps every reason CheckCRLURL or the dialer refuses a
+// Distribution Point, for errors.Is.
+var ErrURLRefused = errors.New("CRL URL refused")
+
+// testAllowPrefixes are addresses the fetcher may dial although the SSRF
+// guard refuses them. Only a binary built with the tunnel_testhooks tag can
+// set it (see testhooks.go); release builds have no way to.
+var testAllowPrefixes []netip.Prefix
+
+// FetchOptions configure a CRLFetcher. The zero value is not useful; start
+// from DefaultFetchOptions.
+type FetchOptions struct {
+	AllowHTTP bool          // plain http URLs (CRLs are signed, so this is the norm)
+	Timeout   time.Duration // whole fetch, from dial to last byte
+	MaxBytes  int64         // response body cap; a larger body is aborted
+	UserAgent string
+}
+
+// DefaultFetchOptions are the defaults of the --crl-* fetch flags.
+func DefaultFetchOptions() FetchOptions {
+	return FetchOptions{AllowHTTP: true, Timeout: DefaultCRLFetchTimeout, MaxBytes: DefaultCRLMaxBytes, UserAgent: "tunnel-crl-fetcher"}
+}
+
+// CRLFetcher downloads CRLs from Distribution Point URLs with SSRF
+// hardening: CheckCRLURL before any request, the dialled address checked at
+// connect time (so DNS rebinding cannot slip past), no proxy, no redirects,
+// a body cap and a timeout. It is safe for concurrent use.
+type CRLFetcher struct {
+	opts   FetchOptions
+	guard  *ssrf.Guardian
+	allow  []netip.Prefix // test-only allowance; see testAllowPrefixes
+	client *http.Client
+}
+
+// NewCRLFetcher returns a fetcher with opts.
+func NewCRLFetcher(opts FetchOptions) *CRLFetcher {
+	f := &CRLFetcher{opts: opts, guard: ssrf.New(ssrf.WithAnyPort()), allow: testAllowPrefixes}
+	dialer := &net.Dialer{Timeout: opts.Timeout, Control: f.control}
+	f.client = &http.Client{
+		Transport: &http.Transport{
+			Proxy:                  nil, // a proxy would be what the guard sees, not the target
+			DialContext:            dialer.DialContext,
+			TLSHandshakeTimeout:    crlFetchTLSHandshakeMax,
+			ResponseHeaderTimeout:  opts.Timeout,
+			MaxResponseHeaderBytes: crlFetchHeaderBytes,
+			DisableCompression:     true, // the body cap then counts bytes on the wire
+			MaxIdleConns:           4,
+			IdleConnTimeout:        30 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Timeout:       opts.Timeout,
+	}
+	return f
+}
+
+// TestAllowanceActive reports whether this binary was built with the
+// test-only allowance that lets the fetcher reach refused addresses. The
+// server logs a loud warning when it is.
+func TestAllowanceActive() bool { return len(testAllowPrefixes) > 0 }
+
+// control is the dialer's Control hook: it sees the resolved address just
+// before connect.
+func (f *CRLFetcher) control(network, address string, c syscall.RawConn) error {
+	if ap, err := netip.ParseAddrPort(address); err == nil && f.allowed(ap.Addr()) {
+		return nil
+	}
+	if err := f.guard.Safe(network, address, c); err != nil {
+		return fmt.Errorf("%w: dialling %s: %v", ErrURLRefused, address, err)
+	}
+	return nil
+}
+
+func (f *CRLFetcher) allowed(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range f.allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Close releases idle connections.
+func (f *CRLFetcher) Close() { f.client.CloseIdleConnections() }
+
+// Fetch downloads the CRL at rawURL and returns the body. Errors name the
+// URL's problem: refused URL or address, timeout, status, redirect, size.
+func (f *CRLFetcher) Fetch(ctx context.Context, rawURL string) ([]byte, error) {
+	u, err := CheckCRLURL(rawURL, f.opts.AllowHTTP)
+	if err != nil {
+		return nil, err
+	}
+	if a, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]")); err == nil && !f.allowed(a) {
+		// An IP literal is refused here, before any packet.
+		if err := f.guard.Safe("tcp", netip.AddrPortFrom(a, 443).String(), nil); err != nil {
+			return nil, fmt.Errorf("%w: address %s: %v", ErrURLRefused, a, err)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrURLRefused, err)
+	}
+	req.Header.Set("User-Agent", f.opts.UserAgent)
+	req.Header.Set("Accept", "application/pkix-crl, application/x-pkcs7-crl;q=0.5, */*;q=0.1")
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		return nil, fmt.Errorf("%w: redirect (%s to %q) not followed", ErrURLRefused, resp.Status, truncate(resp.Header.Get("Location"), 200))
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("HTTP status %s", resp.Status)
+	}
+	if resp.ContentLength > f.opts.MaxBytes {
+		return nil, fmt.Errorf("response of %d bytes exceeds the cap of %d", resp.ContentLength, f.opts.MaxBytes)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, f.opts.MaxBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading response: %w", err)
+	}
+	if int64(len(body)) > f.opts.MaxBytes {
+		return nil, fmt.Errorf("response exceeds the cap of %d bytes; aborted", f.opts.MaxBytes)
+	}
+	return body, nil
+}
+
+// CheckCRLURL parses a Distribution Point URL and refuses, before any
+// request, what a hostile certificate could use to reach somewhere it should
+// not: a scheme other than http(s) (http only if allowHTTP), userinfo, an
+// opaque or over-long URL, a non-ASCII or percent-encoded host, and an IP
+// literal in anything but its canonical form (octal, hex, decimal-integer
+// and short forms like 127.1 are what inet_aton would accept and we will
+// not). Errors wrap ErrURLRefused. The addresses themselves are checked when
+// dialled.
+func CheckCRLURL(raw string, allowHTTP bool) (*url.URL, error) {
+	refuse := func(why string) (*url.URL, error) {
+		return nil, fmt.Errorf("%w: %q: %s", ErrURLRefused, truncate(raw, 120), why)
+	}
+	if len(raw) > MaxCRLURLLen {
+		return refuse(fmt.Sprintf("longer than %d bytes", MaxCRLURLLen))
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] <= ' ' || raw[i] >= 0x7f {
+			return refuse("contains a control, space or non-ASCII character")
+		}
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return refuse("does not parse")
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !allowHTTP {
+			return refuse("plain http is disabled (--crl-allow-http=false)")
+		}
+	default:
+		return refuse("scheme must be http or https")
+	}
+	if u.Opaque != "" {
+		return refuse("not a hierarchical URL")
+	}
+	authority := rawAuthority(raw)
+	if u.User != nil || strings.Contains(authority, "@") {
+		return refuse("userinfo is not allowed")
+	}
+	if strings.Contains(authority, "%") {
+		return refuse("percent-encoding in the host is not allowed")
+	}
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		return refuse("no host")
+	}
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || port[0] == '0' {
+			return refuse("invalid port")
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return refuse("empty port")
+	}
+	if strings.HasPrefix(u.Host, "[") {
+		a, err := netip.ParseAddr(host)
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return refuse("invalid IPv6 literal")
+		}
+		return u, nil
+	}
+	if err := checkHostName(host); err != "" {
+		return refuse(err)
+	}
+	return u, nil
+}
+
+// checkHostName accepts a DNS name or a canonical dotted-quad IPv4 address
+// and returns why it refuses anything else.
+func checkHostName(host string) string {
+	if len(host) > 253 {
+		return "host name too long"
+	}
+	labels := strings.Split(host, ".")
+	last := labels[len(labels)-1]
+	// A top-level label that is numeric or hex means the host is an IP
+	// literal; real top-level domains are never numeric.
+	if isDigits(last) || strings.HasPrefix(strings.ToLower(last), "0x") || last == "" && len(labels) > 1 && isDigits(labels[len(labels)-2]) {
+		a, err := netip.ParseAddr(host)
+		if err != nil || !a.Is4() || a.String() != host {
+			return "IP literal in a non-canonical form (octal, hex, integer or short)"
+		}
+		return ""
+	}
+	for _, l := range labels {
+		if l == "" && len(labels) > 1 {
+			return "empty label in host name"
+		}
+		if len(l) > 63 {
+			return "host name label too long"
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return "invalid character in host name"
+			}
+		}
+	}
+	return ""
+}
+
+// rawAuthority returns the authority part of a URL as written, before
+// net/url decodes it.
+func rawAuthority(raw string) string {
+	_, rest, ok := strings.Cut(raw, "//")
+	if !ok {
+		return ""
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,482 @@
+package trust
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+)
+
+// Defaults of the --crl-* flags.
+const (
+	DefaultCRLStaleGrace       = 24 * time.Hour
+	DefaultCRLBootstrapTimeout = 10 * time.Second
+	// denyWait is how long a handshake waits, in fail-closed mode, for the
+	// first fetch of a Distribution Point it just brought to light. It is
+	// well inside the default 10 s handshake deadline.
+	denyWait = 5 * time.Second
+	// warnInterval spaces the crl_unavailable and crl_rejected warnings of
+	// one source.
+	warnInterval = time.Minute
+	maxWarnKeys  = 4096
+)
+
+// Reasons for FailureReason and session_revoked lines.
+const (
+	ReasonRevoked        = "revoked"
+	ReasonCRLUnavailable = "crl_unavailable"
+)
+
+// RevocationPolicy says how certificates are checked for revocation. The
+// zero value checks nothing; start from DefaultRevocationPolicy.
+type RevocationPolicy struct {
+	Disabled          bool          // no revocation checking at all
+	Fetch             bool          // fetch CRLs from Distribution Points (files are always used)
+	EndEntityOnly     bool          // check only the leaf, not the intermediates
+	DenyOnUnavailable bool          // fail closed: refuse a certificate whose CRL is unavailable
+	EnforceExpiration bool          // an expired CRL is used only within StaleGrace
+	StaleGrace        time.Duration // how long past nextUpdate a CRL is still used
+	RefreshInterval   time.Duration // 0: derived from each CRL's nextUpdate
+	BootstrapTimeout  time.Duration // start-up wait for the CA chain's CRLs, all together
+	FetchOptions      FetchOptions
+}
+
+// DefaultRevocationPolicy is revocation on, fetching on, full chain,
+// fail-open, expiration enforced with a 24 h grace.
+func DefaultRevocationPolicy() RevocationPolicy {
+	return RevocationPolicy{
+		Fetch:             true,
+		EnforceExpiration: true,
+		StaleGrace:        DefaultCRLStaleGrace,
+		BootstrapTimeout:  DefaultCRLBootstrapTimeout,
+		FetchOptions:      DefaultFetchOptions(),
+	}
+}
+
+// RevokedError is the error of a chain with a revoked certificate.
+type RevokedError struct {
+	Serial    string // lowercase hex
+	Subject   string
+	Depth     int    // 0 for the leaf, 1 for its issuer, ...
+	Source    string // the CRL's file or URL
+	RevokedAt time.Time
+}
+
+func (e *RevokedError) Error() string {
+	what := "certificate"
+	if e.Depth > 0 {
+		what = "intermediate CA certificate"
+	}
+	return fmt.Sprintf("trust: %s serial %s (%s) is revoked since %s by CRL %s",
+		what, e.Serial, truncate(e.Subject, 100), e.RevokedAt.UTC().Format(time.RFC3339), truncate(e.Source, 200))
+}
+
+// UnavailableError is the error of a chain whose revocation status cannot be
+// known in fail-closed mode.
+type UnavailableError struct {
+	Serial  string
+	Subject string
+	Sources []string // the Distribution Points or files that were not usable
+	Why     string
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("trust: no usable CRL for certificate serial %s (%s): %s (%s)",
+		e.Serial, truncate(e.Subject, 100), e.Why, truncate(strings.Join(e.Sources, ", "), 300))
+}
+
+// RevocationStats are counters of a RevocationChecker.
+type RevocationStats struct {
+	Checked     uint64 // chains checked
+	Revoked     uint64 // chains refused as revoked
+	Unavailable uint64 // certificates with no usable CRL (allowed or refused by policy)
+	Store       CRLStoreStats
+}
+
+// RevocationChecker checks certificate chains against CRLs: those loaded from
+// files with the current Material of a Store, and those fetched from
+// Distribution Points by its CRLStore. It is safe for concurrent use.
+type RevocationChecker struct {
+	policy RevocationPolicy
+	store  *Store
+	crls   *CRLStore // nil when fetching is off
+	log    logrus.FieldLogger
+
+	onUpdate atomic.Pointer[func()]
+
+	mu        sync.Mutex
+	warned    map[string]time.Time // key -> last warning, for rate limiting
+	suppress  map[string]int       // key -> warnings suppressed since
+	audited   *Material            // the last material whose CRL files were audited
+	checked   atomic.Uint64
+	revoked   atomic.Uint64
+	unavail   atomic.Uint64
+	startOnce sync.Once
+}
+
+// NewRevocationChecker returns a checker for policy over the material of
+// store. If policy.Disabled it checks nothing. Start begins fetching.
+func NewRevocationChecker(policy RevocationPolicy, store *Store, log logrus.FieldLogger) *RevocationChecker {
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(discard{})
+		log = l
+	}
+	r := &RevocationChecker{policy: policy, store: store, log: log.WithField(audit.Component, "revocation"),
+		warned: map[string]time.Time{}, suppress: map[string]int{}}
+	if !policy.Disabled && policy.Fetch {
+		r.crls = NewCRLStore(CRLStoreConfig{
+			Fetcher:         NewCRLFetcher(policy.FetchOptions),
+			RefreshInterval: policy.RefreshInterval,
+			Log:             log,
+			OnUpdate:        func(string) { r.notify() },
+		})
+	}
+	return r
+}
+
+// Policy returns the policy r enforces.
+func (r *RevocationChecker) Policy() RevocationPolicy { return r.policy }
+
+// OnUpdate sets fn to run whenever the CRLs in use change (a fetch brought a
+// new CRL). The caller uses it to re-check live sessions; NotifyReload does
+// the same for CRL files.
+func (r *RevocationChecker) OnUpdate(fn func()) { r.onUpdate.Store(&fn) }
+
+func (r *RevocationChecker) notify() {
+	if fn := r.onUpdate.Load(); fn != nil {
+		(*fn)()
+	}
+}
+
+// Start launches fetching, registers the Distribution Points of the current
+// material's CA certificates, and waits until each has had one fetch attempt
+// or the bootstrap timeout (or ctx) ends. It logs what it found; it never
+// fails: a CRL that cannot be fetched now is handled by the policy later.
+func (r *RevocationChecker) Start(ctx context.Context) {
+	if r.policy.Disabled {
+		r.log.WithField(audit.Event, audit.RevocationOff).Warn("revocation checking is DISABLED (--crl-disable): revoked certificates are accepted")
+		return
+	}
+	if TestAllowanceActive() {
+		r.log.Warn("TEST BUILD: the CRL fetcher may reach addresses the SSRF guard refuses (TUNNEL_TEST_CRL_ALLOW); never run this binary in production")
+	}
+	m := r.store.Material()
+	if m != nil {
+		r.auditFiles(m)
+	}
+	if r.crls == nil {
+		return
+	}
+	r.startOnce.Do(r.crls.Start)
+	var urls []string
+	if m != nil {
+		for _, ca := range m.CACerts {
+			if issuer := findIssuer(ca, m.CACerts); issuer != nil {
+				urls = append(urls, r.crls.Discover(ca, issuer)...)
+			}
+		}
+	}
+	if len(urls) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.policy.BootstrapTimeout)
+	defer cancel()
+	start := time.Now()
+	err := r.crls.Wait(ctx, urls)
+	entry := r.log.WithFields(logrus.Fields{"urls": len(urls), audit.DurationMS: time.Since(start).Milliseconds()})
+	if err != nil {
+		entry.Warn("CRL bootstrap deadline reached; fetching goes on in the background")
+		return
+	}
+	entry.Info("CRL bootstrap done")
+}
+
+// Close stops fetching and waits for fetches in flight.
+func (r *RevocationChecker) Close() {
+	if r.crls != nil {
+		r.startOnce.Do(func() {}) // a Close before Start must not start it later
+		r.crls.Close()
+	}
+}
+
+// Refresh refetches every Distribution Point now (SIGHUP, admin endpoint).
+func (r *RevocationChecker) Refresh() {
+	if r.crls != nil {
+		r.crls.RefreshAll()
+	}
+}
+
+// Stats returns the checker's counters.
+func (r *RevocationChecker) Stats() RevocationStats {
+	st := RevocationStats{Checked: r.checked.Load(), Revoked: r.revoked.Load(), Unavailable: r.unavail.Load()}
+	if r.crls != nil {
+		st.Store = r.crls.Stats()
+	}
+	return st
+}
+
+// CheckChains checks the verified chains of a peer. It accepts if one chain
+// passes Check (a cross-signed path may avoid a revoked intermediate), and
+// otherwise returns the first chain's error. With no chains there is nothing
+// to check.
+func (r *RevocationChecker) CheckChains(chains [][]*x509.Certificate) error {
+	var first error
+	for _, ch := range chains {
+		err := r.Check(ch)
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Check checks one verified chain, leaf first, ending at the trust anchor
+// (which is not checked). For each certificate (or the leaf only, by
+// policy) it looks for usable CRLs issued by the next certificate: files of
+// the current material and CRLs fetched from the certificate's Distribution
+// Points, which it registers for fetching if new. A usable CRL verifies
+// against the issuer and is fresh, or stale within the grace period. If a
+// usable CRL lists the certificate, Check returns a *RevokedError. If a
+// certificate needs a CRL (it has an http(s) Distribution Point, or a CRL
+// file names its issuer) and none is usable, Check logs crl_unavailable and
+// returns nil (fail-open) or an *UnavailableError (fail-closed).
+func (r *RevocationChecker) Check(chain []*x509.Certificate) error {
+	if r.policy.Disabled || len(chain) < 2 {
+		return nil
+	}
+	r.checked.Add(1)
+	m := r.store.Material()
+	if m != nil && r.needAudit(m) {
+		r.auditFiles(m)
+	}
+	n := len(chain) - 1
+	if r.policy.EndEntityOnly {
+		n = 1
+	}
+	for i := 0; i < n; i++ {
+		if err := r.checkCert(m, chain[i], chain[i+1], i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkCert checks cert, issued by issuer, at depth in its chain.
+func (r *RevocationChecker) checkCert(m *Material, cert, issuer *x509.Certificate, depth int) error {
+	now := time.Now()
+	var urls []string
+	if r.crls != nil {
+		urls = r.crls.Discover(cert, issuer)
+	}
+	verdict, usable, needs, why := r.evaluate(m, cert, issuer, urls, now)
+	if verdict != nil {
+		r.revoked.Add(1)
+		verdict.Depth = depth
+		return verdict
+	}
+	if usable || !needs {
+		return nil
+	}
+	if r.policy.DenyOnUnavailable && r.crls != nil && r.waitFirstFetch(urls) {
+		verdict, usable, _, why = r.evaluate(m, cert, issuer, urls, time.Now())
+		if verdict != nil {
+			r.revoked.Add(1)
+			verdict.Depth = depth
+			return verdict
+		}
+		if usable {
+			return nil
+		}
+	}
+	r.unavail.Add(1)
+	sources := append([]string(nil), urls...)
+	for _, c := range m.filesFor(issuer) {
+		sources = append(sources, c.Source)
+	}
+	serial := serialText(cert.SerialNumber)
+	action := "allowing (fail-open)"
+	if r.policy.DenyOnUnavailable {
+		action = "refusing (--crl-deny-on-unavailable)"
+	}
+	r.warn("unavailable|"+strings.Join(sources, "|"), logrus.Fields{
+		audit.Event: audit.CRLUnavailable, audit.Reason: why, audit.Serial: serial,
+		audit.Source: truncate(strings.Join(sources, ", "), 300),
+	}, "no usable CRL for a certificate that needs one; "+action)
+	if r.policy.DenyOnUnavailable {
+		return &UnavailableError{Serial: serial, Subject: cert.Subject.String(), Sources: sources, Why: why}
+	}
+	return nil
+}
+
+// evaluate looks at every candidate CRL for cert. It returns a revocation
+// verdict, whether any usable CRL was found, whether cert needs one, and
+// why none was usable.
+func (r *RevocationChecker) evaluate(m *Material, cert, issuer *x509.Certificate, urls []string, now time.Time) (verdict *RevokedError, usable, needs bool, why string) {
+	candidates := m.filesFor(issuer)
+	needs = len(candidates) > 0 || len(urls) > 0
+	why = "not_fetched_yet"
+	for _, u := range urls {
+		if c := r.crls.CRL(u); c != nil {
+			candidates = append(candidates, c)
+		} else if r.crls.Attempted(u) {
+			why = "fetch_failed"
+		}
+	}
+	for _, c := range candidates {
+		if err := c.Verify(issuer); err != nil {
+			r.warn("rejected|"+c.Source, logrus.Fields{audit.Event: audit.CRLRejected, audit.Source: truncate(c.Source, 200),
+				audit.Issuer: truncate(issuer.Subject.String(), 200), audit.Error: err.Error()},
+				"CRL ignored: it does not verify against the certificate's issuer")
+			why = "bad_signature"
+			continue
+		}
+		switch c.freshness(now, r.policy.EnforceExpiration, r.policy.StaleGrace) {
+		case crlExpired:
+			why = "expired"
+			continue
+		case crlNotYetValid:
+			why = "not_yet_valid"
+			continue
+		}
+		usable = true
+		if e, ok := c.Revoked(cert.SerialNumber); ok {
+			return &RevokedError{Serial: serialText(cert.SerialNumber), Subject: cert.Subject.String(),
+				Source: c.Source, RevokedAt: e.RevocationTime}, true, needs, ""
+		}
+	}
+	return nil, usable, needs, why
+}
+
+// waitFirstFetch waits up to denyWait for URLs never fetched before, and
+// reports whether it waited for any.
+func (r *RevocationChecker) waitFirstFetch(urls []string) bool {
+	var pending []string
+	for _, u := range urls {
+		if !r.crls.Attempted(u) {
+			pending = append(pending, u)
+		}
+	}
+	if len(pending) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), denyWait)
+	defer cancel()
+	_ = r.crls.Wait(ctx, pending) // a timeout leaves them unavailable
+	return true
+}
+
+// filesFor returns the CRL files of m that name issuer as their issuer.
+func (m *Material) filesFor(issuer *x509.Certificate) []*CRL {
+	if m == nil {
+		return nil
+	}
+	var out []*CRL
+	for _, c := range m.CRLs {
+		if c.IssuedBy(issuer) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (r *RevocationChecker) needAudit(m *Material) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.audited != m
+}
+
+// auditFiles checks each CRL file of m against the configured CAs once per
+// material, so an operator hears at start-up or reload, not at the first
+// handshake, that a CRL file is for the wrong CA or badly signed.
+func (r *RevocationChecker) auditFiles(m *Material) {
+	r.mu.Lock()
+	if r.audited == m {
+		r.mu.Unlock()
+		return
+	}
+	r.audited = m
+	r.mu.Unlock()
+	now := time.Now()
+	for _, c := range m.CRLs {
+		log := r.log.WithField(audit.Source, c.Source)
+		var issuer *x509.Certificate
+		for _, ca := range m.CACerts {
+			if c.IssuedBy(ca) {
+				issuer = ca
+				break
+			}
+		}
+		switch {
+		case issuer == nil:
+			log.WithFields(logrus.Fields{audit.Event: audit.CRLRejected, audit.Issuer: truncate(c.List.Issuer.String(), 200)}).
+				Warn("CRL file's issuer is not a configured CA; it applies only to an intermediate of that name that a peer presents")
+		case c.Verify(issuer) != nil:
+			log.WithFields(logrus.Fields{audit.Event: audit.CRLRejected, audit.Issuer: truncate(issuer.Subject.String(), 200),
+				audit.Error: c.Verify(issuer).Error()}).Warn("CRL file ignored: it does not verify against its issuing CA")
+		default:
+			f := c.freshness(now, r.policy.EnforceExpiration, r.policy.StaleGrace)
+			entry := log.WithFields(logrus.Fields{"entries": len(c.List.RevokedCertificateEntries),
+				audit.Issuer: truncate(issuer.Subject.String(), 200), "next_update": c.List.NextUpdate.UTC().Format(time.RFC3339)})
+			switch f {
+			case crlExpired:
+				entry.WithField(audit.Event, audit.CRLUnavailable).Warn("CRL file is expired past the grace period; it is not used")
+			case crlStale:
+				entry.Warn("CRL file is past its nextUpdate; used within the grace period")
+			case crlNotYetValid:
+				entry.WithField(audit.Event, audit.CRLUnavailable).Warn("CRL file's thisUpdate is in the future; it is not used")
+			default:
+				entry.WithField(audit.Event, audit.CRLRefreshed).Info("CRL file loaded")
+			}
+		}
+	}
+}
+
+// warn logs fields at warning level at most once per key per warnInterval,
+// with the number of suppressed repeats.
+func (r *RevocationChecker) warn(key string, fields logrus.Fields, msg string) {
+	r.mu.Lock()
+	last, ok := r.warned[key]
+	if ok && time.Since(last) < warnInterval {
+		r.suppress[key]++
+		r.mu.Unlock()
+		return
+	}
+	if len(r.warned) >= maxWarnKeys {
+		clear(r.warned)
+		clear(r.suppress)
+	}
+	n := r.suppress[key]
+	r.warned[key] = time.Now()
+	delete(r.suppress, key)
+	r.mu.Unlock()
+	if n > 0 {
+		fields[audit.Count] = n + 1
+	}
+	r.log.WithFields(fields).Warn(msg)
+}
+
+// findIssuer returns the certificate among cas that issued c, or nil; a
+// self-signed c has no issuer to check it.
+func findIssuer(c *x509.Certificate, cas []*x509.Certificate) *x509.Certificate {
+	if bytes.Equal(c.RawIssuer, c.RawSubject) {
+		return nil
+	}
+	for _, ca := range cas {
+		if ca != c && string(ca.RawSubject) == string(c.RawIssuer) && c.CheckSignatureFrom(ca) == nil {
+			return ca
+		}
+	}
+	return nil
+}

@@ -1,0 +1,344 @@
+package trust_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// revPKI is a root, an intermediate under it, and two client leaves under
+// the intermediate, plus a server certificate from another CA.
+type revPKI struct {
+	*pki
+	root, inter *testCert
+	app1, app2  *testCert
+}
+
+func newRevPKI(t *testing.T, cdp ...string) *revPKI {
+	t.Helper()
+	p := &revPKI{pki: newPKI(t)}
+	p.root = newCA(t, "Revocation Root")
+	p.inter = newCA(t, "Revocation Intermediate", p.root)
+	withCDP := func(c *x509.Certificate) { c.CRLDistributionPoints = cdp }
+	p.app1 = newLeaf(t, p.inter, "app1", x509.ExtKeyUsageClientAuth, withCDP)
+	p.app2 = newLeaf(t, p.inter, "app2", x509.ExtKeyUsageClientAuth, withCDP)
+	return p
+}
+
+// server returns the server config trusting root, with crls as CRL files,
+// and its checker, which the test closes.
+func (p *revPKI) serverWith(t *testing.T, policy trust.RevocationPolicy, log logrus.FieldLogger, crls ...[]byte) (*tls.Config, *trust.RevocationChecker) {
+	t.Helper()
+	src := sources(t, p.server, nil, p.root)
+	for i, c := range crls {
+		src.CRLFiles = append(src.CRLFiles, writeFile(t, filepath.Dir(src.CAFile), "crl"+string(rune('a'+i))+".pem", crlPEM(c)))
+	}
+	m, err := trust.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := trust.NewStore(m)
+	rc := trust.NewRevocationChecker(policy, store, log)
+	t.Cleanup(rc.Close)
+	rc.Start(context.Background())
+	return trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)), rc
+}
+
+// client returns the config of a client holding leaf with the intermediate.
+func (p *revPKI) client(t *testing.T, leaf *testCert) *tls.Config {
+	t.Helper()
+	m, err := trust.Load(sources(t, leaf, []*testCert{p.inter}, p.serverCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return trust.ClientConfig(trust.NewStore(m), "server.test", []string{trust.ALPNTunnel})
+}
+
+// outcome is the server's FailureReason of a handshake, "" if it passed.
+func (p *revPKI) outcome(t *testing.T, srv *tls.Config, leaf *testCert) string {
+	t.Helper()
+	s, _ := handshake(t, srv, p.client(t, leaf))
+	return trust.FailureReason(s.err)
+}
+
+func hasEvent(hook *logtest.Hook, event string) bool {
+	for _, e := range hook.AllEntries() {
+		if e.Data[audit.Event] == event {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRevocationFromFiles(t *testing.T) {
+	p := newRevPKI(t)
+	// A forger: the intermediate's name and key identifier, another key.
+	impostor := sign(t, &x509.Certificate{Subject: p.inter.cert.Subject, SubjectKeyId: p.inter.cert.SubjectKeyId,
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}, newECKey(t), nil)
+	stranger := newCA(t, "Revocation Intermediate") // same name, its own key identifier
+	now := time.Now()
+	revokesApp1 := func(o crlOpts) crlOpts { o.revoked = []*big.Int{p.app1.cert.SerialNumber}; return o }
+	def := trust.DefaultRevocationPolicy()
+	def.Fetch = false
+	with := func(f func(*trust.RevocationPolicy)) trust.RevocationPolicy { pol := def; f(&pol); return pol }
+	deny := with(func(pol *trust.RevocationPolicy) { pol.DenyOnUnavailable = true })
+	tests := []struct {
+		name       string
+		policy     trust.RevocationPolicy
+		crls       func() [][]byte
+		app1, app2 string // expected FailureReason
+		event      string // an audit event that must be logged
+	}{
+		{"revoked leaf refused, sibling passes", def,
+			func() [][]byte { return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{}))} }, "revoked", "", ""},
+		{"revoked intermediate refuses every leaf", def,
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.root, crlOpts{revoked: []*big.Int{p.inter.cert.SerialNumber}}), makeCRL(t, p.inter, crlOpts{})}
+			}, "revoked", "revoked", ""},
+		{"end-entity-only ignores the intermediate", with(func(pol *trust.RevocationPolicy) { pol.EndEntityOnly = true }),
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.root, crlOpts{revoked: []*big.Int{p.inter.cert.SerialNumber}}), makeCRL(t, p.inter, crlOpts{})}
+			}, "", "", ""},
+		{"CRL from the wrong issuer ignored with a warning (fail-open)", def,
+			func() [][]byte { return [][]byte{makeCRL(t, impostor, revokesApp1(crlOpts{}))} }, "", "", audit.CRLRejected},
+		{"CRL of another CA with the same name does not apply", deny,
+			func() [][]byte { return [][]byte{makeCRL(t, stranger, revokesApp1(crlOpts{}))} }, "", "", audit.CRLRejected},
+		{"CRL from the wrong issuer, fail-closed", deny,
+			func() [][]byte { return [][]byte{makeCRL(t, impostor, revokesApp1(crlOpts{}))} }, "crl_unavailable", "crl_unavailable", audit.CRLUnavailable},
+		{"expired CRL within the grace period is enforced", def,
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{thisUpdate: now.Add(-48 * time.Hour), nextUpdate: now.Add(-time.Hour)}))}
+			}, "revoked", "", ""},
+		{"CRL expired past the grace period is not used (fail-open)", def,
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{thisUpdate: now.Add(-96 * time.Hour), nextUpdate: now.Add(-48 * time.Hour)}))}
+			}, "", "", audit.CRLUnavailable},
+		{"CRL expired past the grace period, fail-closed", deny,
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{thisUpdate: now.Add(-96 * time.Hour), nextUpdate: now.Add(-48 * time.Hour)}))}
+			}, "crl_unavailable", "crl_unavailable", ""},
+		{"expiration not enforced", with(func(pol *trust.RevocationPolicy) { pol.EnforceExpiration = false; pol.DenyOnUnavailable = true }),
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{thisUpdate: now.Add(-96 * time.Hour), nextUpdate: now.Add(-48 * time.Hour)}))}
+			}, "revoked", "", ""},
+		{"CRL from the future is not used", deny,
+			func() [][]byte {
+				return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{thisUpdate: now.Add(time.Hour), nextUpdate: now.Add(48 * time.Hour)}))}
+			}, "crl_unavailable", "crl_unavailable", ""},
+		{"disabled", with(func(pol *trust.RevocationPolicy) { pol.Disabled = true }),
+			func() [][]byte { return [][]byte{makeCRL(t, p.inter, revokesApp1(crlOpts{}))} }, "", "", audit.RevocationOff},
+		{"no CRL and no Distribution Point: nothing to check, even fail-closed", deny,
+			func() [][]byte { return nil }, "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log, hook := logtest.NewNullLogger()
+			srv, rc := p.serverWith(t, tt.policy, log, tt.crls()...)
+			if got := p.outcome(t, srv, p.app1); got != tt.app1 {
+				t.Errorf("app1: %q, want %q", got, tt.app1)
+			}
+			if got := p.outcome(t, srv, p.app2); got != tt.app2 {
+				t.Errorf("app2: %q, want %q", got, tt.app2)
+			}
+			if tt.event != "" && !hasEvent(hook, tt.event) {
+				t.Errorf("no %s event logged", tt.event)
+			}
+			if tt.app1 == "revoked" && rc.Stats().Revoked == 0 {
+				t.Error("Stats().Revoked = 0 after a revoked chain")
+			}
+		})
+	}
+}
+
+// crlServer serves a swappable CRL and counts requests.
+type crlServer struct {
+	*httptest.Server
+	mu       sync.Mutex
+	body     []byte
+	requests atomic.Int64
+}
+
+func newCRLServer(t *testing.T) *crlServer {
+	t.Helper()
+	cs := &crlServer{}
+	cs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cs.requests.Add(1)
+		cs.mu.Lock()
+		body := cs.body
+		cs.mu.Unlock()
+		if body == nil {
+			http.Error(w, "no CRL", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(cs.Close)
+	return cs
+}
+
+func (cs *crlServer) set(body []byte) {
+	cs.mu.Lock()
+	cs.body = body
+	cs.mu.Unlock()
+}
+
+// allowLoopback lets this test's fetchers reach 127.0.0.1.
+func allowLoopback(t *testing.T) {
+	t.Cleanup(trust.SetTestAllowPrefixes(netip.MustParsePrefix("127.0.0.1/32")))
+}
+
+// updates returns an OnUpdate hook and a function that waits for the next call.
+func updates(t *testing.T, rc *trust.RevocationChecker) (wait func()) {
+	ch := make(chan struct{}, 16)
+	rc.OnUpdate(func() { ch <- struct{}{} })
+	return func() {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no CRL update within 10 s")
+		}
+	}
+}
+
+func TestRevocationFetchedFromDistributionPoint(t *testing.T) {
+	allowLoopback(t)
+	cs := newCRLServer(t)
+	p := newRevPKI(t, cs.URL+"/inter.crl")
+	cs.set(makeCRL(t, p.inter, crlOpts{revoked: []*big.Int{p.app1.cert.SerialNumber}}))
+	log, hook := logtest.NewNullLogger()
+	srv, rc := p.serverWith(t, trust.DefaultRevocationPolicy(), log)
+	wait := updates(t, rc)
+
+	// The first handshake brings the Distribution Point to light; fail-open
+	// lets it through whatever the fetch's timing.
+	p.outcome(t, srv, p.app2)
+	wait()
+	if got := p.outcome(t, srv, p.app1); got != "revoked" {
+		t.Fatalf("app1 after the fetch: %q, want revoked", got)
+	}
+	for range 10 {
+		if got := p.outcome(t, srv, p.app2); got != "" {
+			t.Fatalf("app2: %q", got)
+		}
+	}
+	if n := cs.requests.Load(); n != 1 {
+		t.Errorf("CRL server saw %d requests for 11 handshakes, want 1 (cached)", n)
+	}
+	if !hasEvent(hook, audit.CRLRefreshed) {
+		t.Error("no crl_refreshed logged")
+	}
+
+	// A new CRL that also revokes app2 replaces the cached one on refresh.
+	cs.set(makeCRL(t, p.inter, crlOpts{revoked: []*big.Int{p.app1.cert.SerialNumber, p.app2.cert.SerialNumber}}))
+	rc.Refresh()
+	wait()
+	if got := p.outcome(t, srv, p.app2); got != "revoked" {
+		t.Errorf("app2 after refresh: %q, want revoked", got)
+	}
+	if n := cs.requests.Load(); n != 2 {
+		t.Errorf("CRL server saw %d requests, want 2", n)
+	}
+}
+
+func TestRevocationRefreshInterval(t *testing.T) {
+	allowLoopback(t)
+	cs := newCRLServer(t)
+	p := newRevPKI(t, cs.URL+"/inter.crl")
+	cs.set(makeCRL(t, p.inter, crlOpts{}))
+	pol := trust.DefaultRevocationPolicy()
+	pol.RefreshInterval = 100 * time.Millisecond
+	srv, rc := p.serverWith(t, pol, nil)
+	wait := updates(t, rc)
+	p.outcome(t, srv, p.app1)
+	wait()
+	cs.set(makeCRL(t, p.inter, crlOpts{revoked: []*big.Int{p.app1.cert.SerialNumber}}))
+	wait() // the refresh interval brings the new CRL without a Refresh call
+	if got := p.outcome(t, srv, p.app1); got != "revoked" {
+		t.Errorf("app1 after the scheduled refresh: %q, want revoked", got)
+	}
+}
+
+func TestRevocationFailClosedWaitsForFirstFetch(t *testing.T) {
+	allowLoopback(t)
+	cs := newCRLServer(t)
+	p := newRevPKI(t, cs.URL+"/inter.crl")
+	cs.set(makeCRL(t, p.inter, crlOpts{revoked: []*big.Int{p.app1.cert.SerialNumber}}))
+	pol := trust.DefaultRevocationPolicy()
+	pol.DenyOnUnavailable = true
+	srv, _ := p.serverWith(t, pol, nil)
+	// No handshake before: the very first one must wait for the fetch rather
+	// than refuse a valid client or admit a revoked one.
+	if got := p.outcome(t, srv, p.app2); got != "" {
+		t.Errorf("app2 on the first handshake: %q, want accepted", got)
+	}
+	if got := p.outcome(t, srv, p.app1); got != "revoked" {
+		t.Errorf("app1: %q, want revoked", got)
+	}
+}
+
+func TestRevocationServerDown(t *testing.T) {
+	allowLoopback(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String() + "/inter.crl"
+	ln.Close() // nothing listens there now: connection refused
+	p := newRevPKI(t, url)
+	for _, tt := range []struct {
+		deny bool
+		want string
+	}{{false, ""}, {true, "crl_unavailable"}} {
+		log, hook := logtest.NewNullLogger()
+		pol := trust.DefaultRevocationPolicy()
+		pol.DenyOnUnavailable = tt.deny
+		srv, _ := p.serverWith(t, pol, log)
+		p.outcome(t, srv, p.app1) // discovers; the fetch fails
+		time.Sleep(50 * time.Millisecond)
+		if got := p.outcome(t, srv, p.app1); got != tt.want {
+			t.Errorf("deny=%v: %q, want %q", tt.deny, got, tt.want)
+		}
+		if !hasEvent(hook, audit.CRLUnavailable) || !hasEvent(hook, audit.CRLFetchFailed) {
+			t.Errorf("deny=%v: crl_unavailable and crl_fetch_failed not both logged", tt.deny)
+		}
+	}
+}
+
+func TestRevocationBootstrapFetchesCAChain(t *testing.T) {
+	allowLoopback(t)
+	cs := newCRLServer(t)
+	root := newCA(t, "Bootstrap Root")
+	inter := sign(t, &x509.Certificate{Subject: newCA(t, "x").cert.Subject, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, CRLDistributionPoints: []string{cs.URL + "/root.crl"}}, newECKey(t), root)
+	cs.set(makeCRL(t, root, crlOpts{}))
+	p := newPKI(t)
+	src := sources(t, p.server, nil, root, inter)
+	m, err := trust.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := trust.NewRevocationChecker(trust.DefaultRevocationPolicy(), trust.NewStore(m), nil)
+	defer rc.Close()
+	rc.Start(context.Background()) // returns once the bootstrap fetch is done
+	if st := rc.Stats().Store; st.Cached != 1 || cs.requests.Load() != 1 {
+		t.Errorf("after Start: %d cached, %d requests; want the CA chain's CRL fetched once", st.Cached, cs.requests.Load())
+	}
+}
