@@ -48,6 +48,19 @@ func (s *Server) Recheck(event string, check PeerCheck) int {
 	return len(doomed)
 }
 
+// RevocationCheck is a PeerCheck that refuses peers whose verified chain rc
+// now finds revoked. A CRL that is merely unavailable does not close a live
+// session, whatever the policy: that would turn a CRL server outage into an
+// outage of every client.
+func RevocationCheck(rc *trust.RevocationChecker) PeerCheck {
+	return func(p Peer) string {
+		if rc.Revoked(p.Chains) != nil {
+			return trust.ReasonRevoked
+		}
+		return ""
+	}
+}
+
 // AllowlistCheck is a PeerCheck that refuses peers whose address f no
 // longer allows.
 func AllowlistCheck(f *netfilter.Filter) PeerCheck {

@@ -242,6 +242,46 @@ func (r *RevocationChecker) CheckChains(chains [][]*x509.Certificate) error {
 	return first
 }
 
+// Revoked returns the first certificate that a usable CRL lists as revoked
+// in every one of chains, or nil. Unlike CheckChains it never waits for a
+// fetch and logs nothing about unavailable CRLs: it is for re-checking live
+// sessions, often many at once, when the CRLs change.
+func (r *RevocationChecker) Revoked(chains [][]*x509.Certificate) *RevokedError {
+	if r.policy.Disabled || len(chains) == 0 {
+		return nil
+	}
+	m := r.store.Material()
+	var first *RevokedError
+	for _, chain := range chains {
+		found := r.revokedIn(m, chain)
+		if found == nil {
+			return nil // one clean path is enough, as in CheckChains
+		}
+		if first == nil {
+			first = found
+		}
+	}
+	return first
+}
+
+func (r *RevocationChecker) revokedIn(m *Material, chain []*x509.Certificate) *RevokedError {
+	n := len(chain) - 1
+	if r.policy.EndEntityOnly {
+		n = min(n, 1)
+	}
+	for i := 0; i < n; i++ {
+		var urls []string
+		if r.crls != nil {
+			urls = r.crls.Discover(chain[i], chain[i+1])
+		}
+		if v, _, _, _ := r.evaluate(m, chain[i], chain[i+1], urls, time.Now()); v != nil {
+			v.Depth = i
+			return v
+		}
+	}
+	return nil
+}
+
 // Check checks one verified chain, leaf first, ending at the trust anchor
 // (which is not checked). For each certificate (or the leaf only, by
 // policy) it looks for usable CRLs issued by the next certificate: files of
@@ -263,7 +303,7 @@ func (r *RevocationChecker) Check(chain []*x509.Certificate) error {
 	}
 	n := len(chain) - 1
 	if r.policy.EndEntityOnly {
-		n = 1
+		n = min(n, 1)
 	}
 	for i := 0; i < n; i++ {
 		if err := r.checkCert(m, chain[i], chain[i+1], i); err != nil {
@@ -420,8 +460,10 @@ func (r *RevocationChecker) auditFiles(m *Material) {
 		}
 		switch {
 		case issuer == nil:
-			log.WithFields(logrus.Fields{audit.Event: audit.CRLRejected, audit.Issuer: truncate(c.List.Issuer.String(), 200)}).
-				Warn("CRL file's issuer is not a configured CA; it applies only to an intermediate of that name that a peer presents")
+			// Normal for an intermediate's CRL: peers present intermediates.
+			// Its signature is checked against each one that names it.
+			log.WithField(audit.Issuer, truncate(c.List.Issuer.String(), 200)).
+				Info("CRL file's issuer is not a configured CA; it is checked against the intermediates peers present")
 		case c.Verify(issuer) != nil:
 			log.WithFields(logrus.Fields{audit.Event: audit.CRLRejected, audit.Issuer: truncate(issuer.Subject.String(), 200),
 				audit.Error: c.Verify(issuer).Error()}).Warn("CRL file ignored: it does not verify against its issuing CA")

@@ -44,7 +44,7 @@ func commandName(args []string) string {
 			break
 		}
 		switch a {
-		case "server", "client", "cert", "demo", "init", "issue":
+		case "server", "client", "cert", "demo", "init", "issue", "revoke", "crl":
 			name += " " + a
 			continue
 		}

@@ -23,6 +23,8 @@ func certCommand(stdout io.Writer) *cli.Command {
    tunnel cert init ./pki
    tunnel cert issue ./pki --server tunnel.example.com --ip 127.0.0.1 --dns localhost
    tunnel cert issue ./pki --client app1
+   tunnel cert revoke ./pki app1               # and writes pki/crl.pem
+   tunnel cert crl ./pki --next-update 24h     # re-sign pki/crl.pem
 
    Keys are written 0600 and never overwritten without --force. For
    production, issue certificates from a real CA (step-ca, Vault PKI,
@@ -30,17 +32,53 @@ func certCommand(stdout io.Writer) *cli.Command {
 		OnUsageError: usageError,
 		Subcommands: []*cli.Command{
 			{
-				Name:         "init",
-				Usage:        "create a CA in DIR: ca.pem and ca-key.pem",
-				ArgsUsage:    "DIR",
-				Flags:        keyFlags,
+				Name:      "init",
+				Usage:     "create a CA in DIR: ca.pem and ca-key.pem",
+				ArgsUsage: "DIR",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "crl-url", Usage: "http(s) CRL Distribution Point `URL` put into every certificate this CA issues"},
+				}, keyFlags...),
 				OnUsageError: usageError,
 				Action: func(c *cli.Context) error {
 					dir, err := oneArg(c, "DIR")
 					if err != nil {
 						return err
 					}
-					files, err := devpki.Init(dir, keyOptions(c))
+					opt := keyOptions(c)
+					opt.CRLURL = c.String("crl-url")
+					files, err := devpki.Init(dir, opt)
+					return reportFiles(stdout, files, err)
+				},
+			},
+			{
+				Name:         "revoke",
+				Usage:        "revoke the certificate DIR/NAME.pem and write DIR/crl.pem",
+				ArgsUsage:    "DIR NAME",
+				Flags:        []cli.Flag{nextUpdateFlag},
+				OnUsageError: usageError,
+				Action: func(c *cli.Context) error {
+					if c.Args().Len() != 2 {
+						return &configError{err: fmt.Errorf("want DIR and NAME arguments, got %d arguments", c.Args().Len())}
+					}
+					serial, files, err := devpki.Revoke(c.Args().Get(0), c.Args().Get(1), c.Duration("next-update"))
+					if err == nil {
+						fmt.Fprintf(stdout, "revoked %s (serial %s)\n", c.Args().Get(1), serial.Text(16))
+					}
+					return reportFiles(stdout, files, err)
+				},
+			},
+			{
+				Name:         "crl",
+				Usage:        "sign a new CRL of the revoked certificates of DIR into DIR/crl.pem",
+				ArgsUsage:    "DIR",
+				Flags:        []cli.Flag{nextUpdateFlag},
+				OnUsageError: usageError,
+				Action: func(c *cli.Context) error {
+					dir, err := oneArg(c, "DIR")
+					if err != nil {
+						return err
+					}
+					files, err := devpki.WriteCRL(dir, c.Duration("next-update"))
 					return reportFiles(stdout, files, err)
 				},
 			},
@@ -88,6 +126,10 @@ func certCommand(stdout io.Writer) *cli.Command {
 		},
 	}
 }
+
+// nextUpdateFlag sets how long a written CRL is valid.
+var nextUpdateFlag = &cli.DurationFlag{Name: "next-update", Value: devpki.DefaultCRLNextUpdate,
+	Usage: "the CRL's validity (`DURATION` until nextUpdate); servers refetch or re-read it before then"}
 
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.Args().Len() != 1 {

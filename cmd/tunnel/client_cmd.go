@@ -26,6 +26,7 @@ func clientCommand(stderr io.Writer) *cli.Command {
 		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"TUNNEL_IDLE_TIMEOUT"}, Usage: "close a stream idle this long both ways (0: never)"},
 	}
 	flags = append(flags, tlsFlags("server CA bundle `FILE`: the server certificate must chain to it")...)
+	flags = append(flags, revocationFlags()...)
 	flags = append(flags, logFlags()...)
 	return &cli.Command{
 		Name:  "client",
@@ -46,19 +47,26 @@ func clientCommand(stderr io.Writer) *cli.Command {
 	}
 }
 
+// clientSetup is everything a client start needs, loaded and checked.
+type clientSetup struct {
+	cfg   client.Config
+	src   trust.Sources
+	store *trust.Store
+	rc    *trust.RevocationChecker // checks the server's chain; Start and Close it
+}
+
 // loadClient turns the flags into a checked client configuration.
-func loadClient(c *cli.Context, log *logrus.Entry) (client.Config, trust.Sources, *trust.Store, error) {
-	var zero client.Config
+func loadClient(c *cli.Context, log *logrus.Entry) (*clientSetup, error) {
 	if c.Args().Len() > 0 {
-		return zero, trust.Sources{}, nil, &configError{err: fmt.Errorf("unexpected argument %q", c.Args().First())}
+		return nil, &configError{err: fmt.Errorf("unexpected argument %q", c.Args().First())}
 	}
 	srv := c.String("server")
 	if srv == "" {
-		return zero, trust.Sources{}, nil, flagError("--server", "required: the server's HOST:PORT")
+		return nil, flagError("--server", "required: the server's HOST:PORT")
 	}
 	host, port, err := net.SplitHostPort(srv)
 	if err != nil || host == "" || port == "" {
-		return zero, trust.Sources{}, nil, flagError("--server", "%q is not HOST:PORT", srv)
+		return nil, flagError("--server", "%q is not HOST:PORT", srv)
 	}
 	name := c.String("server-name")
 	if name == "" {
@@ -68,30 +76,37 @@ func loadClient(c *cli.Context, log *logrus.Entry) (client.Config, trust.Sources
 	for _, v := range splitValues(c.StringSlice("forward"), ",") {
 		f, err := client.ParseForward(v)
 		if err != nil {
-			return zero, trust.Sources{}, nil, &configError{flag: "--forward", err: err}
+			return nil, &configError{flag: "--forward", err: err}
 		}
 		fwds = append(fwds, f)
 	}
 	if len(fwds) == 0 {
-		return zero, trust.Sources{}, nil, flagError("--forward", "required: at least one [HOST:]PORT=ROUTE")
+		return nil, flagError("--forward", "required: at least one [HOST:]PORT=ROUTE")
 	}
 	for _, d := range []string{"connect-timeout", "dial-timeout", "keepalive", "keepalive-timeout", "idle-timeout"} {
 		if c.Duration(d) < 0 {
-			return zero, trust.Sources{}, nil, flagError("--"+d, "%v is negative", c.Duration(d))
+			return nil, flagError("--"+d, "%v is negative", c.Duration(d))
 		}
 	}
 	src, err := tlsSources(c)
 	if err != nil {
-		return zero, src, nil, err
+		return nil, err
 	}
 	m, err := loadTrust(src)
 	if err != nil {
-		return zero, src, nil, err
+		return nil, err
+	}
+	policy, err := revocationPolicy(c)
+	if err != nil {
+		return nil, err
 	}
 	store := trust.NewStore(m)
+	rc := trust.NewRevocationChecker(policy, store, log)
 	cfg := client.Config{
-		Server:           srv,
-		TLS:              func() *tls.Config { return trust.ClientConfig(store, name, []string{trust.ALPNTunnel}) },
+		Server: srv,
+		TLS: func() *tls.Config {
+			return trust.ClientConfig(store, name, []string{trust.ALPNTunnel}, trust.WithRevocation(rc))
+		},
 		Forwards:         fwds,
 		ConnectTimeout:   c.Duration("connect-timeout"),
 		DialTimeout:      c.Duration("dial-timeout"),
@@ -100,7 +115,7 @@ func loadClient(c *cli.Context, log *logrus.Entry) (client.Config, trust.Sources
 		IdleTimeout:      c.Duration("idle-timeout"),
 		Log:              log,
 	}
-	return cfg, src, store, nil
+	return &clientSetup{cfg: cfg, src: src, store: store, rc: rc}, nil
 }
 
 func runClient(c *cli.Context, stderr io.Writer) error {
@@ -108,10 +123,11 @@ func runClient(c *cli.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, src, store, err := loadClient(c, log)
+	setup, err := loadClient(c, log)
 	if err != nil {
 		return err
 	}
+	cfg, src, store := setup.cfg, setup.src, setup.store
 	cl, err := client.New(cfg)
 	if err != nil {
 		return &configError{err: err}
@@ -123,9 +139,12 @@ func runClient(c *cli.Context, stderr io.Writer) error {
 		}
 		return &configError{err: err}
 	}
-	stopReload := reloadOnSIGHUP(log, src, store)
+	defer setup.rc.Close()
+	stopReload := reloadOnSIGHUP(log, src, store, setup.rc.Refresh)
 	defer stopReload()
 	logTrust(log, store.Material())
+	log.WithField("revocation", revocationSummary(setup.rc.Policy(), len(src.CRLFiles))).Info("revocation checking of the server's chain")
+	setup.rc.Start(c.Context)
 	if err := cl.Run(c.Context); err != nil {
 		return fatal(log, err, "client failed")
 	}

@@ -41,6 +41,7 @@ func serverCommand(stderr io.Writer) *cli.Command {
 		&cli.IntFlag{Name: "max-streams", Value: server.DefaultMaxStreamsPerSession, EnvVars: []string{"TUNNEL_MAX_STREAMS"}, Usage: "concurrent streams per client session"},
 	}
 	flags = append(flags, tlsFlags("client CA bundle `FILE`: client certificates must chain to it")...)
+	flags = append(flags, revocationFlags()...)
 	flags = append(flags, logFlags()...)
 	return &cli.Command{
 		Name:  "server",
@@ -68,6 +69,7 @@ type serverSetup struct {
 	listen string
 	src    trust.Sources
 	store  *trust.Store
+	rc     *trust.RevocationChecker // checks client chains; Start and Close it
 }
 
 // loadServer turns the flags into a checked server configuration. Every
@@ -124,9 +126,14 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	if err != nil {
 		return nil, &configError{err: err}
 	}
+	policy, err := revocationPolicy(c)
+	if err != nil {
+		return nil, err
+	}
 	store := trust.NewStore(m)
+	rc := trust.NewRevocationChecker(policy, store, log)
 	cfg := server.Config{
-		TLS:                  trust.ServerConfig(store, []string{trust.ALPNTunnel}),
+		TLS:                  trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)),
 		Filter:               filter,
 		Routes:               routes,
 		HandshakeTimeout:     c.Duration("handshake-timeout"),
@@ -140,7 +147,7 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	if c.Duration("shutdown-timeout") == 0 {
 		cfg.ShutdownTimeout = time.Nanosecond // 0 on the command line: do not wait
 	}
-	return &serverSetup{cfg: cfg, listen: listen, src: src, store: store}, nil
+	return &serverSetup{cfg: cfg, listen: listen, src: src, store: store, rc: rc}, nil
 }
 
 func runServer(c *cli.Context, stderr io.Writer) error {
@@ -164,9 +171,17 @@ func runServer(c *cli.Context, stderr io.Writer) error {
 		return flagError("--listen", "%v", err)
 	}
 	ctx := c.Context
-	stopReload := reloadOnSIGHUP(log, setup.src, setup.store)
+	rc := setup.rc
+	defer rc.Close()
+	// A CRL that changed (fetched, or a CRL file reloaded) closes the live
+	// sessions whose chain it now revokes.
+	recheck := func() { srv.Recheck(audit.SessionRevoked, server.RevocationCheck(rc)) }
+	rc.OnUpdate(recheck)
+	stopReload := reloadOnSIGHUP(log, setup.src, setup.store, func() { recheck(); rc.Refresh() })
 	defer stopReload()
 	logTrust(log, setup.store.Material())
+	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
+	rc.Start(ctx)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, server.ErrShutdownForced) {
 		return fatal(log, err, "server failed")
 	} else if err != nil {
@@ -193,7 +208,7 @@ func checkListen(addr string) error {
 }
 
 func tlsSources(c *cli.Context) (trust.Sources, error) {
-	src := trust.Sources{CertFile: c.String("cert"), KeyFile: c.String("key"), CAFile: c.String("ca")}
+	src := trust.Sources{CertFile: c.String("cert"), KeyFile: c.String("key"), CAFile: c.String("ca"), CRLFiles: crlFiles(c)}
 	for _, f := range []struct{ flag, v string }{{"--cert", src.CertFile}, {"--key", src.KeyFile}, {"--ca", src.CAFile}} {
 		if f.v == "" {
 			return src, flagError(f.flag, "required")
@@ -229,8 +244,9 @@ func logTrust(log *logrus.Entry, m *trust.Material) {
 }
 
 // reloadOnSIGHUP reloads the TLS files on SIGHUP. A load that fails keeps
-// the current material. It returns a function that stops it and waits.
-func reloadOnSIGHUP(log *logrus.Entry, src trust.Sources, store *trust.Store) (stop func()) {
+// the current material. After a swap it calls applied. It returns a function
+// that stops it and waits.
+func reloadOnSIGHUP(log *logrus.Entry, src trust.Sources, store *trust.Store, applied func()) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -252,6 +268,7 @@ func reloadOnSIGHUP(log *logrus.Entry, src trust.Sources, store *trust.Store) (s
 			store.Swap(m)
 			id := trust.IdentityOf(m.Certificate.Leaf)
 			log.WithFields(id.Fields()).WithField(audit.Event, audit.ReloadApplied).Info("reload applied")
+			applied()
 		}
 	}()
 	return func() {
