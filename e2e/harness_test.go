@@ -45,6 +45,9 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
+	// The test build's CRL fetcher may reach CRL servers that tests run on
+	// 127.0.0.1 (see trust/testhooks.go); every child inherits this.
+	os.Setenv("TUNNEL_TEST_CRL_ALLOW", "127.0.0.1/32")
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -57,7 +60,9 @@ func runMain(m *testing.M) int {
 
 // buildTunnel builds ./cmd/tunnel of this module into dir and returns the
 // binary's path. The binary is built without -race: it is the thing under
-// test, not the test.
+// test, not the test. It is built with the tunnel_testhooks tag, whose only
+// effect is to let TUNNEL_TEST_CRL_ALLOW open the CRL fetcher's SSRF guard
+// to the tests' CRL servers on loopback.
 func buildTunnel(dir string) (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
@@ -68,7 +73,7 @@ func buildTunnel(dir string) (string, error) {
 		return "", errors.New("not inside a Go module")
 	}
 	bin := filepath.Join(dir, "tunnel")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/tunnel")
+	cmd := exec.Command("go", "build", "-tags", "tunnel_testhooks", "-o", bin, "./cmd/tunnel")
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/tunnel: %w\n%s", err, out)
