@@ -365,7 +365,9 @@ func TestRevokedForRecheck(t *testing.T) {
 	rc := trust.NewRevocationChecker(pol, trust.NewStore(m), nil)
 	defer rc.Close()
 	rc.Start(context.Background())
-	chain := func(l *testCert) [][]*x509.Certificate { return [][]*x509.Certificate{{l.cert, p.inter.cert, p.root.cert}} }
+	chain := func(l *testCert) [][]*x509.Certificate {
+		return [][]*x509.Certificate{{l.cert, p.inter.cert, p.root.cert}}
+	}
 	start := time.Now()
 	if re := rc.Revoked(chain(p.app1)); re == nil || re.Serial != p.app1.cert.SerialNumber.Text(16) || re.Depth != 0 {
 		t.Errorf("app1: %+v, want revoked at depth 0 with its serial", re)
