@@ -51,6 +51,12 @@ func TestConfigErrors(t *testing.T) {
 		{"client CA file without a certificate", withFlag(client, "--ca", noCert), []string{"--ca"}},
 		{"client forward port taken", withFlag(client, "--forward", taken.Addr().String()+"=echo"), []string{"--forward"}},
 		{"client forward without route", withFlag(client, "--forward", "127.0.0.1:0"), []string{"--forward"}},
+		{"missing CRL file", withFlag(server, "--crl", filepath.Join(pk.dir, "nope.crl")), []string{"--crl"}},
+		{"CRL file that is no CRL", withFlag(server, "--crl", noCert), []string{"--crl"}},
+		{"client CRL file that is no CRL", withFlag(client, "--crl", pk.ca), []string{"--crl"}},
+		{"CRL files with revocation disabled", append(withFlag(server, "--crl", noCert), "--crl-disable"), []string{"--crl-disable"}},
+		{"CRL refresh too often", withFlag(server, "--crl-refresh-interval", "10ms"), []string{"--crl-refresh-interval"}},
+		{"CRL response cap too small", withFlag(server, "--crl-max-response-bytes", "10"), []string{"--crl-max-response-bytes"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -88,15 +88,15 @@ func loadClient(c *cli.Context, log *logrus.Entry) (*clientSetup, error) {
 			return nil, flagError("--"+d, "%v is negative", c.Duration(d))
 		}
 	}
+	policy, err := revocationPolicy(c)
+	if err != nil {
+		return nil, err
+	}
 	src, err := tlsSources(c)
 	if err != nil {
 		return nil, err
 	}
 	m, err := loadTrust(src)
-	if err != nil {
-		return nil, err
-	}
-	policy, err := revocationPolicy(c)
 	if err != nil {
 		return nil, err
 	}

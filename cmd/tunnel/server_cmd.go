@@ -101,6 +101,10 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	if len(routes) == 0 {
 		return nil, flagError("--route", "required: at least one NAME=HOST:PORT")
 	}
+	policy, err := revocationPolicy(c)
+	if err != nil {
+		return nil, err
+	}
 	src, err := tlsSources(c)
 	if err != nil {
 		return nil, err
@@ -125,10 +129,6 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	filter, err := netfilter.NewFilter(netfilter.FilterConfig{Allowlist: al, Log: log})
 	if err != nil {
 		return nil, &configError{err: err}
-	}
-	policy, err := revocationPolicy(c)
-	if err != nil {
-		return nil, err
 	}
 	store := trust.NewStore(m)
 	rc := trust.NewRevocationChecker(policy, store, log)
