@@ -56,6 +56,8 @@ func TestConfigErrors(t *testing.T) {
 		{"client CRL file that is no CRL", withFlag(client, "--crl", pk.ca), []string{"--crl"}},
 		{"CRL files with revocation disabled", append(withFlag(server, "--crl", noCert), "--crl-disable"), []string{"--crl-disable"}},
 		{"CRL refresh too often", withFlag(server, "--crl-refresh-interval", "10ms"), []string{"--crl-refresh-interval"}},
+		{"admin on a non-loopback address", withFlag(server, "--admin", "0.0.0.0:0"), []string{"--admin"}},
+		{"client admin address without a port", withFlag(client, "--admin", "127.0.0.1"), []string{"--admin"}},
 		{"CRL response cap too small", withFlag(server, "--crl-max-response-bytes", "10"), []string{"--crl-max-response-bytes"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

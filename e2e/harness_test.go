@@ -273,7 +273,14 @@ func (p *proc) waitEventN(t *testing.T, d time.Duration, n int, what string, mat
 // address.
 func (p *proc) addr(t *testing.T) string {
 	t.Helper()
-	return listenOf(t, p.waitEvent(t, waitTimeout, "listener_started", isEvent("listener_started")))
+	return listenOf(t, p.waitEvent(t, waitTimeout, "listener_started", isEvent("listener_started", "component", "server")))
+}
+
+// adminAddr waits for the admin listener's listener_started line and
+// returns the bound address.
+func (p *proc) adminAddr(t *testing.T) string {
+	t.Helper()
+	return listenOf(t, p.waitEvent(t, waitTimeout, "admin listener_started", isEvent("listener_started", "component", "admin")))
 }
 
 // forwardAddr waits for the client's listener_started line of route and

@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
 	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -27,6 +29,7 @@ func clientCommand(stderr io.Writer) *cli.Command {
 	}
 	flags = append(flags, tlsFlags("server CA bundle `FILE`: the server certificate must chain to it")...)
 	flags = append(flags, revocationFlags()...)
+	flags = append(flags, adminFlags()...)
 	flags = append(flags, logFlags()...)
 	return &cli.Command{
 		Name:  "client",
@@ -123,6 +126,9 @@ func runClient(c *cli.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkAdmin(c); err != nil {
+		return err
+	}
 	setup, err := loadClient(c, log)
 	if err != nil {
 		return err
@@ -145,6 +151,20 @@ func runClient(c *cli.Context, stderr io.Writer) error {
 	logTrust(log, store.Material())
 	log.WithField("revocation", revocationSummary(setup.rc.Policy(), len(src.CRLFiles))).Info("revocation checking of the server's chain")
 	setup.rc.Start(c.Context)
+	stopAdmin, err := startAdmin(c, log, admin.Config{
+		Ready: func() error {
+			if !cl.Stats().SessionUp {
+				return errors.New("no session to the server")
+			}
+			return nil
+		},
+		RefreshCRLs: setup.rc.Refresh,
+		Collectors:  []prometheus.Collector{admin.ClientCollector(cl), admin.RevocationCollector(setup.rc)},
+	})
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
 	if err := cl.Run(c.Context); err != nil {
 		return fatal(log, err, "client failed")
 	}

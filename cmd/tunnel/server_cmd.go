@@ -11,9 +11,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/server"
@@ -42,6 +44,7 @@ func serverCommand(stderr io.Writer) *cli.Command {
 	}
 	flags = append(flags, tlsFlags("client CA bundle `FILE`: client certificates must chain to it")...)
 	flags = append(flags, revocationFlags()...)
+	flags = append(flags, adminFlags()...)
 	flags = append(flags, logFlags()...)
 	return &cli.Command{
 		Name:  "server",
@@ -155,6 +158,9 @@ func runServer(c *cli.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkAdmin(c); err != nil {
+		return err
+	}
 	setup, err := loadServer(c, log)
 	if err != nil {
 		return err
@@ -182,6 +188,20 @@ func runServer(c *cli.Context, stderr io.Writer) error {
 	logTrust(log, setup.store.Material())
 	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
 	rc.Start(ctx)
+	stopAdmin, err := startAdmin(c, log, admin.Config{
+		Ready: func() error {
+			if setup.store.Material() == nil {
+				return errors.New("no TLS material loaded")
+			}
+			return nil // listening: the listener is bound before the admin starts
+		},
+		RefreshCRLs: rc.Refresh,
+		Collectors:  []prometheus.Collector{admin.ServerCollector(srv, setup.cfg.Filter), admin.RevocationCollector(rc)},
+	})
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, server.ErrShutdownForced) {
 		return fatal(log, err, "server failed")
 	} else if err != nil {

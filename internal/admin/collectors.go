@@ -1,0 +1,125 @@
+package admin
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/server"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// The collectors read the packages' Stats() at scrape time, so the hot
+// paths keep their plain atomic counters and nothing is counted twice.
+// Metric names are stable; docs/METRICS.md lists them.
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc("tunnel_"+name, help, labels, nil)
+}
+
+// collectorFunc adapts a describe list and a collect function.
+type collectorFunc struct {
+	descs   []*prometheus.Desc
+	collect func(ch chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+}
+
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+// ServerCollector exports a server's and its filter's counters.
+func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector {
+	var (
+		rejected   = desc("connections_rejected_total", "Connections closed before TLS, by reason.", "reason")
+		handshakes = desc("handshakes_total", "TLS handshakes by result (ok, failed, limit).", "result")
+		sessions   = desc("sessions_active", "Client sessions open now.")
+		streamsAct = desc("streams_active", "Streams open now.")
+		streamsTot = desc("streams_total", "Streams accepted since start.")
+		refused    = desc("streams_refused_total", "Streams answered with a non-zero status, by status.", "status")
+	)
+	return collectorFunc{
+		descs: []*prometheus.Desc{rejected, handshakes, sessions, streamsAct, streamsTot, refused},
+		collect: func(ch chan<- prometheus.Metric) {
+			for reason, n := range f.Stats().Rejected {
+				counter(ch, rejected, n, reason)
+			}
+			st := s.Stats()
+			counter(ch, handshakes, st.HandshakesOK, "ok")
+			counter(ch, handshakes, st.HandshakesFailed, "failed")
+			counter(ch, handshakes, st.HandshakeLimit, "limit")
+			gauge(ch, sessions, float64(st.SessionsActive))
+			gauge(ch, streamsAct, float64(st.StreamsActive))
+			counter(ch, streamsTot, st.StreamsTotal)
+			for status, n := range st.StreamsRefused {
+				counter(ch, refused, n, status)
+			}
+		},
+	}
+}
+
+// ClientCollector exports a client's counters.
+func ClientCollector(c *client.Client) prometheus.Collector {
+	var (
+		up         = desc("client_session_up", "1 while the client holds a session to a server.")
+		streamsAct = desc("client_streams_active", "Local connections carried now.")
+		streamsTot = desc("client_streams_total", "Local connections accepted since start.")
+		failed     = desc("client_streams_failed_total", "Local connections that got no stream or a refusal.")
+	)
+	return collectorFunc{
+		descs: []*prometheus.Desc{up, streamsAct, streamsTot, failed},
+		collect: func(ch chan<- prometheus.Metric) {
+			st := c.Stats()
+			v := 0.0
+			if st.SessionUp {
+				v = 1
+			}
+			gauge(ch, up, v)
+			gauge(ch, streamsAct, float64(st.StreamsActive))
+			counter(ch, streamsTot, st.StreamsTotal)
+			counter(ch, failed, st.StreamsFailed)
+		},
+	}
+}
+
+// RevocationCollector exports a revocation checker's counters.
+func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
+	var (
+		checks  = desc("revocation_checks_total", "Peer chains checked for revocation.")
+		revoked = desc("revocation_revoked_total", "Peer chains refused as revoked.")
+		unavail = desc("crl_unavailable_total", "Certificates that needed a CRL when none was usable.")
+		fetches = desc("crl_fetches_total", "CRL fetches by result (ok, failed).", "result")
+		refused = desc("crl_urls_refused_total", "Distribution Point URLs refused before any request.")
+		cached  = desc("crl_cached", "Distribution Points holding a verified CRL.")
+		tracked = desc("crl_tracked", "Distribution Points being fetched or refreshed.")
+		limits  = desc("crl_limit_hits_total", "CRL store caps hit, by cap.", "limit")
+	)
+	return collectorFunc{
+		descs: []*prometheus.Desc{checks, revoked, unavail, fetches, refused, cached, tracked, limits},
+		collect: func(ch chan<- prometheus.Metric) {
+			st := rc.Stats()
+			counter(ch, checks, st.Checked)
+			counter(ch, revoked, st.Revoked)
+			counter(ch, unavail, st.Unavailable)
+			counter(ch, fetches, st.Store.FetchesOK, "ok")
+			counter(ch, fetches, st.Store.FetchesFailed, "failed")
+			counter(ch, refused, st.Store.URLsRefused)
+			gauge(ch, cached, float64(st.Store.Cached))
+			gauge(ch, tracked, float64(st.Store.Tracked))
+			for l, n := range st.Store.LimitHits {
+				counter(ch, limits, n, l)
+			}
+		},
+	}
+}
