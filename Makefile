@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 # `make test` runs without -race and says so; under CI it fails instead.
 RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
 
-.PHONY: all build test demo vet fmt fmtcheck bench clean
+.PHONY: all build test demo vet fmt fmtcheck bench soak clean
 
 all: build
 
@@ -30,6 +30,12 @@ test: vet fmtcheck
 		echo "WARNING: cgo is off (no C compiler?): running the tests WITHOUT -race" >&2; \
 	fi
 	$(GO) test $(RACE) -count=1 ./...
+
+## soak: random streams across 20 client sessions with backend restarts and
+## certificate reloads for SOAK_DURATION (default 10m); CI runs 60s
+SOAK_DURATION ?= 10m
+soak:
+	TUNNEL_SOAK_DURATION=$(SOAK_DURATION) $(GO) test $(RACE) -count=1 -timeout 2h -run '^TestSoak$$' -v ./e2e/
 
 ## demo: build, then run a server, a client and an echo backend on loopback
 demo: build
