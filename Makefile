@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 # `make test` runs without -race and says so; under CI it fails instead.
 RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
 
-.PHONY: all build test demo vet fmt fmtcheck bench soak clean
+.PHONY: all build test demo vet fmt fmtcheck bench soak fuzz clean
 
 all: build
 
@@ -36,6 +36,11 @@ test: vet fmtcheck
 SOAK_DURATION ?= 10m
 soak:
 	TUNNEL_SOAK_DURATION=$(SOAK_DURATION) $(GO) test $(RACE) -count=1 -timeout 2h -run '^TestSoak$$' -v ./e2e/
+
+## fuzz: every fuzz target for FUZZTIME each (default 30s; CI runs this)
+FUZZTIME ?= 30s
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
 
 ## demo: build, then run a server, a client and an echo backend on loopback
 demo: build
