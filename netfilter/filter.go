@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 )
 
 // ReasonIPNotAllowed is the rejection reason for a peer whose address is not
@@ -46,15 +47,12 @@ type FilterConfig struct {
 // once per address per LogInterval. All methods are safe for concurrent use.
 // Build one with NewFilter; the zero value is not usable.
 type Filter struct {
-	allow    atomic.Pointer[Allowlist] // swapped whole by SetAllowlist
-	log      *logrus.Entry
-	interval time.Duration
-	now      func() time.Time // the rate limiter's clock; tests replace it
-	maxAddrs int              // bound of limiter.addrs; tests lower it
+	allow   atomic.Pointer[Allowlist] // swapped whole by SetAllowlist
+	log     *logrus.Entry
+	limiter *logthrottle.Throttle[netip.Addr] // one line per address per interval
 
 	mu       sync.Mutex
 	rejected map[string]uint64 // by reason; guarded by mu
-	limiter  logLimiter        // guarded by mu
 }
 
 // FilterStats are a Filter's counters since it was built.
@@ -73,15 +71,14 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	case cfg.LogInterval < 0:
 		return nil, errors.New("netfilter: FilterConfig.LogInterval must not be negative")
 	}
+	interval := cfg.LogInterval
+	if interval == 0 {
+		interval = DefaultLogInterval
+	}
 	f := &Filter{
 		log:      cfg.Log,
-		interval: cfg.LogInterval,
-		now:      time.Now,
-		maxAddrs: maxLogAddrs,
+		limiter:  &logthrottle.Throttle[netip.Addr]{Interval: interval, Max: maxLogAddrs},
 		rejected: make(map[string]uint64),
-	}
-	if f.interval == 0 {
-		f.interval = DefaultLogInterval
 	}
 	f.allow.Store(cfg.Allowlist)
 	return f, nil
@@ -124,10 +121,14 @@ func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
 
 	f.mu.Lock()
 	f.rejected[reason]++
-	key, count, ok := f.limiter.allow(ip, f.now(), f.interval, f.maxAddrs)
 	f.mu.Unlock()
+	count, folded, ok := f.limiter.Hit(ip)
 	if !ok {
 		return
+	}
+	key := ipString(ip)
+	if folded {
+		key = OtherAddrs
 	}
 	fields := logrus.Fields{
 		audit.Event:  audit.ConnRejected,
@@ -174,71 +175,6 @@ func PeerAddr(a net.Addr) (netip.Addr, bool) {
 	}
 	ip = ip.Unmap()
 	return ip, ip.IsValid()
-}
-
-// logLimiter decides which rejections get a log line. Its owner guards it.
-type logLimiter struct {
-	addrs map[netip.Addr]*logSlot
-	other logSlot   // addresses that found the table full
-	sweep time.Time // no entry of addrs expires before this time
-}
-
-// logSlot is one rate-limited stream of lines.
-type logSlot struct {
-	last       time.Time // when the last line was logged
-	suppressed uint64    // rejections since then that logged nothing
-}
-
-// hit records one rejection at now and reports whether to log it, and if so
-// how many rejections the line stands for.
-func (s *logSlot) hit(now time.Time, interval time.Duration) (uint64, bool) {
-	if !s.last.IsZero() && now.Sub(s.last) < interval {
-		s.suppressed++
-		return 0, false
-	}
-	n := s.suppressed + 1
-	s.last, s.suppressed = now, 0
-	return n, true
-}
-
-// allow records a rejection from ip and reports the addr field and count of
-// the line to log, or false to log nothing. The table never holds more than
-// limit addresses.
-func (l *logLimiter) allow(ip netip.Addr, now time.Time, interval time.Duration, limit int) (string, uint64, bool) {
-	if l.addrs == nil {
-		l.addrs = make(map[netip.Addr]*logSlot)
-	}
-	s, ok := l.addrs[ip]
-	if !ok && len(l.addrs) >= limit && !now.Before(l.sweep) {
-		l.dropExpired(now, interval)
-	}
-	if !ok && len(l.addrs) < limit {
-		s = &logSlot{}
-		l.addrs[ip] = s
-	}
-	if s == nil {
-		n, ok := l.other.hit(now, interval)
-		return OtherAddrs, n, ok
-	}
-	n, ok := s.hit(now, interval)
-	return ipString(ip), n, ok
-}
-
-// dropExpired removes the entries whose interval has passed and notes when
-// the next one can expire, so a full table of live entries is not rescanned
-// for every new address.
-func (l *logLimiter) dropExpired(now time.Time, interval time.Duration) {
-	var oldest time.Time
-	for ip, s := range l.addrs {
-		if now.Sub(s.last) >= interval {
-			delete(l.addrs, ip)
-			continue
-		}
-		if oldest.IsZero() || s.last.Before(oldest) {
-			oldest = s.last
-		}
-	}
-	l.sweep = oldest.Add(interval)
 }
 
 func ipString(ip netip.Addr) string {

@@ -47,7 +47,7 @@ func newTestFilter(t *testing.T, interval time.Duration, entries ...string) (*Fi
 		t.Fatal(err)
 	}
 	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-	f.now = clock.Now
+	f.limiter.Now = clock.Now
 	return f, hook, clock
 }
 
@@ -133,8 +133,8 @@ func TestNewFilterValidation(t *testing.T) {
 		})
 	}
 	f, _ := NewFilter(good)
-	if f.interval != DefaultLogInterval {
-		t.Errorf("zero LogInterval became %v, want %v", f.interval, DefaultLogInterval)
+	if f.limiter.Interval != DefaultLogInterval {
+		t.Errorf("zero LogInterval became %v, want %v", f.limiter.Interval, DefaultLogInterval)
 	}
 }
 
@@ -295,14 +295,14 @@ func TestRejectLogRateLimit(t *testing.T) {
 func TestRejectLogTableBounded(t *testing.T) {
 	const interval = time.Minute
 	f, hook, clock := newTestFilter(t, interval, "127.0.0.1")
-	f.maxAddrs = 4
+	f.limiter.Max = 4
 	reject := func(i int) {
 		f.Reject(&plainConn{}, netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), ReasonIPNotAllowed)
 	}
 	tableLen := func() int {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		return len(f.limiter.addrs)
+		return f.limiter.Len()
 	}
 
 	for i := range 1000 { // a flood from many addresses

@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 )
 
 // Refresh bounds and the caps of CRLStore. A peer chooses which
@@ -83,7 +84,6 @@ type CRLStore struct {
 	active   int
 	winStart time.Time // the new-URL rate window
 	winCount int
-	limitLog map[string]time.Time
 	closed   bool
 
 	wake   chan struct{}
@@ -93,6 +93,7 @@ type CRLStore struct {
 
 	fetchOK, fetchFailed, refused atomic.Uint64
 	limits                        sync.Map // limit name -> *atomic.Uint64
+	limitLog                      *logthrottle.Throttle[string]
 }
 
 // crlEntry is the state of one URL.
@@ -119,8 +120,9 @@ func NewCRLStore(cfg CRLStoreConfig) *CRLStore {
 	return &CRLStore{
 		cfg: cfg, log: log.WithField(audit.Component, "crl"),
 		entries: map[string]*crlEntry{}, seen: map[string]struct{}{},
-		hosts: map[string]int{}, busy: map[string]bool{}, limitLog: map[string]time.Time{},
-		wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
+		hosts: map[string]int{}, busy: map[string]bool{},
+		limitLog: &logthrottle.Throttle[string]{Interval: limitLogInterval, Max: 16},
+		wake:     make(chan struct{}, 1), ctx: ctx, cancel: cancel,
 	}
 }
 
@@ -223,10 +225,9 @@ func (e *crlEntry) addIssuer(issuer *x509.Certificate) {
 func (s *CRLStore) limitHitLocked(limit, raw string) {
 	v, _ := s.limits.LoadOrStore(limit, new(atomic.Uint64))
 	n := v.(*atomic.Uint64).Add(1)
-	if last, ok := s.limitLog[limit]; ok && time.Since(last) < limitLogInterval {
+	if _, _, ok := s.limitLog.Hit(limit); !ok {
 		return
 	}
-	s.limitLog[limit] = time.Now()
 	s.log.WithFields(logrus.Fields{audit.Event: audit.CRLLimit, audit.Limit: limit, audit.URL: truncate(raw, 200),
 		audit.Count: n}).Warn("CRL store limit reached; Distribution Point dropped")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 )
 
 // Defaults of the --crl-* flags.
@@ -112,10 +113,10 @@ type RevocationChecker struct {
 
 	onUpdate atomic.Pointer[func()]
 
+	warnings *logthrottle.Throttle[string] // crl_unavailable and crl_rejected lines
+
 	mu        sync.Mutex
-	warned    map[string]time.Time // key -> last warning, for rate limiting
-	suppress  map[string]int       // key -> warnings suppressed since
-	audited   *Material            // the last material whose CRL files were audited
+	audited   *Material // the last material whose CRL files were audited
 	checked   atomic.Uint64
 	revoked   atomic.Uint64
 	unavail   atomic.Uint64
@@ -131,7 +132,7 @@ func NewRevocationChecker(policy RevocationPolicy, store *Store, log logrus.Fiel
 		log = l
 	}
 	r := &RevocationChecker{policy: policy, store: store, log: log.WithField(audit.Component, "revocation"),
-		warned: map[string]time.Time{}, suppress: map[string]int{}}
+		warnings: &logthrottle.Throttle[string]{Interval: warnInterval, Max: maxWarnKeys}}
 	if !policy.Disabled && policy.Fetch {
 		r.crls = NewCRLStore(CRLStoreConfig{
 			Fetcher:         NewCRLFetcher(policy.FetchOptions),
@@ -486,25 +487,14 @@ func (r *RevocationChecker) auditFiles(m *Material) {
 }
 
 // warn logs fields at warning level at most once per key per warnInterval,
-// with the number of suppressed repeats.
+// with the number of events the line stands for.
 func (r *RevocationChecker) warn(key string, fields logrus.Fields, msg string) {
-	r.mu.Lock()
-	last, ok := r.warned[key]
-	if ok && time.Since(last) < warnInterval {
-		r.suppress[key]++
-		r.mu.Unlock()
+	n, _, ok := r.warnings.Hit(key)
+	if !ok {
 		return
 	}
-	if len(r.warned) >= maxWarnKeys {
-		clear(r.warned)
-		clear(r.suppress)
-	}
-	n := r.suppress[key]
-	r.warned[key] = time.Now()
-	delete(r.suppress, key)
-	r.mu.Unlock()
-	if n > 0 {
-		fields[audit.Count] = n + 1
+	if n > 1 {
+		fields[audit.Count] = n
 	}
 	r.log.WithFields(fields).Warn(msg)
 }
