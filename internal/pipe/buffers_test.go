@@ -1,0 +1,189 @@
+package pipe
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"io"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Thousands of idle connections must not each pin two large copy buffers:
+// a direction waits on a small buffer unless reads keep filling it.
+func TestRunIdleHoldsOnlySmallBuffers(t *testing.T) {
+	const pipes = 300
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC() // and the sync.Pool victim cache
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	worlds := make([]world, pipes)
+	for i := range worlds {
+		worlds[i] = tcpWorld(t)
+	}
+	before := heap()
+	for _, w := range worlds {
+		start(t, w, 0)
+		// One byte each way, so both directions have read once and wait again.
+		if _, err := w.client.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(w.backend, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.backend.Write([]byte{2}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(w.client, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each Run's directions are blocked in Read now; what they hold is live.
+	perPipe := (int64(heap()) - int64(before)) / pipes
+	// Two large buffers would be 2*bufSize = 256 KiB; two small ones plus the
+	// pipe's own state are a few KiB.
+	if perPipe > 16<<10 {
+		t.Errorf("an idle Run holds %d bytes of heap, want at most 16 KiB (2 x %d-byte buffers)", perPipe, smallSize)
+	}
+	t.Logf("heap per idle Run: %d bytes", perPipe)
+}
+
+// A bulk transfer moves to the large buffer and back: bytes stay exact when
+// reads alternate between full and short ones.
+func TestRunSwitchesBuffersExactly(t *testing.T) {
+	w := tcpWorld(t)
+	r := start(t, w, 0)
+	done := make(chan *side, 1)
+	go func() { done <- runSide(w.backend, 0, 9) }()
+	var sent []byte
+	for i, size := range []int{1, smallSize, smallSize + 1, bufSize, 3, 5 * bufSize, 7, smallSize - 1} {
+		chunk := make([]byte, size)
+		for j := range chunk {
+			chunk[j] = byte(i*31 + j)
+		}
+		sent = append(sent, chunk...)
+		if _, err := w.client.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond) // let reads see the chunks separately; not synchronisation
+	}
+	closeWrite(t, w.client)
+	got, err := io.ReadAll(w.client)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("client read %d bytes, %v", len(got), err)
+	}
+	b := <-done
+	res := r.wait(t, 10*time.Second)
+	if b.err != nil || res.err != nil {
+		t.Fatalf("backend: %v; Run: %v", b.err, res.err)
+	}
+	if b.gotN != int64(len(sent)) || b.got != sha256.Sum256(sent) {
+		t.Errorf("backend got %d bytes, want %d, sha256 equal %v", b.gotN, len(sent), b.got == sha256.Sum256(sent))
+	}
+}
+
+// recordWrites records the size of every Write to the conn it wraps and
+// keeps its CloseWrite.
+type recordWrites struct {
+	*net.TCPConn
+	mu    sync.Mutex
+	sizes []int // guarded by mu
+}
+
+func (c *recordWrites) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.sizes = append(c.sizes, len(p))
+	c.mu.Unlock()
+	return c.TCPConn.Write(p)
+}
+
+func (c *recordWrites) writes() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.sizes)
+}
+
+// yamuxStream gives a yamux stream the net.Conn methods it lacks.
+type yamuxStream struct{ *yamux.Stream }
+
+// A message a little larger than the small buffer, received at once, is
+// written on in one piece (over a tunnel: one yamux frame, one TLS record),
+// whether it comes from a socket or from a yamux stream.
+func TestRunDoesNotSplitAMessage(t *testing.T) {
+	msg := bytes.Repeat([]byte("0123456789"), 100) // 1000 bytes, about two small buffers
+	if len(msg) <= smallSize || len(msg) >= 3*smallSize {
+		t.Fatalf("a %d-byte message does not exercise a %d-byte small buffer", len(msg), smallSize)
+	}
+	tests := []struct {
+		name   string
+		source func(t *testing.T) (src net.Conn, send io.WriteCloser)
+	}{
+		{"socket", func(t *testing.T) (net.Conn, io.WriteCloser) {
+			client, a := tcpPair(t)
+			return a, client
+		}},
+		{"yamux stream", func(t *testing.T) (net.Conn, io.WriteCloser) {
+			c1, c2 := net.Pipe()
+			cfg := yamux.DefaultConfig()
+			cfg.LogOutput = io.Discard
+			cs, err := yamux.Client(c1, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ss, err := yamux.Server(c2, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cs.Close(); ss.Close() })
+			out, err := cs.OpenStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := out.Write([]byte{0}); err != nil { // opens the stream on the server
+				t.Fatal(err)
+			}
+			in, err := ss.AcceptStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(in, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			return yamuxStream{in}, out
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src, send := tt.source(t)
+			b, backend := tcpPair(t)
+			rec := &recordWrites{TCPConn: b}
+			done := make(chan error, 1)
+			go func() { _, _, err := Run(src, rec, 0); done <- err }()
+			// send's FIN ends Run's read of a yamux source (its Close is a
+			// half-close); closing b ends the other direction.
+			t.Cleanup(func() { send.Close(); src.Close(); b.Close(); <-done })
+
+			for range 3 {
+				if _, err := send.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(backend, got); err != nil || !bytes.Equal(got, msg) {
+					t.Fatalf("backend read %q, %v", got, err)
+				}
+			}
+			if w := rec.writes(); !slices.Equal(w, []int{len(msg), len(msg), len(msg)}) {
+				t.Errorf("three %d-byte messages were written on as %v", len(msg), w)
+			}
+		})
+	}
+}
