@@ -242,6 +242,19 @@ func (s *CRLStore) CRL(url string) *CRL {
 	return nil
 }
 
+// cachedCRLs returns the verified CRL of each URL that has one.
+func (s *CRLStore) cachedCRLs() map[string]*CRL {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]*CRL, len(s.entries))
+	for u, e := range s.entries {
+		if e.crl != nil {
+			out[u] = e.crl
+		}
+	}
+	return out
+}
+
 // Attempted reports whether url has had at least one fetch attempt.
 func (s *CRLStore) Attempted(url string) bool {
 	s.mu.Lock()

@@ -100,6 +100,9 @@ type RevocationStats struct {
 	Revoked     uint64 // chains refused as revoked
 	Unavailable uint64 // certificates with no usable CRL (allowed or refused by policy)
 	Store       CRLStoreStats
+	// CRLAges is, for each CRL in use (file path or URL), how long ago
+	// its thisUpdate was.
+	CRLAges map[string]time.Duration
 }
 
 // RevocationChecker checks certificate chains against CRLs: those loaded from
@@ -148,8 +151,8 @@ func NewRevocationChecker(policy RevocationPolicy, store *Store, log logrus.Fiel
 func (r *RevocationChecker) Policy() RevocationPolicy { return r.policy }
 
 // OnUpdate sets fn to run whenever the CRLs in use change (a fetch brought a
-// new CRL). The caller uses it to re-check live sessions; NotifyReload does
-// the same for CRL files.
+// new CRL). The caller uses it to re-check live sessions; a reload of the
+// CRL files re-checks them itself, after swapping the material.
 func (r *RevocationChecker) OnUpdate(fn func()) { r.onUpdate.Store(&fn) }
 
 func (r *RevocationChecker) notify() {
@@ -218,9 +221,19 @@ func (r *RevocationChecker) Refresh() {
 
 // Stats returns the checker's counters.
 func (r *RevocationChecker) Stats() RevocationStats {
-	st := RevocationStats{Checked: r.checked.Load(), Revoked: r.revoked.Load(), Unavailable: r.unavail.Load()}
+	st := RevocationStats{Checked: r.checked.Load(), Revoked: r.revoked.Load(), Unavailable: r.unavail.Load(),
+		CRLAges: map[string]time.Duration{}}
+	now := time.Now()
+	if m := r.store.Material(); m != nil {
+		for _, c := range m.CRLs {
+			st.CRLAges[c.Source] = now.Sub(c.List.ThisUpdate)
+		}
+	}
 	if r.crls != nil {
 		st.Store = r.crls.Stats()
+		for url, c := range r.crls.cachedCRLs() {
+			st.CRLAges[url] = now.Sub(c.List.ThisUpdate)
+		}
 	}
 	return st
 }
