@@ -40,6 +40,9 @@ type FilterConfig struct {
 	// Log receives conn_rejected events; required. It should already carry
 	// the component field.
 	Log *logrus.Entry
+	// MaxConnsPerAddr caps the connections one client address holds at
+	// once (see Hold); 0 means no cap.
+	MaxConnsPerAddr int
 }
 
 // Filter decides whether a peer address may connect, and rejects those that
@@ -51,14 +54,20 @@ type Filter struct {
 	log     *logrus.Entry
 	limiter *logthrottle.Throttle[netip.Addr] // one line per address per interval
 
+	maxConns int // per address; 0: no cap
+
 	mu       sync.Mutex
-	rejected map[string]uint64 // by reason; guarded by mu
+	rejected map[string]uint64  // by reason; guarded by mu
+	conns    map[netip.Addr]int // open connections by address; guarded by mu
 }
 
 // FilterStats are a Filter's counters since it was built.
 type FilterStats struct {
 	// Rejected counts rejected connections by reason. The map is a copy.
 	Rejected map[string]uint64
+	// Addrs is how many client addresses hold connections now (with a
+	// per-address cap; 0 without).
+	Addrs int
 }
 
 // NewFilter validates cfg and returns a Filter. It starts no goroutines.
@@ -70,6 +79,8 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 		return nil, errors.New("netfilter: FilterConfig.Log is required")
 	case cfg.LogInterval < 0:
 		return nil, errors.New("netfilter: FilterConfig.LogInterval must not be negative")
+	case cfg.MaxConnsPerAddr < 0:
+		return nil, errors.New("netfilter: FilterConfig.MaxConnsPerAddr must not be negative")
 	}
 	interval := cfg.LogInterval
 	if interval == 0 {
@@ -78,7 +89,9 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	f := &Filter{
 		log:      cfg.Log,
 		limiter:  &logthrottle.Throttle[netip.Addr]{Interval: interval, Max: maxLogAddrs},
+		maxConns: cfg.MaxConnsPerAddr,
 		rejected: make(map[string]uint64),
+		conns:    make(map[netip.Addr]int),
 	}
 	f.allow.Store(cfg.Allowlist)
 	return f, nil
@@ -145,7 +158,7 @@ func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
 func (f *Filter) Stats() FilterStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return FilterStats{Rejected: maps.Clone(f.rejected)}
+	return FilterStats{Rejected: maps.Clone(f.rejected), Addrs: len(f.conns)}
 }
 
 // PeerAddr returns the IP of a (a *net.TCPAddr, a *net.UDPAddr, or any

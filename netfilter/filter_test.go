@@ -360,3 +360,41 @@ func TestFilterConcurrent(t *testing.T) {
 		t.Errorf("counted %d rejections, want 2000", got)
 	}
 }
+
+// TestHoldCapsConnsPerAddr: an address holds at most MaxConnsPerAddr
+// connections through the listener; closing one frees its slot; other
+// addresses are not affected.
+func TestHoldCapsConnsPerAddr(t *testing.T) {
+	al, err := ParseAllowlist([]string{"127.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFilter(FilterConfig{Allowlist: al, Log: logrus.NewEntry(logrus.New()), MaxConnsPerAddr: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	pipe := func() net.Conn { c1, c2 := net.Pipe(); t.Cleanup(func() { c1.Close(); c2.Close() }); return c1 }
+	h1, ok1 := f.Hold(pipe(), a)
+	_, ok2 := f.Hold(pipe(), a)
+	if !ok1 || !ok2 {
+		t.Fatal("the first two conns of an address were refused")
+	}
+	if _, ok := f.Hold(pipe(), a); ok {
+		t.Fatal("a third conn of the same address was admitted")
+	}
+	if _, ok := f.Hold(pipe(), b); !ok {
+		t.Fatal("another address was refused")
+	}
+	h1.Close()
+	h1.Close() // a second Close must not free a second slot
+	if _, ok := f.Hold(pipe(), a); !ok {
+		t.Fatal("a closed conn did not give its slot back")
+	}
+	if _, ok := f.Hold(pipe(), a); ok {
+		t.Fatal("closing one conn twice freed two slots")
+	}
+	if st := f.Stats(); st.Addrs != 2 {
+		t.Errorf("Stats().Addrs = %d, want 2", st.Addrs)
+	}
+}
