@@ -37,8 +37,10 @@ func (e *ListenError) Unwrap() error { return e.Err }
 type Client struct {
 	cfg    Config
 	log    *logrus.Entry
-	keeper *SessionKeeper
+	keeper *SessionKeeper // in Raw mode only its server rotation is used
 	lns    []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
+
+	updates chan forwardUpdate // SetForwards -> Run
 
 	streamsActive atomic.Int64
 	streamsTotal  atomic.Uint64
@@ -51,7 +53,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg, log: cfg.Log, keeper: newSessionKeeper(cfg)}, nil
+	return &Client{cfg: cfg, log: cfg.Log, keeper: newSessionKeeper(cfg), updates: make(chan forwardUpdate)}, nil
 }
 
 // Listen binds every forward's local address. If one cannot be bound it
@@ -88,15 +90,21 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { c.keeper.Run(ctx) })
-	for i, ln := range c.lns {
-		f := c.cfg.Forwards[i]
-		c.log.WithFields(logrus.Fields{audit.Event: audit.ListenerStarted, audit.Listen: ln.Addr().String(), audit.Route: f.Route}).
-			Info("forward listening")
-		wg.Go(func() { c.serveForward(ctx, ln, f, &wg) })
+	if !c.cfg.Raw { // raw mode dials per local connection, see raw.go
+		wg.Go(func() { c.keeper.Run(ctx) })
 	}
-	<-ctx.Done()
-	return nil
+	var fs forwardSet // the live listeners; SetForwards changes them through Run
+	for i, ln := range c.lns {
+		fs.start(ctx, c, c.cfg.Forwards[i], ln, &wg)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u := <-c.updates:
+			u.done <- fs.apply(ctx, c, u.fwds, &wg)
+		}
+	}
 }
 
 // serveForward accepts local connections on ln until ctx ends, then closes ln.
@@ -125,6 +133,10 @@ func (c *Client) serveForward(ctx context.Context, ln net.Listener, f Forward, w
 
 // serveLocal carries one local connection over a new stream. It closes lc.
 func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
+	if c.cfg.Raw {
+		c.serveRaw(ctx, lc, f)
+		return
+	}
 	defer lc.Close()
 	c.streamsTotal.Add(1)
 	c.streamsActive.Add(1)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -29,9 +30,27 @@ type Config struct {
 	// Server is the server's host:port; required.
 	Server string
 
+	// Failover lists more servers (host:port) that serve the same routes.
+	// The client dials Server first and stays with whichever server it
+	// reached; when a dial fails it tries the next address at once, and
+	// backs off only after every address failed in a row. Nil: Server only.
+	Failover []string
+
+	// Source is the local IP the client dials the servers from (stunnel's
+	// "local"); the zero value lets the kernel choose.
+	Source netip.Addr
+
+	// Raw makes the client speak plain TLS: every local connection gets its
+	// own mutual-TLS connection to the server, with no ALPN and no yamux,
+	// and the route name of its forward is only a label in the logs. That
+	// is what a stunnel or ghostunnel server, or a tunnel server's raw
+	// route, expects. The TLS config must then offer no ALPN.
+	Raw bool
+
 	// TLS returns the TLS configuration for one dial of the server
 	// (trust.ClientConfig); required. It is called for every dial, so a
-	// reloaded certificate is used by the next dial.
+	// reloaded certificate is used by the next dial. A config whose
+	// ServerName is empty gets the host of the address being dialled.
 	TLS func() *tls.Config
 
 	// Forwards are the local listeners; at least one.
@@ -65,6 +84,9 @@ type Config struct {
 	Log *logrus.Entry
 }
 
+// servers returns Server followed by Failover.
+func (c Config) servers() []string { return append([]string{c.Server}, c.Failover...) }
+
 func (c Config) withDefaults() (Config, error) {
 	switch {
 	case c.TLS == nil:
@@ -74,8 +96,10 @@ func (c Config) withDefaults() (Config, error) {
 	case len(c.Forwards) == 0:
 		return c, errors.New("client: no forwards configured")
 	}
-	if _, _, err := net.SplitHostPort(c.Server); err != nil {
-		return c, fmt.Errorf("client: server address %q: %w", c.Server, err)
+	for _, s := range c.servers() {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return c, fmt.Errorf("client: server address %q: %w", s, err)
+		}
 	}
 	for _, f := range c.Forwards {
 		if err := f.check(); err != nil {

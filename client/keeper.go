@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -26,8 +27,9 @@ var ErrSessionUnavailable = errors.New("client: no session to the server")
 // redials with exponential backoff and full jitter when the session ends,
 // and hands the current session to whoever asks. Safe for concurrent use.
 type SessionKeeper struct {
-	cfg Config
-	log *logrus.Entry
+	cfg     Config
+	log     *logrus.Entry
+	servers *rotation // Server and Failover, and the one to dial first
 
 	mu      sync.Mutex
 	cur     *yamux.Session // the session to open streams on; nil while down; guarded by mu
@@ -36,8 +38,35 @@ type SessionKeeper struct {
 }
 
 func newSessionKeeper(cfg Config) *SessionKeeper {
-	return &SessionKeeper{cfg: cfg, log: cfg.Log, up: make(chan struct{})}
+	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()), up: make(chan struct{})}
 }
+
+// rotation is the list of servers to fail over between and the one that
+// answered last, which is dialled first. Safe for concurrent use.
+type rotation struct {
+	addrs []string     // read-only; at least one
+	cur   atomic.Int64 // index into addrs of the server that answered last
+}
+
+func newRotation(addrs []string) *rotation { return &rotation{addrs: addrs} }
+
+// first returns the index of the server that answered last.
+func (r *rotation) first() int { return int(r.cur.Load()) }
+
+// pick returns the index and address of the server to dial after failed
+// consecutive failures that began at server start: start first, then the
+// next ones in turn.
+func (r *rotation) pick(start, failed int) (int, string) {
+	i := (start + failed) % len(r.addrs)
+	return i, r.addrs[i]
+}
+
+// good records that server i answered.
+func (r *rotation) good(i int) { r.cur.Store(int64(i)) }
+
+// roundOver reports whether failed consecutive failures have tried every
+// server once more, which is when the caller should back off.
+func (r *rotation) roundOver(failed int) bool { return failed%len(r.addrs) == 0 }
 
 // Session returns the current session, waiting for one until ctx ends.
 func (k *SessionKeeper) Session(ctx context.Context) (*yamux.Session, error) {
@@ -76,17 +105,23 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 			s.Close()
 		}
 	}()
-	attempt := 0
+	attempt := 0 // rounds of the server list that failed, for the backoff
+	failed := 0  // dials that failed in a row: the next server is tried at once
 	for ctx.Err() == nil {
-		s, err := k.dial(ctx)
+		i, addr := k.servers.pick(k.servers.first(), failed) // only Run calls good
+		s, err := k.dial(ctx, addr)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			delay := k.backoff(attempt)
-			attempt++
+			failed++
+			var delay time.Duration
+			if k.servers.roundOver(failed) {
+				delay = k.backoff(attempt)
+				attempt++
+			}
 			k.log.WithFields(logrus.Fields{
-				audit.Event: audit.SessionFailed, audit.Reason: dialReason(err), audit.Addr: k.cfg.Server,
+				audit.Event: audit.SessionFailed, audit.Reason: dialReason(err), audit.Addr: addr,
 				audit.Error: err.Error(), "retry_in_ms": delay.Milliseconds(),
 			}).Warn("cannot reach the server")
 			select {
@@ -95,7 +130,8 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 			}
 			continue
 		}
-		attempt = 0
+		k.servers.good(i)
+		attempt, failed = 0, 0
 		retire := k.publish(s)
 		start := time.Now()
 		select {
@@ -111,7 +147,7 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 		} else {
 			s.Close()
 			k.log.WithFields(logrus.Fields{
-				audit.Event: audit.SessionClosed, audit.Addr: k.cfg.Server,
+				audit.Event: audit.SessionClosed, audit.Addr: addr,
 				audit.DurationMS: time.Since(start).Milliseconds(),
 			}).Info("session closed")
 		}
@@ -159,19 +195,13 @@ func (k *SessionKeeper) backoff(n int) time.Duration {
 	return rand.N(ceil) + 1
 }
 
-// dial connects, completes TLS and starts a yamux client session.
-func (k *SessionKeeper) dial(ctx context.Context) (*yamux.Session, error) {
+// dial connects to addr, completes TLS and starts a yamux client session.
+func (k *SessionKeeper) dial(ctx context.Context, addr string) (*yamux.Session, error) {
 	dctx, cancel := context.WithTimeout(ctx, k.cfg.DialTimeout)
 	defer cancel()
-	d := net.Dialer{KeepAliveConfig: tcpKeepAlive}
-	raw, err := d.DialContext(dctx, "tcp", k.cfg.Server)
+	tc, err := dialTLS(dctx, k.cfg, addr)
 	if err != nil {
 		return nil, err
-	}
-	tc := tls.Client(raw, k.cfg.TLS())
-	if err := tc.HandshakeContext(dctx); err != nil {
-		raw.Close()
-		return nil, &handshakeError{err}
 	}
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != trust.ALPNTunnel {
@@ -179,9 +209,9 @@ func (k *SessionKeeper) dial(ctx context.Context) (*yamux.Session, error) {
 		return nil, fmt.Errorf("client: server did not negotiate ALPN %q (got %q)", trust.ALPNTunnel, cs.NegotiatedProtocol)
 	}
 	id, _ := trust.PeerIdentity(cs)
-	log := k.log.WithFields(id.Fields()).WithField(audit.Addr, k.cfg.Server)
+	log := k.log.WithFields(id.Fields()).WithField(audit.Addr, addr)
 	rc := &readErrConn{Conn: tc}
-	s, err := yamux.Client(rc, mux.Config(log, k.cfg.Keepalive, k.cfg.KeepaliveTimeout))
+	s, err := mux.Client(rc, mux.Config(log, k.cfg.Keepalive, k.cfg.KeepaliveTimeout))
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("client: yamux: %w", err)
@@ -199,6 +229,30 @@ func (k *SessionKeeper) dial(ctx context.Context) (*yamux.Session, error) {
 	log.WithFields(logrus.Fields{audit.Event: audit.SessionOpened, "tls_version": tls.VersionName(cs.Version)}).
 		Info("session opened")
 	return s, nil
+}
+
+// dialTLS dials addr from cfg.Source and completes the TLS handshake under
+// ctx. A TLS config without a ServerName gets the host of addr. A failed
+// handshake is a *handshakeError.
+func dialTLS(ctx context.Context, cfg Config, addr string) (*tls.Conn, error) {
+	d := net.Dialer{KeepAliveConfig: tcpKeepAlive}
+	if cfg.Source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: cfg.Source.AsSlice()}
+	}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tcfg := cfg.TLS()
+	if tcfg.ServerName == "" {
+		tcfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	tc := tls.Client(mux.NewTransport(raw), tcfg) // batched TLS records (internal/mux)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, &handshakeError{err}
+	}
+	return tc, nil
 }
 
 // ping runs one yamux ping, bounded by ctx.
@@ -232,6 +286,10 @@ func (c *readErrConn) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// NetConn returns the wrapped connection, so mux.Client finds the
+// Transport under its TLS.
+func (c *readErrConn) NetConn() net.Conn { return c.Conn }
 
 func (c *readErrConn) err() error {
 	c.mu.Lock()

@@ -20,6 +20,13 @@ const (
 	DefaultShutdownTimeout      = 30 * time.Second
 	DefaultKeepalive            = 15 * time.Second
 	DefaultMaxStreamsPerSession = 1024
+	// DefaultMaxSessionsPerIdentity bounds what one certificate can hold
+	// open: generous for a fleet of replicas sharing a certificate, small
+	// against a stolen one.
+	DefaultMaxSessionsPerIdentity = 256
+	// DefaultStreamRate is stream opens per second per session, with a
+	// burst of as many: far above any pooler's churn, far below a flood.
+	DefaultStreamRate = 1000
 )
 
 // DefaultMaxHandshakes is the default cap on TLS handshakes in flight: 128
@@ -67,9 +74,46 @@ type Config struct {
 	// DefaultMaxStreamsPerSession.
 	MaxStreamsPerSession int
 
+	// MaxSessionsPerIdentity caps the yamux sessions one client identity
+	// (certificate fingerprint) holds at once; a session past it is closed
+	// right after its handshake (conn_rejected, reason session_limit). Zero
+	// means DefaultMaxSessionsPerIdentity.
+	MaxSessionsPerIdentity int
+
+	// StreamRate caps stream opens per second in one session (with a burst
+	// of as many); a stream past it is answered StatusOverLimit. Zero means
+	// DefaultStreamRate.
+	StreamRate int
+
+	// MaxSessionLifetime, if positive, ends a session gracefully after this
+	// long: the server sends GoAway, the client opens its next streams on a
+	// new session (with the certificates current then), and the old session
+	// closes once its streams are done (or after ShutdownTimeout). Zero
+	// means sessions live as long as their connection.
+	MaxSessionLifetime time.Duration
+
 	// ShutdownTimeout is how long Serve lets open streams finish once its
 	// context is done; zero means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+
+	// RawRoute names the route that a plain TLS client (one that offers no
+	// ALPN: stunnel, openssl s_client, ghostunnel) gets as its one stream,
+	// after the same allowlist, certificate and revocation checks as any
+	// client. Empty: such a client is refused after the handshake
+	// (conn_rejected, reason no_alpn). It must name one of Routes.
+	RawRoute string
+
+	// ProxyProtocolFrom are the trusted PROXY-protocol upstreams (load
+	// balancers). A connection from one of these addresses must open with a
+	// PROXY v1 or v2 header, read within ProxyHeaderTimeout, and the
+	// allowlist, logs and per-route rules then see the client address from
+	// the header. A PROXY header from any other address is not parsed: it is
+	// the first bytes of a TLS handshake, which fails. Nil trusts nobody.
+	ProxyProtocolFrom *netfilter.Allowlist
+
+	// ProxyHeaderTimeout bounds reading a PROXY header from a trusted
+	// upstream; zero means netfilter.DefaultProxyHeaderTimeout.
+	ProxyHeaderTimeout time.Duration
 
 	// Log receives the audit events; required.
 	Log *logrus.Entry
@@ -109,6 +153,8 @@ func (c Config) withDefaults() (Config, error) {
 		{"Keepalive", &c.Keepalive, DefaultKeepalive},
 		{"IdleTimeout", &c.IdleTimeout, 0},
 		{"ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout},
+		{"MaxSessionLifetime", &c.MaxSessionLifetime, 0},
+		{"ProxyHeaderTimeout", &c.ProxyHeaderTimeout, netfilter.DefaultProxyHeaderTimeout},
 	} {
 		if *d.v < 0 {
 			return c, fmt.Errorf("server: Config.%s is negative (%v)", d.name, *d.v)
@@ -117,8 +163,17 @@ func (c Config) withDefaults() (Config, error) {
 			*d.v = d.def
 		}
 	}
-	if c.MaxHandshakes < 0 || c.MaxStreamsPerSession < 0 {
+	if c.RawRoute != "" && !seen[c.RawRoute] {
+		return c, fmt.Errorf("server: Config.RawRoute %q is not a configured route", c.RawRoute)
+	}
+	if c.MaxHandshakes < 0 || c.MaxStreamsPerSession < 0 || c.MaxSessionsPerIdentity < 0 || c.StreamRate < 0 {
 		return c, errors.New("server: a limit in Config is negative")
+	}
+	if c.MaxSessionsPerIdentity == 0 {
+		c.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
+	}
+	if c.StreamRate == 0 {
+		c.StreamRate = DefaultStreamRate
 	}
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes()

@@ -25,27 +25,35 @@ type Peer struct {
 type PeerCheck func(Peer) (reason string)
 
 // Recheck runs check against every live session and closes those it
-// refuses, logging event with the reason and the peer's identity. Streams
-// of a closed session end at once. It returns how many it closed. Safe for
-// concurrent use; sessions that open while it runs are checked by their
-// own handshake against the trust that is current by then.
+// refuses, logging event with the reason and the peer's identity. A session
+// that check keeps is also closed if it has a stream open on a route whose
+// current rules refuse its peer (the route and rule set are logged too).
+// Streams of a closed session end at once. It returns how many it closed.
+// Safe for concurrent use; sessions that open while it runs are checked by
+// their own handshake against the trust that is current by then.
 func (s *Server) Recheck(event string, check PeerCheck) int {
 	s.mu.Lock()
 	var doomed []*session
-	reasons := map[*session]string{}
+	reasons := map[*session]logrus.Fields{}
 	for ss := range s.sessions {
-		if r := check(ss.peer); r != "" {
+		r := check(ss.peer)
+		fields := logrus.Fields{}
+		if r == "" {
+			r, fields = s.routeCheck(ss)
+		}
+		if r != "" {
 			doomed = append(doomed, ss)
-			reasons[ss] = r
+			fields[audit.Reason] = r
+			reasons[ss] = fields
 		}
 	}
 	s.mu.Unlock()
 	for _, ss := range doomed {
-		ss.log.WithFields(logrus.Fields{audit.Event: event, audit.Reason: reasons[ss]}).
+		ss.log.WithFields(reasons[ss]).WithField(audit.Event, event).
 			Warn("closing session: its client is no longer accepted")
 		ss.mux.Close()
 	}
-	return len(doomed)
+	return len(doomed) + s.recheckRaw(event, check)
 }
 
 // RevocationCheck is a PeerCheck that refuses peers whose verified chain rc

@@ -13,20 +13,54 @@ import (
 type Route struct {
 	Name   string // a wire route name: 1-255 of [A-Za-z0-9._-]
 	Target string // "host:port" (resolved at dial time) or "unix:/path"
+
+	// ProxyV2 sends a PROXY protocol v2 header to the backend before any
+	// client byte, naming the real client address and the address it
+	// connected to (stunnel's "protocol = proxy"). The backend must expect it.
+	ProxyV2 bool
+
+	// Access holds the route's own rules (server/authz.go): which verified
+	// identities and client addresses may open streams to it. Nil admits
+	// every client the listener admitted. ParseRoute leaves it nil; the
+	// config file sets it.
+	Access *Access
 }
 
-// ParseRoute parses "NAME=TARGET", where TARGET is "host:port" or
-// "unix:/absolute/path". The host is not resolved here.
+// Route options: ",OPTION" words after the target.
+const optProxyV2 = "proxy-v2"
+
+// ParseRoute parses "NAME=TARGET[,OPTION]...", where TARGET is "host:port"
+// or "unix:/absolute/path" (a path with a comma cannot be written here) and
+// OPTION is "proxy-v2". The host is not resolved here.
 func ParseRoute(s string) (Route, error) {
-	name, target, ok := strings.Cut(s, "=")
+	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
 		return Route{}, fmt.Errorf("server: route %q: want NAME=HOST:PORT or NAME=unix:/PATH", s)
 	}
+	target, opts, hasOpts := strings.Cut(rest, ",")
 	r := Route{Name: strings.TrimSpace(name), Target: strings.TrimSpace(target)}
+	if hasOpts {
+		for _, o := range strings.Split(opts, ",") {
+			if err := r.setOption(strings.TrimSpace(o)); err != nil {
+				return Route{}, fmt.Errorf("server: route %q: %w", s, err)
+			}
+		}
+	}
 	if err := r.check(); err != nil {
 		return Route{}, fmt.Errorf("server: route %q: %w", s, err)
 	}
 	return r, nil
+}
+
+// setOption applies one ",OPTION" of a route. New options go here.
+func (r *Route) setOption(o string) error {
+	switch o {
+	case optProxyV2:
+		r.ProxyV2 = true
+	default:
+		return fmt.Errorf("unknown option %q (known: %s)", o, optProxyV2)
+	}
+	return nil
 }
 
 func (r Route) check() error {

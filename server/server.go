@@ -14,6 +14,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/logthrottle"
+	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/wire"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/trust"
@@ -32,11 +34,15 @@ var ErrShutdownForced = errors.New("server: shutdown timeout: open streams were 
 type Server struct {
 	cfg        Config
 	log        *logrus.Entry
-	routes     map[string]Route
-	handshakes chan struct{} // one token per handshake in flight
+	policy     atomic.Pointer[policy] // routes and rules; replaced whole by Apply
+	handshakes chan struct{}          // one token per handshake in flight
 
-	mu       sync.Mutex
-	sessions map[*session]struct{} // guarded by mu
+	mu         sync.Mutex
+	sessions   map[*session]struct{} // guarded by mu
+	raws       map[*rawConn]struct{} // plain TLS clients on the raw route; made lazily; guarded by mu
+	identities map[string]int        // yamux sessions per identity fingerprint; guarded by mu
+
+	failLog *logthrottle.Throttle[failKey] // handshake_failed lines
 
 	activeStreams atomic.Int64
 	stats         counters
@@ -49,17 +55,20 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	routes := make(map[string]Route, len(cfg.Routes))
-	for _, r := range cfg.Routes {
-		routes[r.Name] = r
+	p, err := newPolicy(cfg.Routes, cfg.RawRoute)
+	if err != nil {
+		return nil, err
 	}
-	return &Server{
+	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Log,
-		routes:     routes,
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 		sessions:   make(map[*session]struct{}),
-	}, nil
+		identities: make(map[string]int),
+		failLog:    &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
+	}
+	s.policy.Store(p)
+	return s, nil
 }
 
 // Serve accepts connections on ln until ctx is done, then shuts down
@@ -69,7 +78,7 @@ func New(cfg Config) (*Server, error) {
 // returns nil after a clean drain, ErrShutdownForced if streams were cut,
 // or the listener's error if accepting failed for good. Serve closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	ln = s.cfg.Filter.WrapListener(ln)
+	ln = s.listen(ln) // the address filter; PROXY-protocol upstreams pass to admit
 	s.log.WithFields(logrus.Fields{audit.Event: audit.ListenerStarted, audit.Listen: ln.Addr().String()}).
 		Info("server listening")
 
@@ -128,7 +137,6 @@ func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync
 // negotiated.
 func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 	defer c.Close()
-	addr := c.RemoteAddr().String()
 	select {
 	case s.handshakes <- struct{}{}:
 	default:
@@ -137,16 +145,21 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 		s.cfg.Filter.Reject(c, ip, ReasonHandshakeLimit)
 		return
 	}
+	c, ok := s.admit(ctx, c) // a trusted upstream's PROXY header names the client
+	if !ok {
+		<-s.handshakes
+		return
+	}
+	addr := c.RemoteAddr().String()
+	began := time.Now()
 	tc, err := s.handshake(ctx, c)
 	<-s.handshakes
 	if err != nil {
 		s.stats.handshakesFailed.Add(1)
-		s.log.WithFields(logrus.Fields{
-			audit.Event: audit.HandshakeFailed, audit.Reason: handshakeReason(ctx, err), audit.Addr: addr,
-			audit.Error: err.Error(),
-		}).Warn("handshake failed")
+		s.handshakeFailed(c, addr, handshakeReason(ctx, err), err)
 		return
 	}
+	s.stats.handshakeTime.observe(time.Since(began))
 	s.stats.handshakesOK.Add(1)
 	cs := tc.ConnectionState()
 	id, _ := trust.PeerIdentity(cs)
@@ -155,6 +168,12 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 	switch cs.NegotiatedProtocol {
 	case trust.ALPNTunnel:
 		s.serveSession(hard, tc, addr, peer)
+	case "":
+		if s.cfg.RawRoute != "" {
+			s.serveRaw(hard, tc, addr, peer)
+			return
+		}
+		fallthrough
 	default:
 		// A plain TLS client (no ALPN): only a raw route could serve it,
 		// and none is configured.
@@ -168,7 +187,9 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 func (s *Server) handshake(ctx context.Context, c net.Conn) (*tls.Conn, error) {
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	tc := tls.Server(c, s.cfg.TLS)
+	// The Transport batches a yamux frame's TLS records into one syscall
+	// and reads several records per syscall (internal/mux).
+	tc := tls.Server(mux.NewTransport(c), s.cfg.TLS)
 	if err := tc.HandshakeContext(hctx); err != nil {
 		return nil, err
 	}
@@ -231,12 +252,24 @@ type Stats struct {
 	StreamsActive                                  int64
 	StreamsTotal                                   uint64
 	StreamsRefused                                 map[string]uint64 // by status name
+	// LimitHits counts the limits hit, by name: "handshakes",
+	// "sessions_per_identity", "streams_per_session", "stream_rate". (The
+	// per-address connection cap is the Filter's: Rejected["conn_limit"].)
+	LimitHits map[string]uint64
+	// HandshakeDuration is accept to finished handshake, successful ones;
+	// DialDuration is one successful backend dial.
+	HandshakeDuration, DialDuration Histogram
+	// Routes are the counters of each route that carried a stream.
+	Routes map[string]RouteStats
 }
 
 type counters struct {
 	handshakesOK, handshakesFailed, handshakeLimit atomic.Uint64
 	streamsTotal                                   atomic.Uint64
 	refused                                        [6]atomic.Uint64 // by wire.Status
+	limitSessions, limitStreams, limitStreamRate   atomic.Uint64
+	handshakeTime, dialTime                        histogram
+	routes                                         routeTable
 }
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
@@ -252,6 +285,15 @@ func (s *Server) Stats() Stats {
 		StreamsActive:    s.activeStreams.Load(),
 		StreamsTotal:     s.stats.streamsTotal.Load(),
 		StreamsRefused:   make(map[string]uint64),
+		LimitHits: map[string]uint64{
+			"handshakes":            s.stats.handshakeLimit.Load(),
+			"sessions_per_identity": s.stats.limitSessions.Load(),
+			"streams_per_session":   s.stats.limitStreams.Load(),
+			"stream_rate":           s.stats.limitStreamRate.Load(),
+		},
+		HandshakeDuration: s.stats.handshakeTime.snapshot(),
+		DialDuration:      s.stats.dialTime.snapshot(),
+		Routes:            s.stats.routes.snapshot(),
 	}
 	for i := range s.stats.refused {
 		if v := s.stats.refused[i].Load(); v > 0 {

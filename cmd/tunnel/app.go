@@ -44,7 +44,7 @@ func commandName(args []string) string {
 			break
 		}
 		switch a {
-		case "server", "client", "cert", "demo", "init", "issue", "revoke", "crl":
+		case "server", "client", "check", "cert", "demo", "init", "issue", "revoke", "crl":
 			name += " " + a
 			continue
 		}
@@ -99,6 +99,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			serverCommand(stderr),
 			clientCommand(stderr),
+			checkCommand(stdout, stderr),
 			certCommand(stdout),
 			demoCommand(stdout, stderr),
 			{

@@ -18,8 +18,10 @@ import (
 
 func clientCommand(stderr io.Writer) *cli.Command {
 	flags := []cli.Flag{
-		&cli.StringFlag{Name: "server", EnvVars: []string{"TUNNEL_SERVER"}, Usage: "server `HOST:PORT` to dial (required)"},
-		&cli.StringFlag{Name: "server-name", EnvVars: []string{"TUNNEL_SERVER_NAME"}, Usage: "`NAME` the server certificate must carry (default: the host of --server)"},
+		&cli.StringSliceFlag{Name: "server", EnvVars: []string{"TUNNEL_SERVER"}, Usage: "server `HOST:PORT` to dial (required; repeatable: the next one is tried at once when a dial fails)"},
+		&cli.StringFlag{Name: "server-name", EnvVars: []string{"TUNNEL_SERVER_NAME"}, Usage: "`NAME` the server certificate must carry (default: the host of the --server being dialled)"},
+		&cli.BoolFlag{Name: "raw", EnvVars: []string{"TUNNEL_RAW"}, Usage: "plain TLS: one mutual-TLS connection per local connection, no ALPN, no multiplexing (for stunnel, ghostunnel, or a --raw-route)"},
+		&cli.StringFlag{Name: "source", EnvVars: []string{"TUNNEL_SOURCE"}, Usage: "local `IP` to dial the servers from (default: chosen by the kernel)"},
 		&cli.StringSliceFlag{Name: "forward", EnvVars: []string{"TUNNEL_FORWARD"}, Usage: "local `[HOST:]PORT=ROUTE` whose connections go to ROUTE (repeatable; a bare port listens on 127.0.0.1)"},
 		&cli.DurationFlag{Name: "connect-timeout", Value: client.DefaultConnectTimeout, EnvVars: []string{"TUNNEL_CONNECT_TIMEOUT"}, Usage: "how long a local connection waits for the session while it is down"},
 		&cli.DurationFlag{Name: "dial-timeout", Value: client.DefaultDialTimeout, EnvVars: []string{"TUNNEL_DIAL_TIMEOUT"}, Usage: "limit on one dial of the server, TCP and TLS"},
@@ -31,6 +33,8 @@ func clientCommand(stderr io.Writer) *cli.Command {
 	flags = append(flags, revocationFlags()...)
 	flags = append(flags, adminFlags()...)
 	flags = append(flags, logFlags()...)
+	flags = append(flags, configFileFlag())
+	flags = append(flags, reloadFlags()...)
 	return &cli.Command{
 		Name:  "client",
 		Usage: "keep a mutual-TLS session to a server and expose its routes on local ports",
@@ -41,7 +45,12 @@ func clientCommand(stderr io.Writer) *cli.Command {
 
    Then "psql -h 127.0.0.1 -p 15432" reaches route db on the server.
    Exit status: 0 after SIGINT/SIGTERM, 1 on a runtime failure, 2 on a
-   configuration error (a forward port already taken is one).`,
+   configuration error (a forward port already taken is one).
+
+   --config client.yaml reads every setting from a YAML file (docs/CONFIG.md);
+   flags and TUNNEL_* variables override it. A change to the certificate,
+   key, CA, CRL or config file (or SIGHUP) reloads them: the next dial
+   presents the new certificate, and forwards that changed open or close.`,
 		Flags:        flags,
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
@@ -59,21 +68,22 @@ type clientSetup struct {
 }
 
 // loadClient turns the flags into a checked client configuration.
-func loadClient(c *cli.Context, log *logrus.Entry) (*clientSetup, error) {
+func loadClient(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*clientSetup, error) {
 	if c.Args().Len() > 0 {
 		return nil, &configError{err: fmt.Errorf("unexpected argument %q", c.Args().First())}
 	}
-	srv := c.String("server")
-	if srv == "" {
-		return nil, flagError("--server", "required: the server's HOST:PORT")
+	servers, source, err := loadServerFlags(c)
+	if err != nil {
+		return nil, err
 	}
-	host, port, err := net.SplitHostPort(srv)
-	if err != nil || host == "" || port == "" {
-		return nil, flagError("--server", "%q is not HOST:PORT", srv)
-	}
+	// Empty with several servers: each dial checks the host it dialled.
 	name := c.String("server-name")
-	if name == "" {
+	if host, _, _ := net.SplitHostPort(servers[0]); name == "" && len(servers) == 1 {
 		name = host
+	}
+	alpn := []string{trust.ALPNTunnel}
+	if c.Bool("raw") {
+		alpn = nil // what stunnel and ghostunnel servers, and a --raw-route, expect
 	}
 	var fwds []client.Forward
 	for _, v := range splitValues(c.StringSlice("forward"), ",") {
@@ -106,9 +116,12 @@ func loadClient(c *cli.Context, log *logrus.Entry) (*clientSetup, error) {
 	store := trust.NewStore(m)
 	rc := trust.NewRevocationChecker(policy, store, log)
 	cfg := client.Config{
-		Server: srv,
+		Server:   servers[0],
+		Failover: servers[1:],
+		Source:   source,
+		Raw:      c.Bool("raw"),
 		TLS: func() *tls.Config {
-			return trust.ClientConfig(store, name, []string{trust.ALPNTunnel}, trust.WithRevocation(rc))
+			return trust.ClientConfig(store, name, alpn, trust.WithRevocation(rc))
 		},
 		Forwards:         fwds,
 		ConnectTimeout:   c.Duration("connect-timeout"),
@@ -121,7 +134,15 @@ func loadClient(c *cli.Context, log *logrus.Entry) (*clientSetup, error) {
 	return &clientSetup{cfg: cfg, src: src, store: store, rc: rc}, nil
 }
 
-func runClient(c *cli.Context, stderr io.Writer) error {
+func runClient(cmd *cli.Context, stderr io.Writer) error {
+	layers, err := captureFlags(cmd)
+	if err != nil {
+		return err
+	}
+	c, fc, err := layers.resolve() // flags over environment over --config file
+	if err != nil {
+		return err
+	}
 	log, err := newLogger(c, stderr, "client")
 	if err != nil {
 		return err
@@ -129,9 +150,9 @@ func runClient(c *cli.Context, stderr io.Writer) error {
 	if err := checkAdmin(c); err != nil {
 		return err
 	}
-	setup, err := loadClient(c, log)
+	setup, err := loadClient(c, fc, log)
 	if err != nil {
-		return err
+		return &configError{err: errors.New(fc.flagProblem(err).String())}
 	}
 	cfg, src, store := setup.cfg, setup.src, setup.store
 	cl, err := client.New(cfg)
@@ -146,20 +167,25 @@ func runClient(c *cli.Context, stderr io.Writer) error {
 		return &configError{err: err}
 	}
 	defer setup.rc.Close()
-	stopReload := reloadOnSIGHUP(log, src, store, setup.rc.Refresh)
+	var reloads reloadStats
+	reloader := &clientReloader{layers: layers, running: c, log: log, cl: cl, store: store, rc: setup.rc}
+	stopReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers), reloader.apply, &reloads)
+	if err != nil {
+		return flagError("--reload-interval", "%v", err)
+	}
 	defer stopReload()
 	logTrust(log, store.Material())
 	log.WithField("revocation", revocationSummary(setup.rc.Policy(), len(src.CRLFiles))).Info("revocation checking of the server's chain")
 	setup.rc.Start(c.Context)
 	stopAdmin, err := startAdmin(c, log, admin.Config{
 		Ready: func() error {
-			if !cl.Stats().SessionUp {
+			if !cl.Stats().SessionUp && !setup.cfg.Raw { // --raw keeps no session
 				return errors.New("no session to the server")
 			}
 			return nil
 		},
 		RefreshCRLs: setup.rc.Refresh,
-		Collectors:  []prometheus.Collector{admin.ClientCollector(cl), admin.RevocationCollector(setup.rc)},
+		Collectors:  []prometheus.Collector{admin.ClientCollector(cl), admin.RevocationCollector(setup.rc), admin.ReloadCollector(reloads.counts)},
 	})
 	if err != nil {
 		return err

@@ -10,8 +10,10 @@ import (
 )
 
 func main() {
+	writeProfiles := startProfile() // nothing unless TUNNEL_CPUPROFILE or TUNNEL_MEMPROFILE is set
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()
+	writeProfiles()
 	os.Exit(code)
 }

@@ -6,9 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,18 +31,27 @@ func serverCommand(stderr io.Writer) *cli.Command {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8443", EnvVars: []string{"TUNNEL_LISTEN"}, Usage: "`ADDR` to accept clients on (IPv4 or [IPv6]:port)"},
 		&cli.StringSliceFlag{Name: "allow", EnvVars: []string{"TUNNEL_ALLOW"}, Usage: "client address `CIDR` or bare IP that may connect (repeatable; required; 0.0.0.0/0 and ::/0 allow all)"},
-		&cli.StringSliceFlag{Name: "route", EnvVars: []string{"TUNNEL_ROUTE"}, Usage: "backend `NAME=HOST:PORT` or NAME=unix:/PATH (repeatable)"},
+		&cli.StringSliceFlag{Name: "route", EnvVars: []string{"TUNNEL_ROUTE"}, Usage: "backend `NAME=HOST:PORT` or NAME=unix:/PATH, then options: ,proxy-v2 sends the backend a PROXY v2 header (repeatable)"},
+		&cli.StringFlag{Name: "raw-route", EnvVars: []string{"TUNNEL_RAW_ROUTE"}, Usage: "route `NAME` for plain TLS clients that offer no ALPN (stunnel, openssl s_client); without it they are refused"},
+		&cli.StringSliceFlag{Name: "proxy-protocol-from", EnvVars: []string{"TUNNEL_PROXY_PROTOCOL_FROM"}, Usage: "load balancer `CIDR` whose connections must start with a PROXY v1/v2 header naming the client (repeatable)"},
+		&cli.DurationFlag{Name: "proxy-header-timeout", Value: netfilter.DefaultProxyHeaderTimeout, EnvVars: []string{"TUNNEL_PROXY_HEADER_TIMEOUT"}, Usage: "how long a --proxy-protocol-from upstream may take to send its PROXY header"},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, EnvVars: []string{"TUNNEL_HANDSHAKE_TIMEOUT"}, Usage: "limit on one TLS handshake"},
 		&cli.IntFlag{Name: "max-handshakes", Value: server.DefaultMaxHandshakes(), EnvVars: []string{"TUNNEL_MAX_HANDSHAKES"}, Usage: "TLS handshakes in flight; more are reset (default 128 x GOMAXPROCS)"},
 		&cli.DurationFlag{Name: "dial-timeout", Value: server.DefaultDialTimeout, EnvVars: []string{"TUNNEL_DIAL_TIMEOUT"}, Usage: "limit on one backend dial"},
 		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"TUNNEL_IDLE_TIMEOUT"}, Usage: "close a stream idle this long both ways (0: never)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: server.DefaultShutdownTimeout, EnvVars: []string{"TUNNEL_SHUTDOWN_TIMEOUT"}, Usage: "on SIGINT/SIGTERM, how long open streams may finish"},
 		&cli.IntFlag{Name: "max-streams", Value: server.DefaultMaxStreamsPerSession, EnvVars: []string{"TUNNEL_MAX_STREAMS"}, Usage: "concurrent streams per client session"},
+		&cli.IntFlag{Name: "max-conns-per-addr", Value: netfilter.DefaultMaxConnsPerAddr, EnvVars: []string{"TUNNEL_MAX_CONNS_PER_ADDR"}, Usage: "connections one client address may hold at once, handshakes included; more are reset (0: no cap)"},
+		&cli.IntFlag{Name: "max-sessions-per-identity", Value: server.DefaultMaxSessionsPerIdentity, EnvVars: []string{"TUNNEL_MAX_SESSIONS_PER_IDENTITY"}, Usage: "tunnel sessions one client certificate may hold at once"},
+		&cli.IntFlag{Name: "max-stream-rate", Value: server.DefaultStreamRate, EnvVars: []string{"TUNNEL_MAX_STREAM_RATE"}, Usage: "stream opens per second per session (burst as many); more get status \"over a limit\""},
+		&cli.DurationFlag{Name: "max-session-lifetime", EnvVars: []string{"TUNNEL_MAX_SESSION_LIFETIME"}, Usage: "end a session gracefully after this long, so rotated certificates take over (0: never)"},
 	}
 	flags = append(flags, tlsFlags("client CA bundle `FILE`: client certificates must chain to it")...)
 	flags = append(flags, revocationFlags()...)
 	flags = append(flags, adminFlags()...)
 	flags = append(flags, logFlags()...)
+	flags = append(flags, configFileFlag())
+	flags = append(flags, reloadFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "accept mutual-TLS clients and carry their streams to named backends",
@@ -56,8 +62,13 @@ func serverCommand(stderr io.Writer) *cli.Command {
 
    Repeatable flags also take several values separated by commas or spaces
    (--route: spaces only). Exit status: 0 after a clean shutdown, 1 on a
-   runtime failure, 2 on a configuration error. SIGHUP reloads --cert, --key
-   and --ca without dropping connections.`,
+   runtime failure, 2 on a configuration error.
+
+   --config server.yaml reads every setting from a YAML file (docs/CONFIG.md);
+   flags and TUNNEL_* variables override it. The certificate, key, CA, CRL
+   files and the config file are watched: a change (or SIGHUP) reloads them,
+   the allowlist, routes and per-route rules without dropping a connection
+   the new configuration still accepts.`,
 		Flags:        flags,
 		OnUsageError: usageError,
 		Action: func(c *cli.Context) error {
@@ -77,7 +88,7 @@ type serverSetup struct {
 
 // loadServer turns the flags into a checked server configuration. Every
 // error is a *configError naming the flag.
-func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
+func loadServer(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*serverSetup, error) {
 	if c.Args().Len() > 0 {
 		return nil, &configError{err: fmt.Errorf("unexpected argument %q", c.Args().First())}
 	}
@@ -99,10 +110,15 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 		if err != nil {
 			return nil, &configError{flag: "--route", err: err}
 		}
+		r.Access = fc.routeAccess(r.Name) // allow_identities and allow of the config file
 		routes = append(routes, r)
 	}
 	if len(routes) == 0 {
 		return nil, flagError("--route", "required: at least one NAME=HOST:PORT")
+	}
+	rawRoute, upstreams, err := loadLBFlags(c, routes)
+	if err != nil {
+		return nil, err
 	}
 	policy, err := revocationPolicy(c)
 	if err != nil {
@@ -116,7 +132,7 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range []string{"handshake-timeout", "dial-timeout", "idle-timeout", "shutdown-timeout"} {
+	for _, d := range []string{"handshake-timeout", "dial-timeout", "idle-timeout", "shutdown-timeout", "max-session-lifetime", "proxy-header-timeout"} {
 		if c.Duration(d) < 0 {
 			return nil, flagError("--"+d, "%v is negative", c.Duration(d))
 		}
@@ -124,28 +140,37 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	if c.Duration("handshake-timeout") == 0 || c.Duration("dial-timeout") == 0 {
 		return nil, flagError("--handshake-timeout/--dial-timeout", "must be positive")
 	}
-	for _, n := range []string{"max-handshakes", "max-streams"} {
+	for _, n := range []string{"max-handshakes", "max-streams", "max-sessions-per-identity", "max-stream-rate"} {
 		if c.Int(n) < 1 {
 			return nil, flagError("--"+n, "%d is not a positive number", c.Int(n))
 		}
 	}
-	filter, err := netfilter.NewFilter(netfilter.FilterConfig{Allowlist: al, Log: log})
+	if c.Int("max-conns-per-addr") < 0 {
+		return nil, flagError("--max-conns-per-addr", "%d is negative", c.Int("max-conns-per-addr"))
+	}
+	filter, err := netfilter.NewFilter(netfilter.FilterConfig{Allowlist: al, Log: log, MaxConnsPerAddr: c.Int("max-conns-per-addr")})
 	if err != nil {
 		return nil, &configError{err: err}
 	}
 	store := trust.NewStore(m)
 	rc := trust.NewRevocationChecker(policy, store, log)
 	cfg := server.Config{
-		TLS:                  trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)),
-		Filter:               filter,
-		Routes:               routes,
-		HandshakeTimeout:     c.Duration("handshake-timeout"),
-		MaxHandshakes:        c.Int("max-handshakes"),
-		DialTimeout:          c.Duration("dial-timeout"),
-		IdleTimeout:          c.Duration("idle-timeout"),
-		ShutdownTimeout:      c.Duration("shutdown-timeout"),
-		MaxStreamsPerSession: c.Int("max-streams"),
-		Log:                  log,
+		TLS:                    trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)),
+		Filter:                 filter,
+		Routes:                 routes,
+		RawRoute:               rawRoute,
+		ProxyProtocolFrom:      upstreams,
+		ProxyHeaderTimeout:     c.Duration("proxy-header-timeout"),
+		HandshakeTimeout:       c.Duration("handshake-timeout"),
+		MaxHandshakes:          c.Int("max-handshakes"),
+		DialTimeout:            c.Duration("dial-timeout"),
+		IdleTimeout:            c.Duration("idle-timeout"),
+		ShutdownTimeout:        c.Duration("shutdown-timeout"),
+		MaxStreamsPerSession:   c.Int("max-streams"),
+		MaxSessionsPerIdentity: c.Int("max-sessions-per-identity"),
+		StreamRate:             c.Int("max-stream-rate"),
+		MaxSessionLifetime:     c.Duration("max-session-lifetime"),
+		Log:                    log,
 	}
 	if c.Duration("shutdown-timeout") == 0 {
 		cfg.ShutdownTimeout = time.Nanosecond // 0 on the command line: do not wait
@@ -153,7 +178,15 @@ func loadServer(c *cli.Context, log *logrus.Entry) (*serverSetup, error) {
 	return &serverSetup{cfg: cfg, listen: listen, src: src, store: store, rc: rc}, nil
 }
 
-func runServer(c *cli.Context, stderr io.Writer) error {
+func runServer(cmd *cli.Context, stderr io.Writer) error {
+	layers, err := captureFlags(cmd)
+	if err != nil {
+		return err
+	}
+	c, fc, err := layers.resolve() // flags over environment over --config file
+	if err != nil {
+		return err
+	}
 	log, err := newLogger(c, stderr, "server")
 	if err != nil {
 		return err
@@ -161,9 +194,9 @@ func runServer(c *cli.Context, stderr io.Writer) error {
 	if err := checkAdmin(c); err != nil {
 		return err
 	}
-	setup, err := loadServer(c, log)
+	setup, err := loadServer(c, fc, log)
 	if err != nil {
-		return err
+		return &configError{err: errors.New(fc.flagProblem(err).String())}
 	}
 	srv, err := server.New(setup.cfg)
 	if err != nil {
@@ -183,7 +216,12 @@ func runServer(c *cli.Context, stderr io.Writer) error {
 	// sessions whose chain it now revokes.
 	recheck := func() { srv.Recheck(audit.SessionRevoked, server.RevocationCheck(rc)) }
 	rc.OnUpdate(recheck)
-	stopReload := reloadOnSIGHUP(log, setup.src, setup.store, func() { recheck(); rc.Refresh() })
+	var reloads reloadStats
+	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc}
+	stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers), reloader.apply, &reloads)
+	if err != nil {
+		return flagError("--reload-interval", "%v", err)
+	}
 	defer stopReload()
 	logTrust(log, setup.store.Material())
 	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
@@ -196,7 +234,7 @@ func runServer(c *cli.Context, stderr io.Writer) error {
 			return nil // listening: the listener is bound before the admin starts
 		},
 		RefreshCRLs: rc.Refresh,
-		Collectors:  []prometheus.Collector{admin.ServerCollector(srv, setup.cfg.Filter), admin.RevocationCollector(rc)},
+		Collectors:  []prometheus.Collector{admin.ServerCollector(srv, setup.cfg.Filter), admin.RevocationCollector(rc), admin.ReloadCollector(reloads.counts)},
 	})
 	if err != nil {
 		return err
@@ -261,39 +299,4 @@ func logTrust(log *logrus.Entry, m *trust.Material) {
 		return
 	}
 	e.Info("own certificate loaded")
-}
-
-// reloadOnSIGHUP reloads the TLS files on SIGHUP. A load that fails keeps
-// the current material. After a swap it calls applied. It returns a function
-// that stops it and waits.
-func reloadOnSIGHUP(log *logrus.Entry, src trust.Sources, store *trust.Store, applied func()) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		for {
-			select {
-			case <-hup:
-			case <-done:
-				return
-			}
-			m, err := trust.Load(src)
-			if err != nil {
-				log.WithFields(logrus.Fields{audit.Event: audit.ReloadRejected, audit.Reason: "load_failed", audit.Error: err.Error()}).
-					Error("reload rejected; keeping the current certificates")
-				continue
-			}
-			store.Swap(m)
-			id := trust.IdentityOf(m.Certificate.Leaf)
-			log.WithFields(id.Fields()).WithField(audit.Event, audit.ReloadApplied).Info("reload applied")
-			applied()
-		}
-	}()
-	return func() {
-		signal.Stop(hup)
-		close(done)
-		<-finished
-	}
 }

@@ -39,6 +39,30 @@ func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ..
 	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 }
 
+func histogram(ch chan<- prometheus.Metric, d *prometheus.Desc, h server.Histogram) {
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	var cum uint64
+	for i, b := range h.Bounds {
+		cum += h.Counts[i]
+		buckets[b.Seconds()] = cum
+	}
+	ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum.Seconds(), buckets)
+}
+
+// ReloadCollector exports reload results; counts returns applied and
+// rejected reloads since start.
+func ReloadCollector(counts func() (applied, rejected uint64)) prometheus.Collector {
+	reloads := desc("reloads_total", "Reloads by result (applied, rejected).", "result")
+	return collectorFunc{
+		descs: []*prometheus.Desc{reloads},
+		collect: func(ch chan<- prometheus.Metric) {
+			a, r := counts()
+			counter(ch, reloads, a, "applied")
+			counter(ch, reloads, r, "rejected")
+		},
+	}
+}
+
 // ServerCollector exports a server's and its filter's counters.
 func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector {
 	var (
@@ -48,14 +72,31 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		streamsAct = desc("streams_active", "Streams open now.")
 		streamsTot = desc("streams_total", "Streams accepted since start.")
 		refused    = desc("streams_refused_total", "Streams answered with a non-zero status, by status.", "status")
+		limits     = desc("limit_hits_total", "Limits hit, by limit.", "limit")
+		hsTime     = desc("handshake_duration_seconds", "Accept to finished TLS handshake, successful ones.")
+		dialTime   = desc("backend_dial_duration_seconds", "One successful backend dial.")
+		routeBytes = desc("route_bytes_total", "Bytes carried per route: in towards the backend, out back.", "route", "direction")
+		routeStr   = desc("route_streams_total", "Streams that reached a route's backend.", "route")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{rejected, handshakes, sessions, streamsAct, streamsTot, refused},
+		descs: []*prometheus.Desc{rejected, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr},
 		collect: func(ch chan<- prometheus.Metric) {
-			for reason, n := range f.Stats().Rejected {
+			fst := f.Stats()
+			for reason, n := range fst.Rejected {
 				counter(ch, rejected, n, reason)
 			}
 			st := s.Stats()
+			for l, n := range st.LimitHits {
+				counter(ch, limits, n, l)
+			}
+			counter(ch, limits, fst.Rejected[netfilter.ReasonConnLimit], "conns_per_addr")
+			histogram(ch, hsTime, st.HandshakeDuration)
+			histogram(ch, dialTime, st.DialDuration)
+			for route, rs := range st.Routes {
+				counter(ch, routeBytes, rs.BytesIn, route, "in")
+				counter(ch, routeBytes, rs.BytesOut, route, "out")
+				counter(ch, routeStr, rs.Streams, route)
+			}
 			counter(ch, handshakes, st.HandshakesOK, "ok")
 			counter(ch, handshakes, st.HandshakesFailed, "failed")
 			counter(ch, handshakes, st.HandshakeLimit, "limit")
@@ -104,9 +145,10 @@ func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
 		cached  = desc("crl_cached", "Distribution Points holding a verified CRL.")
 		tracked = desc("crl_tracked", "Distribution Points being fetched or refreshed.")
 		limits  = desc("crl_limit_hits_total", "CRL store caps hit, by cap.", "limit")
+		age     = desc("crl_age_seconds", "Age of each CRL in use: now minus its thisUpdate.", "source")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{checks, revoked, unavail, fetches, refused, cached, tracked, limits},
+		descs: []*prometheus.Desc{checks, revoked, unavail, fetches, refused, cached, tracked, limits, age},
 		collect: func(ch chan<- prometheus.Metric) {
 			st := rc.Stats()
 			counter(ch, checks, st.Checked)
@@ -119,6 +161,9 @@ func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
 			gauge(ch, tracked, float64(st.Store.Tracked))
 			for l, n := range st.Store.LimitHits {
 				counter(ch, limits, n, l)
+			}
+			for src, a := range st.CRLAges {
+				gauge(ch, age, a.Seconds(), src)
 			}
 		},
 	}

@@ -14,6 +14,7 @@ const (
 	StreamRefused   = "stream_refused"   // a stream got a non-zero status (route, status)
 	StreamClosed    = "stream_closed"    // a stream ended (route, identity, bytes each way, duration)
 	ListenerStarted = "listener_started" // a listener is bound (addr); tests read the bound address from it
+	ListenerStopped = "listener_stopped" // a listener was closed by a reload (addr)
 	ServerStopping  = "server_stopping"  // shutdown began
 	ReloadApplied   = "reload_applied"
 	ReloadRejected  = "reload_rejected"
@@ -47,6 +48,8 @@ const (
 	Serial     = "serial"      // a certificate serial number, lowercase hex
 	Issuer     = "issuer"      // a CA's subject
 	Limit      = "limit"       // which cap was hit
+	RuleSet    = "rule_set"    // the per-route rules that refused a stream or closed a session ("routes.db")
+	Trigger    = "trigger"     // what started a reload: sighup, file_changed or poll
 
 	IdentityCN          = "identity_cn"
 	IdentitySANs        = "identity_sans"

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/server"
+)
+
+// The two list keys of a config file that hold mappings: a server's routes
+// with their rules, and a client's forwards.
+
+// parseRoutes reads the routes list: each item is "NAME=TARGET[,OPTION]..."
+// or a mapping with name, target, options, allow_identities and allow.
+func (fc *fileConfig) parseRoutes(n *yaml.Node, key string) []problem {
+	if n.Kind != yaml.SequenceNode {
+		return []problem{fc.at(n, key, "want a list of routes")}
+	}
+	fc.access = map[string]*server.Access{}
+	fc.routes = map[string]string{}
+	fv := fileValue{key: key, line: n.Line}
+	var probs []problem
+	for i, item := range n.Content {
+		path := fmt.Sprintf("%s[%d]", key, i)
+		spec, access, nameNode, ps := fc.parseRoute(item, path)
+		if len(ps) > 0 {
+			probs = append(probs, ps...)
+			continue
+		}
+		r, err := server.ParseRoute(spec)
+		if err != nil {
+			probs = append(probs, fc.at(item, path, "%v", err))
+			continue
+		}
+		if _, dup := fc.routes[r.Name]; dup {
+			probs = append(probs, fc.at(nameNode, path+".name", "route %q is configured twice", r.Name))
+			continue
+		}
+		fc.routes[r.Name] = path
+		if access != nil {
+			access.Name = key + "." + r.Name
+			fc.access[r.Name] = access
+			fc.ruled = true
+		}
+		fv.vals = append(fv.vals, spec)
+		fv.lines = append(fv.lines, item.Line)
+	}
+	if len(probs) == 0 {
+		fc.values["route"] = fv
+	}
+	return probs
+}
+
+// parseRoute reads one item of the routes list.
+func (fc *fileConfig) parseRoute(item *yaml.Node, path string) (spec string, access *server.Access, nameNode *yaml.Node, probs []problem) {
+	if item.Kind == yaml.ScalarNode {
+		v, p := fc.scalar(item, path)
+		if p != nil {
+			return "", nil, item, []problem{*p}
+		}
+		return v, nil, item, nil
+	}
+	if item.Kind != yaml.MappingNode {
+		return "", nil, item, []problem{fc.at(item, path, "want NAME=TARGET or a mapping with name and target")}
+	}
+	var name, target string
+	var opts []string
+	nameNode = item
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(item.Content); i += 2 {
+		kn, vn := item.Content[i], item.Content[i+1]
+		kp := path + "." + kn.Value
+		if seen[kn.Value] {
+			probs = append(probs, fc.at(kn, kp, "given twice"))
+			continue
+		}
+		seen[kn.Value] = true
+		switch kn.Value {
+		case "name":
+			v, p := fc.scalar(vn, kp)
+			if p != nil {
+				probs = append(probs, *p)
+			}
+			name, nameNode = v, vn
+		case "target":
+			v, p := fc.scalar(vn, kp)
+			if p != nil {
+				probs = append(probs, *p)
+			}
+			target = v
+		case "options":
+			vals, _, ps := fc.list(vn, kp)
+			probs = append(probs, ps...)
+			opts = vals
+		case "allow_identities":
+			vals, nodes, ps := fc.list(vn, kp)
+			probs = append(probs, ps...)
+			if access == nil {
+				access = &server.Access{}
+			}
+			for j, v := range vals {
+				r, err := server.ParseIdentityRule(v)
+				if err != nil {
+					probs = append(probs, fc.at(nodes[j], fmt.Sprintf("%s[%d]", kp, j), "%v", err))
+					continue
+				}
+				access.Identities = append(access.Identities, r)
+			}
+			if len(vals) == 0 && len(ps) == 0 {
+				probs = append(probs, fc.at(vn, kp, "empty: leave the key out to admit every verified client"))
+			}
+		case "allow":
+			vals, nodes, ps := fc.list(vn, kp)
+			probs = append(probs, ps...)
+			for j, v := range vals {
+				if _, err := netfilter.ParseEntry(v); err != nil {
+					probs = append(probs, fc.at(nodes[j], fmt.Sprintf("%s[%d]", kp, j), "%v", err))
+				}
+			}
+			if len(vals) == 0 && len(ps) == 0 {
+				probs = append(probs, fc.at(vn, kp, "empty: it would admit no address; leave the key out to admit every allowed address"))
+			}
+			if al, err := netfilter.ParseAllowlist(vals); err == nil && len(vals) > 0 {
+				if access == nil {
+					access = &server.Access{}
+				}
+				access.Allow = al
+			}
+		default:
+			probs = append(probs, fc.at(kn, kp, "unknown key (a route has name, target, options, allow_identities and allow)"))
+		}
+	}
+	if name == "" && !seen["name"] {
+		probs = append(probs, fc.at(item, path+".name", "required"))
+	}
+	if target == "" && !seen["target"] {
+		probs = append(probs, fc.at(item, path+".target", "required"))
+	}
+	spec = name + "=" + target
+	if len(opts) > 0 {
+		spec += "," + strings.Join(opts, ",")
+	}
+	return spec, access, nameNode, probs
+}
+
+// parseForwards reads the forwards list: each item is "[HOST:]PORT=ROUTE"
+// or a mapping with listen and route.
+func (fc *fileConfig) parseForwards(n *yaml.Node, key string) []problem {
+	if n.Kind != yaml.SequenceNode {
+		return []problem{fc.at(n, key, "want a list of forwards")}
+	}
+	fv := fileValue{key: key, line: n.Line}
+	var probs []problem
+	for i, item := range n.Content {
+		path := fmt.Sprintf("%s[%d]", key, i)
+		var spec string
+		switch item.Kind {
+		case yaml.ScalarNode:
+			v, p := fc.scalar(item, path)
+			if p != nil {
+				probs = append(probs, *p)
+				continue
+			}
+			spec = v
+		case yaml.MappingNode:
+			var listen, route string
+			ok := true
+			for j := 0; j+1 < len(item.Content); j += 2 {
+				kn, vn := item.Content[j], item.Content[j+1]
+				kp := path + "." + kn.Value
+				v, p := fc.scalar(vn, kp)
+				if p != nil {
+					probs, ok = append(probs, *p), false
+					continue
+				}
+				switch kn.Value {
+				case "listen":
+					listen = v
+				case "route":
+					route = v
+				default:
+					probs, ok = append(probs, fc.at(kn, kp, "unknown key (a forward has listen and route)")), false
+				}
+			}
+			if !ok {
+				continue
+			}
+			spec = listen + "=" + route
+		default:
+			probs = append(probs, fc.at(item, path, "want [HOST:]PORT=ROUTE or a mapping with listen and route"))
+			continue
+		}
+		if _, err := client.ParseForward(spec); err != nil {
+			probs = append(probs, fc.at(item, path, "%v", err))
+			continue
+		}
+		fv.vals = append(fv.vals, spec)
+		fv.lines = append(fv.lines, item.Line)
+	}
+	if len(probs) == 0 {
+		fc.values["forward"] = fv
+	}
+	return probs
+}
+
+// routeAccess returns the rules of the file's route name, or nil.
+func (fc *fileConfig) routeAccess(name string) *server.Access {
+	if fc == nil {
+		return nil
+	}
+	return fc.access[name]
+}

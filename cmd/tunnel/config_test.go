@@ -1,0 +1,369 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+func TestConfigKey(t *testing.T) {
+	for flag, want := range map[string]string{
+		"listen":                  "listen",
+		"handshake-timeout":       "handshake_timeout",
+		"cert":                    "tls.cert",
+		"ca":                      "tls.ca",
+		"crl":                     "crl.files",
+		"crl-deny-on-unavailable": "crl.deny_on_unavailable",
+		"log-format":              "log.format",
+		"reload-interval":         "reload.interval",
+		"route":                   "routes",
+		"forward":                 "forwards",
+		"raw-route":               "raw_route",
+		"config":                  "",
+		"help":                    "",
+	} {
+		if got := configKey(flag); got != want {
+			t.Errorf("configKey(%q) = %q, want %q", flag, got, want)
+		}
+	}
+}
+
+// writeFile writes a file in a fresh temporary directory.
+func writeFile(t *testing.T, name, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// resolveCmd parses args with cmd's flags (as `tunnel ROLE args` would) and
+// returns the resolved context, or the error of captureFlags/resolve.
+func resolveCmd(t *testing.T, cmd *cli.Command, args ...string) (*cli.Context, *fileConfig, error) {
+	t.Helper()
+	var rc *cli.Context
+	var fc *fileConfig
+	var rerr error
+	cmd.Action = func(c *cli.Context) error {
+		layers, err := captureFlags(c)
+		if err != nil {
+			rerr = err
+			return nil
+		}
+		rc, fc, rerr = layers.resolve()
+		return nil
+	}
+	app := &cli.App{Name: "tunnel", Writer: io.Discard, ErrWriter: io.Discard, DisableSliceFlagSeparator: true,
+		ExitErrHandler: func(*cli.Context, error) {}, Commands: []*cli.Command{cmd}}
+	if err := app.RunContext(context.Background(), append([]string{"tunnel", cmd.Name}, args...)); err != nil {
+		t.Fatalf("parsing %q: %v", args, err)
+	}
+	return rc, fc, rerr
+}
+
+// sampleValues are values for list flags whose items are checked.
+var sampleValues = map[string]string{
+	"allow":               "10.9.0.0/16",
+	"proxy-protocol-from": "10.8.0.0/16",
+	"route":               "r1=127.0.0.1:1",
+	"forward":             "127.0.0.1:1=r1",
+}
+
+// Every flag of both roles can be set from the config file: a flag added
+// later fails here until it has a key of a supported type.
+func TestEveryFlagHasAConfigKey(t *testing.T) {
+	for _, cmd := range []*cli.Command{serverCommand(io.Discard), clientCommand(io.Discard)} {
+		for _, f := range cmd.Flags {
+			name := f.Names()[0]
+			if noConfigKey[name] {
+				continue
+			}
+			key := configKey(name)
+			kind, err := kindOf(f)
+			if key == "" || err != nil {
+				t.Errorf("%s: flag --%s has no config key (%v)", cmd.Name, name, err)
+				continue
+			}
+			// Write the key with a value the default is not, and read it back.
+			want := "text-value"
+			yamlVal := want
+			switch kind {
+			case kindList:
+				want = sampleValues[name]
+				if want == "" {
+					want = "item-value"
+				}
+				yamlVal = "[" + want + "]"
+			case kindBool:
+				want = "true"
+				if bf, ok := f.(*cli.BoolFlag); ok && bf.Value {
+					want = "false"
+				}
+				yamlVal = want
+			case kindDuration:
+				want, yamlVal = "17s", "17s"
+			case kindInt, kindUint:
+				want, yamlVal = "1717", "1717"
+			case kindFloat:
+				want, yamlVal = "17.5", "17.5"
+			}
+			doc := yamlAt(key, yamlVal)
+			path := writeFile(t, "c.yaml", doc)
+			rc, _, err := resolveCmd(t, cmd, "--config", path)
+			if err != nil {
+				t.Errorf("%s: flag --%s as key %s: %v\n%s", cmd.Name, name, key, err, doc)
+				continue
+			}
+			got := rc.String(name)
+			if kind == kindList {
+				got = strings.Join(rc.StringSlice(name), ",")
+			}
+			if got != want || !rc.IsSet(name) {
+				t.Errorf("%s: key %s = %q (set %v), want %q for flag --%s", cmd.Name, key, got, rc.IsSet(name), want, name)
+			}
+		}
+	}
+}
+
+// yamlAt writes key (dotted) = value as nested YAML.
+func yamlAt(key, value string) string {
+	section, rest, nested := strings.Cut(key, ".")
+	if nested {
+		return section + ":\n  " + rest + ": " + value + "\n"
+	}
+	return key + ": " + value + "\n"
+}
+
+// Command line over environment over file over default.
+func TestConfigPrecedence(t *testing.T) {
+	path := writeFile(t, "server.yaml", `
+handshake_timeout: 7s
+dial_timeout: 7s
+idle_timeout: 7s
+allow: [10.0.0.0/8]
+`)
+	t.Setenv("TUNNEL_DIAL_TIMEOUT", "8s")
+	t.Setenv("TUNNEL_IDLE_TIMEOUT", "8s")
+	rc, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path, "--idle-timeout", "9s", "--allow", "192.0.2.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for flag, want := range map[string]time.Duration{
+		"handshake-timeout": 7 * time.Second,  // file
+		"dial-timeout":      8 * time.Second,  // environment over file
+		"idle-timeout":      9 * time.Second,  // flag over environment and file
+		"shutdown-timeout":  30 * time.Second, // default
+	} {
+		if got := rc.Duration(flag); got != want {
+			t.Errorf("--%s = %v, want %v", flag, got, want)
+		}
+	}
+	if got := rc.StringSlice("allow"); !slices.Equal(got, []string{"192.0.2.0/24"}) {
+		t.Errorf("--allow = %q: a list on the command line replaces the file's", got)
+	}
+}
+
+// Each problem names its line and key path; all of them are reported.
+func TestConfigFileProblems(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       []string
+	}{
+		{"unknown key", "listen: 127.0.0.1:1\nbogus: 1\n", []string{":2: bogus: unknown key"}},
+		{"flag spelling", "handshake-timeout: 5s\n", []string{":1: handshake-timeout: unknown key (did you mean handshake_timeout?)"}},
+		{"nested unknown", "tls:\n  cert: a\n  kee: b\n", []string{":3: tls.kee: unknown key"}},
+		{"bad duration", "dial_timeout: soon\n", []string{":1: dial_timeout: \"soon\" is not a duration"}},
+		{"bad bool", "crl:\n  disable: maybe\n", []string{":2: crl.disable: \"maybe\" is not true or false"}},
+		{"bad int", "max_streams: many\n", []string{":1: max_streams: \"many\" is not an integer"}},
+		{"list item", "allow:\n  - 10.0.0.0/8\n  - 10.0.0.300/8\n", []string{":3: allow[1]: "}},
+		{"map for scalar", "listen: {a: b}\n", []string{":1: listen: want a single value, not a mapping"}},
+		{"section not map", "tls: x\n", []string{":1: tls: want a mapping"}},
+		{"twice", "listen: a\nlisten: b\n", []string{":2: listen: given twice"}},
+		{"route rule", "routes:\n  - name: db\n    target: 127.0.0.1:1\n    allow_identities: [\"cn:a\", \"dns:a*.corp\"]\n",
+			[]string{":4: routes[0].allow_identities[1]: "}},
+		{"route key", "routes:\n  - name: db\n    target: 127.0.0.1:1\n    allowed: [x]\n", []string{":4: routes[0].allowed: unknown key"}},
+		{"route no target", "routes:\n  - name: db\n", []string{":2: routes[0].target: required"}},
+		{"route dup", "routes:\n  - db=127.0.0.1:1\n  - name: db\n    target: 127.0.0.1:2\n", []string{":3: routes[1].name: route \"db\" is configured twice"}},
+		{"several", "bogus: 1\ndial_timeout: x\n", []string{":1: bogus:", ":2: dial_timeout:"}},
+		{"syntax", "listen: [\n", []string{"c.yaml"}},
+		{"not a map", "- a\n", []string{":1: want a mapping"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, "c.yaml", tt.body)
+			_, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			var pe *problemsError
+			if !errors.As(err, &pe) {
+				t.Fatalf("error %v is not a list of problems", err)
+			}
+			var got []string
+			for _, p := range pe.list {
+				got = append(got, p.String())
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("problems %q, want %d", got, len(tt.want))
+			}
+			for i, w := range tt.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("problem %d = %q, want it to contain %q", i, got[i], w)
+				}
+			}
+			if exitCode(err) != exitConfig {
+				t.Errorf("exit code %d, want %d", exitCode(err), exitConfig)
+			}
+		})
+	}
+}
+
+// The routes of the file carry their rules into the server configuration;
+// routes from --route replace them, rules and all.
+func TestConfigRouteRules(t *testing.T) {
+	dir := pki(t)
+	p := func(f string) string { return filepath.Join(dir, f) }
+	path := writeFile(t, "server.yaml", `
+tls: {cert: `+p("srv.test.pem")+`, key: `+p("srv.test-key.pem")+`, ca: `+p("ca.pem")+`}
+allow: [127.0.0.1/32]
+routes:
+  - name: db
+    target: 127.0.0.1:5432
+    allow_identities: ["cn:app1", "uri:spiffe://corp/payments/*"]
+    allow: [127.0.0.0/8]
+  - cache=127.0.0.1:6379
+`)
+	rc, fc, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup, err := loadServer(rc, fc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup.rc.Close()
+	var db, cache string
+	for _, r := range setup.cfg.Routes {
+		switch r.Name {
+		case "db":
+			db = r.Access.String() + " / " + r.Access.Name
+		case "cache":
+			cache = r.Access.String()
+		}
+	}
+	if want := "identities cn:app1, uri:spiffe://corp/payments/*; allow 127.0.0.0/8 / routes.db"; db != want {
+		t.Errorf("route db rules = %q, want %q", db, want)
+	}
+	if cache != "every verified client" {
+		t.Errorf("route cache rules = %q, want none", cache)
+	}
+
+	rc, fc, err = resolveCmd(t, serverCommand(io.Discard), "--config", path, "--route", "db=127.0.0.1:5432")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup, err = loadServer(rc, fc, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	setup.rc.Close()
+	if len(setup.cfg.Routes) != 1 || setup.cfg.Routes[0].Access != nil {
+		t.Errorf("--route db: routes %+v, want db alone without the file's rules", setup.cfg.Routes)
+	}
+}
+
+// `tunnel check` exits 0 with a summary, or 2 listing every problem with
+// its key path.
+func TestCheckCommand(t *testing.T) {
+	dir := pki(t)
+	p := func(f string) string { return filepath.Join(dir, f) }
+	good := `tls: {cert: ` + p("srv.test.pem") + `, key: ` + p("srv.test-key.pem") + `, ca: ` + p("ca.pem") + `}
+allow: [0.0.0.0/0]
+routes:
+  - name: db
+    target: 127.0.0.1:5432
+    allow_identities: ["cn:app1"]
+`
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"tunnel", "check", "--config", writeFile(t, "s.yaml", good)}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("check of a good config: exit %d\n%s", code, errb.String())
+	}
+	for _, want := range []string{"server configuration OK", "route        db -> 127.0.0.1:5432: identities cn:app1",
+		"warning: allow: 0.0.0.0/0 admits every IPv4 address", "certificate  CN=srv.test"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	bad := strings.Replace(good, p("srv.test-key.pem"), p("app1-key.pem"), 1) + "dial_timeout: x\n"
+	out.Reset()
+	errb.Reset()
+	code = run(context.Background(), []string{"tunnel", "check", "--config", writeFile(t, "s.yaml", bad)}, &out, &errb)
+	if code != exitConfig {
+		t.Fatalf("check of a bad config: exit %d, want 2", code)
+	}
+	for _, want := range []string{"s.yaml:7: dial_timeout:", "s.yaml:1: tls.key:", "does not match certificate"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("problems lack %q:\n%s", want, errb.String())
+		}
+	}
+}
+
+// The commented examples use only keys that exist, with values of the right
+// type.
+func TestExampleConfigsParse(t *testing.T) {
+	for file, cmd := range map[string]*cli.Command{
+		"../../examples/server.yaml": serverCommand(io.Discard),
+		"../../examples/client.yaml": clientCommand(io.Discard),
+	} {
+		if _, probs := parseConfigFile(file, cmd.Flags); len(probs) > 0 {
+			t.Errorf("%s: %v", file, probs)
+		}
+	}
+}
+
+// docs/CONFIG.md documents every key of both roles.
+func TestConfigDocListsEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/CONFIG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []*cli.Command{serverCommand(io.Discard), clientCommand(io.Discard)} {
+		for _, f := range cmd.Flags {
+			if k := configKey(f.Names()[0]); k != "" && !bytes.Contains(doc, []byte("| `"+k+"` |")) {
+				t.Errorf("docs/CONFIG.md has no table row for key %s (flag --%s)", k, f.Names()[0])
+			}
+		}
+	}
+}
+
+// List values keep their commas where the command line keeps them: a route
+// with options, from the file and from the flag.
+func TestConfigListCommas(t *testing.T) {
+	path := writeFile(t, "server.yaml", "routes:\n  - db=127.0.0.1:1,proxy-v2\n  - {name: pg, target: \"127.0.0.1:2\", options: [proxy-v2]}\n")
+	rc, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rc.StringSlice("route"), []string{"db=127.0.0.1:1,proxy-v2", "pg=127.0.0.1:2,proxy-v2"}; !slices.Equal(got, want) {
+		t.Errorf("routes from the file = %q, want %q", got, want)
+	}
+	rc, _, err = resolveCmd(t, serverCommand(io.Discard), "--config", path, "--route", "x=127.0.0.1:3,proxy-v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rc.StringSlice("route"), []string{"x=127.0.0.1:3,proxy-v2"}; !slices.Equal(got, want) {
+		t.Errorf("routes from the flag = %q, want %q", got, want)
+	}
+}

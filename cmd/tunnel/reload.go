@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/server"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// Reload triggers, logged in the trigger field.
+const (
+	triggerSIGHUP = "sighup"
+	triggerFiles  = "file_changed" // an fsnotify event or the periodic re-read
+)
+
+// DefaultReloadInterval is how often the watched files are re-read even
+// without a file event: the fallback where inotify sees nothing (NFS, FUSE).
+const DefaultReloadInterval = time.Minute
+
+// reloadFlags are the reload flags of both roles.
+func reloadFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.DurationFlag{Name: "reload-interval", Value: DefaultReloadInterval, EnvVars: []string{"TUNNEL_RELOAD_INTERVAL"},
+			Usage: "re-read the certificate, key, CA, CRL and config files this often even without a file event (0: only on events and SIGHUP)"},
+	}
+}
+
+// reloadStats count reloads by result, for the admin metrics.
+type reloadStats struct{ applied, rejected atomic.Uint64 }
+
+func (r *reloadStats) counts() (applied, rejected uint64) { return r.applied.Load(), r.rejected.Load() }
+
+// reloadFunc builds a complete new configuration from the files and flags
+// and swaps it in, or changes nothing and returns why. It returns the files
+// the next reload depends on (even on error, when it knows them) and the
+// fields of the reload_applied line.
+type reloadFunc func(ctx context.Context, trigger string) (paths []string, fields logrus.Fields, err error)
+
+// startReloads runs apply on SIGHUP and whenever one of the watched files
+// changes (fsnotify on their directories, debounced, plus a re-read every
+// interval), one reload at a time, until the returned stop is called; stop
+// waits for the reload in progress. Each reload logs reload_applied or
+// reload_rejected with its trigger and duration.
+func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration, paths []string, apply reloadFunc, stats *reloadStats) (stop func(), err error) {
+	w, err := trust.NewWatcher(paths, trust.WatchConfig{Interval: interval, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := w.Run(ctx); err != nil {
+			log.WithError(err).Warn("cannot watch files; reloading on SIGHUP only")
+		}
+	})
+	wg.Go(func() {
+		for {
+			var trigger string
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				trigger = triggerSIGHUP
+			case <-w.Changes():
+				trigger = triggerFiles
+			}
+			start := time.Now()
+			paths, fields, err := apply(ctx, trigger)
+			if paths != nil {
+				w.SetPaths(paths)
+			}
+			took := time.Since(start).Milliseconds()
+			if err != nil {
+				stats.rejected.Add(1)
+				log.WithFields(logrus.Fields{
+					audit.Event: audit.ReloadRejected, audit.Reason: "load_failed", audit.Trigger: trigger,
+					audit.Error: err.Error(), audit.DurationMS: took,
+				}).Error("reload rejected; the running configuration stays")
+				continue
+			}
+			stats.applied.Add(1)
+			log.WithFields(fields).WithFields(logrus.Fields{
+				audit.Event: audit.ReloadApplied, audit.Trigger: trigger, audit.DurationMS: took,
+			}).Info("reload applied")
+		}
+	})
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		wg.Wait()
+	}, nil
+}
+
+// watchPaths are the files a configuration depends on: its TLS files and
+// its config file.
+func watchPaths(src trust.Sources, l *flagLayers) []string {
+	p := src.Paths()
+	if l.cfgPath != "" && !slices.Contains(p, l.cfgPath) {
+		p = append(p, l.cfgPath)
+	}
+	return p
+}
+
+// restartNeeded names the flags whose resolved value in c differs from the
+// running one, other than those a reload applies.
+func restartNeeded(l *flagLayers, running, c *cli.Context, reloadable ...string) []string {
+	var out []string
+	for _, f := range l.flags {
+		name := f.Names()[0]
+		if slices.Contains(reloadable, name) || noConfigKey[name] {
+			continue
+		}
+		if resolvedText(l, running, name) != resolvedText(l, c, name) {
+			out = append(out, configKey(name))
+		}
+	}
+	return out
+}
+
+func resolvedText(l *flagLayers, c *cli.Context, name string) string {
+	if l.kinds[name] == kindList {
+		return strings.Join(c.StringSlice(name), "\x00")
+	}
+	return c.String(name)
+}
+
+// reloadError makes a load error read the same as at start-up, with the
+// key and line of a value that came from the config file.
+func reloadError(err error, fc *fileConfig) error {
+	var pe *problemsError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return errors.New(fc.flagProblem(err).String())
+}
+
+// serverReloader applies a new server configuration to a running server:
+// TLS material, allowlist, routes and their rules.
+type serverReloader struct {
+	layers  *flagLayers
+	running *cli.Context // the resolved configuration the process started with
+	log     *logrus.Entry
+	srv     *server.Server
+	store   *trust.Store
+	filter  *netfilter.Filter
+	rc      *trust.RevocationChecker
+}
+
+// serverReloadable are the server flags a reload applies.
+var serverReloadable = []string{"cert", "key", "ca", "crl", "allow", "route"}
+
+func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, logrus.Fields, error) {
+	c, fc, err := r.layers.resolve()
+	if err != nil {
+		return nil, nil, err
+	}
+	src, _ := tlsSources(c)
+	paths := watchPaths(src, r.layers)
+	// The whole start-up load, so a reload refuses exactly what a start
+	// would; the checker it builds is never started.
+	setup, err := loadServer(c, fc, r.log)
+	if err != nil {
+		return paths, nil, reloadError(err, fc)
+	}
+	setup.rc.Close()
+	m, al := setup.store.Material(), setup.cfg.Filter.Allowlist()
+	admit := server.JoinChecks(server.TrustCheck(m), func(p server.Peer) string {
+		if !al.Contains(p.Addr) {
+			return netfilter.ReasonIPNotAllowed
+		}
+		return ""
+	})
+	// Apply validates before it changes anything; then new handshakes get
+	// the new material and new connections the new allowlist.
+	closed, err := r.srv.Apply(audit.SessionRevoked, server.Snapshot{Routes: setup.cfg.Routes, Admit: admit})
+	if err != nil {
+		return paths, nil, err
+	}
+	r.store.Swap(m)
+	if err := r.filter.SetAllowlist(al); err != nil {
+		return paths, nil, err // unreachable: al is never nil
+	}
+	// CRL files come with the material: re-check live sessions against them.
+	closed += r.srv.Recheck(audit.SessionRevoked, server.RevocationCheck(r.rc))
+	if trigger == triggerSIGHUP {
+		r.rc.Refresh()
+	}
+	fields := trust.IdentityOf(m.Certificate.Leaf).Fields()
+	fields["allow_prefixes"] = al.Len()
+	fields["routes"] = len(setup.cfg.Routes)
+	fields["sessions_closed"] = closed
+	if rs := restartNeeded(r.layers, r.running, c, serverReloadable...); len(rs) > 0 {
+		fields["restart_needed"] = strings.Join(rs, ",")
+		r.log.WithField("restart_needed", strings.Join(rs, ",")).Warn("these settings changed but take effect only after a restart")
+	}
+	if fc != nil && fc.ruled && fc.access == nil {
+		r.log.Warn("routes from --route replace the config file's routes and their allow_identities/allow rules")
+	}
+	return paths, fields, nil
+}
+
+// clientReloader applies a new client configuration to a running client:
+// its own certificate and key, the server CA bundle, CRL files, and the
+// forward listeners.
+type clientReloader struct {
+	layers  *flagLayers
+	running *cli.Context
+	log     *logrus.Entry
+	cl      *client.Client
+	store   *trust.Store
+	rc      *trust.RevocationChecker
+}
+
+// clientReloadable are the client flags a reload applies.
+var clientReloadable = []string{"cert", "key", "ca", "crl", "forward"}
+
+func (r *clientReloader) apply(ctx context.Context, trigger string) ([]string, logrus.Fields, error) {
+	c, fc, err := r.layers.resolve()
+	if err != nil {
+		return nil, nil, err
+	}
+	src, _ := tlsSources(c)
+	paths := watchPaths(src, r.layers)
+	setup, err := loadClient(c, fc, r.log)
+	if err != nil {
+		return paths, nil, reloadError(err, fc)
+	}
+	setup.rc.Close()
+	if err := r.cl.SetForwards(ctx, setup.cfg.Forwards); err != nil {
+		return paths, nil, err
+	}
+	m := setup.store.Material()
+	r.store.Swap(m) // the next dial presents the new certificate
+	if trigger == triggerSIGHUP {
+		r.rc.Refresh()
+	}
+	fields := trust.IdentityOf(m.Certificate.Leaf).Fields()
+	fields["forwards"] = len(setup.cfg.Forwards)
+	if rs := restartNeeded(r.layers, r.running, c, clientReloadable...); len(rs) > 0 {
+		fields["restart_needed"] = strings.Join(rs, ",")
+		r.log.WithField("restart_needed", strings.Join(rs, ",")).Warn("these settings changed but take effect only after a restart")
+	}
+	return paths, fields, nil
+}

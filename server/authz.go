@@ -1,0 +1,309 @@
+package server
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/wire"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// Reasons a route refuses a peer: the reason field of a forbidden stream's
+// stream_refused line and of a session_revoked line after a reload.
+const (
+	ReasonIdentityNotAllowed = "identity_not_allowed"
+	ReasonIPNotAllowed       = netfilter.ReasonIPNotAllowed
+)
+
+// Access is the authorization of one route: which verified identities and
+// which client addresses may open streams to it. A nil *Access, or one with
+// no Identities and a nil Allow, admits every client the listener admitted.
+// An Access is immutable once a Server holds it.
+type Access struct {
+	// Name names the rule set in audit lines (the rule_set field), e.g.
+	// "routes.db" for the rules of route db in the config file.
+	Name string
+
+	// Identities admits a peer whose verified leaf matches at least one
+	// rule; empty admits every verified identity.
+	Identities []IdentityRule
+
+	// Allow narrows the listener's allowlist for this route: the peer's
+	// address must be in both. Nil means no narrowing.
+	Allow *netfilter.Allowlist
+}
+
+// Decide returns "" if a admits p, or the reason it does not:
+// ReasonIPNotAllowed or ReasonIdentityNotAllowed. Safe on a nil *Access.
+func (a *Access) Decide(p Peer) string {
+	if a == nil {
+		return ""
+	}
+	if a.Allow != nil && !a.Allow.Contains(p.Addr) {
+		return ReasonIPNotAllowed
+	}
+	if len(a.Identities) == 0 {
+		return ""
+	}
+	for _, r := range a.Identities {
+		if r.Matches(p.Identity) {
+			return ""
+		}
+	}
+	return ReasonIdentityNotAllowed
+}
+
+// String describes the rules for humans (`tunnel check`): "identities
+// cn:app1, dns:*.corp; allow 10.1.0.0/16", or "every verified client".
+func (a *Access) String() string {
+	if a == nil || (len(a.Identities) == 0 && a.Allow == nil) {
+		return "every verified client"
+	}
+	var parts []string
+	if len(a.Identities) > 0 {
+		ids := make([]string, len(a.Identities))
+		for i, r := range a.Identities {
+			ids[i] = r.String()
+		}
+		parts = append(parts, "identities "+strings.Join(ids, ", "))
+	}
+	if a.Allow != nil {
+		parts = append(parts, "allow "+a.Allow.String())
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Kinds of identity rules: the prefix before the colon.
+const (
+	KindCN     = "cn"     // subject common name, exact
+	KindOU     = "ou"     // one of the subject's organizational units, exact
+	KindDNS    = "dns"    // a DNS SAN; "*" stands for exactly one label
+	KindURI    = "uri"    // a URI SAN; "*" ends a path segment and matches within it
+	KindIP     = "ip"     // an IP SAN, equal to an address or inside a CIDR
+	KindSHA256 = "sha256" // the SHA-256 fingerprint of the leaf's DER, hex
+)
+
+// IdentityRule matches one field of a verified leaf. The zero value is
+// invalid; build one with ParseIdentityRule. It is a comparable value.
+type IdentityRule struct {
+	kind    string
+	pattern string       // normalised: DNS lowercased, fingerprint lowercase hex
+	prefix  netip.Prefix // KindIP only
+}
+
+// ParseIdentityRule parses "KIND:PATTERN" where KIND is cn, ou, dns, uri, ip
+// or sha256. In dns patterns "*" must be a whole label and matches exactly
+// one label ("*.batch.corp" matches "a.batch.corp", not "a.b.batch.corp" nor
+// "batch.corp"). In uri patterns "*" may only end a path segment, matching
+// one or more characters of that segment and never a "/", "?" or "#"
+// ("spiffe://corp/payments/*" matches ".../payments/api", not
+// ".../payments/api/v2"). ip takes an address or a CIDR. sha256 takes 64 hex
+// digits, colons allowed. cn and ou match exactly and take no wildcard.
+func ParseIdentityRule(s string) (IdentityRule, error) {
+	kind, pat, ok := strings.Cut(s, ":")
+	kind = strings.ToLower(strings.TrimSpace(kind))
+	pat = strings.TrimSpace(pat)
+	fail := func(format string, args ...any) (IdentityRule, error) {
+		return IdentityRule{}, fmt.Errorf("server: identity rule %q: %s", s, fmt.Sprintf(format, args...))
+	}
+	if !ok {
+		return fail("want KIND:PATTERN with KIND one of cn, ou, dns, uri, ip, sha256")
+	}
+	if pat == "" {
+		return fail("empty pattern")
+	}
+	r := IdentityRule{kind: kind, pattern: pat}
+	switch kind {
+	case KindCN, KindOU:
+		if strings.Contains(pat, "*") {
+			return fail("%s: takes no wildcard (use dns: or uri: for wildcards)", kind)
+		}
+	case KindDNS:
+		r.pattern = strings.ToLower(strings.TrimSuffix(pat, "."))
+		for _, l := range strings.Split(r.pattern, ".") {
+			if l == "" {
+				return fail("empty DNS label")
+			}
+			if strings.Contains(l, "*") && l != "*" {
+				return fail("%q: a wildcard must be a whole label", l)
+			}
+		}
+	case KindURI:
+		if err := checkURIPattern(pat); err != nil {
+			return fail("%v", err)
+		}
+	case KindIP:
+		if p, err := netip.ParsePrefix(pat); err == nil {
+			r.prefix = p.Masked()
+		} else if a, err := netip.ParseAddr(pat); err == nil && a.Zone() == "" {
+			a = a.Unmap()
+			r.prefix = netip.PrefixFrom(a, a.BitLen())
+		} else {
+			return fail("%q is not an IP address or CIDR", pat)
+		}
+		r.pattern = r.prefix.String()
+	case KindSHA256:
+		h := strings.ToLower(strings.ReplaceAll(pat, ":", ""))
+		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 {
+			return fail("want 64 hex digits (colons allowed)")
+		}
+		r.pattern = h
+	default:
+		return fail("unknown kind %q: want cn, ou, dns, uri, ip or sha256", kind)
+	}
+	return r, nil
+}
+
+// checkURIPattern allows "*" only at the end of a path segment.
+func checkURIPattern(pat string) error {
+	scheme, rest, ok := strings.Cut(pat, "://")
+	if !ok || scheme == "" {
+		return fmt.Errorf("%q is not an absolute URI (scheme://...)", pat)
+	}
+	authority, _, _ := strings.Cut(rest, "/")
+	if strings.Contains(scheme, "*") || strings.Contains(authority, "*") {
+		return fmt.Errorf("wildcards are allowed in the path only")
+	}
+	for _, seg := range strings.Split(rest, "/") {
+		if i := strings.IndexByte(seg, '*'); i >= 0 && i != len(seg)-1 {
+			return fmt.Errorf("segment %q: a wildcard may only end a path segment", seg)
+		}
+		if strings.ContainsAny(seg, "?#") && strings.Contains(seg, "*") {
+			return fmt.Errorf("segment %q: no wildcard next to a query or fragment", seg)
+		}
+	}
+	return nil
+}
+
+// String returns the rule as ParseIdentityRule reads it.
+func (r IdentityRule) String() string { return r.kind + ":" + r.pattern }
+
+// Matches reports whether the identity of a verified leaf satisfies r.
+func (r IdentityRule) Matches(id trust.Identity) bool {
+	switch r.kind {
+	case KindCN:
+		return id.CommonName == r.pattern
+	case KindOU:
+		return anyOf(id.OrgUnits, func(v string) bool { return v == r.pattern })
+	case KindDNS:
+		return anyOf(id.DNSNames, func(v string) bool { return matchDNS(r.pattern, v) })
+	case KindURI:
+		return anyOf(id.URIs, func(v string) bool { return matchURI(r.pattern, v) })
+	case KindIP:
+		return anyOf(id.IPs, func(v string) bool {
+			a, err := netip.ParseAddr(v)
+			return err == nil && r.prefix.Contains(a.Unmap())
+		})
+	case KindSHA256:
+		return id.Fingerprint == r.pattern
+	}
+	return false // the zero rule matches nothing
+}
+
+func anyOf(vals []string, f func(string) bool) bool {
+	for _, v := range vals {
+		if f(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchDNS matches a lowercased pattern against a DNS name label by label;
+// "*" matches exactly one non-empty label.
+func matchDNS(pat, name string) bool {
+	pl := strings.Split(pat, ".")
+	nl := strings.Split(strings.ToLower(strings.TrimSuffix(name, ".")), ".")
+	if len(pl) != len(nl) {
+		return false
+	}
+	for i := range pl {
+		if nl[i] == "" || (pl[i] != "*" && pl[i] != nl[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// matchURI matches segment by segment (split at "/"): a segment ending in
+// "*" matches one that starts with the rest and has at least one more
+// character, none of them "?" or "#"; other segments match exactly.
+func matchURI(pat, uri string) bool {
+	ps := strings.Split(pat, "/")
+	us := strings.Split(uri, "/")
+	if len(ps) != len(us) {
+		return false
+	}
+	for i := range ps {
+		stem, wild := strings.CutSuffix(ps[i], "*")
+		if !wild {
+			if ps[i] != us[i] {
+				return false
+			}
+			continue
+		}
+		tail, ok := strings.CutPrefix(us[i], stem)
+		if !ok || tail == "" || strings.ContainsAny(tail, "?#") {
+			return false
+		}
+	}
+	return true
+}
+
+// routeUse counts a session's open streams per route, so that a reload can
+// tell which sessions use a route whose rules changed.
+type routeUse struct {
+	mu   sync.Mutex
+	open map[string]int // route name -> open streams; made lazily; guarded by mu
+}
+
+// enter counts a stream on route until the returned func is called.
+func (u *routeUse) enter(route string) (leave func()) {
+	u.mu.Lock()
+	if u.open == nil {
+		u.open = make(map[string]int)
+	}
+	u.open[route]++
+	u.mu.Unlock()
+	return func() {
+		u.mu.Lock()
+		if u.open[route]--; u.open[route] <= 0 {
+			delete(u.open, route)
+		}
+		u.mu.Unlock()
+	}
+}
+
+// routes returns the names of the routes with open streams.
+func (u *routeUse) routes() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make([]string, 0, len(u.open))
+	for r := range u.open {
+		out = append(out, r)
+	}
+	return out
+}
+
+// forbid answers a stream that route's rules refuse with StatusForbidden
+// and logs stream_refused with the identity (the session's fields), the
+// route, the rule set and the reason.
+func (s *Server) forbid(ss *session, st mux.Stream, route Route, reason string) {
+	code := wire.StatusForbidden
+	s.stats.refused[code].Add(1)
+	st.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
+	_ = wire.WriteStatus(st, code) // the peer may be gone; the log line stands either way
+	ss.log.WithFields(logrus.Fields{
+		audit.Event: audit.StreamRefused, audit.Status: code.String(), audit.Route: route.Name,
+		audit.RuleSet: route.Access.Name, audit.Reason: reason,
+	}).Warn("stream refused: forbidden by the route's rules")
+}

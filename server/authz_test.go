@@ -1,0 +1,295 @@
+package server
+
+import (
+	"crypto/x509"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/devpki"
+	"github.com/tunnel-dev/tunnel/internal/wire"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+func TestParseIdentityRule(t *testing.T) {
+	tests := []struct {
+		in, want string // want "" means an error
+	}{
+		{"cn:app1", "cn:app1"},
+		{" CN : app1 ", "cn:app1"},
+		{"ou:payments", "ou:payments"},
+		{"dns:*.batch.corp", "dns:*.batch.corp"},
+		{"dns:Host.Corp.", "dns:host.corp"},
+		{"uri:spiffe://corp/payments/*", "uri:spiffe://corp/payments/*"},
+		{"uri:spiffe://corp/svc-*/x", "uri:spiffe://corp/svc-*/x"},
+		{"ip:10.1.2.3", "ip:10.1.2.3/32"},
+		{"ip:10.1.2.3/16", "ip:10.1.0.0/16"},
+		{"ip:::ffff:10.1.2.3", "ip:10.1.2.3/32"},
+		{"sha256:" + strings.Repeat("AB:", 31) + "AB", "sha256:" + strings.Repeat("ab", 32)},
+		{"app1", ""},
+		{"cn:", ""},
+		{"cn:app*", ""},
+		{"ou:*", ""},
+		{"dns:a*.corp", ""},
+		{"dns:a..corp", ""},
+		{"uri:spiffe://*/x", ""},
+		{"uri:spiffe://corp/a*b", ""},
+		{"uri:corp/payments/*", ""},
+		{"ip:10.0.0.300", ""},
+		{"ip:fe80::1%eth0", ""},
+		{"sha256:abcd", ""},
+		{"email:a@b", ""},
+	}
+	for _, tt := range tests {
+		r, err := ParseIdentityRule(tt.in)
+		switch {
+		case tt.want == "" && err == nil:
+			t.Errorf("ParseIdentityRule(%q) = %v, want an error", tt.in, r)
+		case tt.want != "" && err != nil:
+			t.Errorf("ParseIdentityRule(%q): %v", tt.in, err)
+		case tt.want != "" && r.String() != tt.want:
+			t.Errorf("ParseIdentityRule(%q) = %q, want %q", tt.in, r.String(), tt.want)
+		}
+	}
+}
+
+// Wildcards match one DNS label or the rest of one URI path segment, never
+// across a dot or a slash.
+func TestIdentityRuleMatches(t *testing.T) {
+	fp := strings.Repeat("0f", 32)
+	id := func(mut func(*trust.Identity)) trust.Identity {
+		var i trust.Identity
+		mut(&i)
+		return i
+	}
+	tests := []struct {
+		rule string
+		id   trust.Identity
+		want bool
+	}{
+		{"cn:app1", id(func(i *trust.Identity) { i.CommonName = "app1" }), true},
+		{"cn:app1", id(func(i *trust.Identity) { i.CommonName = "app10" }), false},
+		{"cn:app1", id(func(i *trust.Identity) { i.CommonName = "App1" }), false},
+		{"ou:payments", id(func(i *trust.Identity) { i.OrgUnits = []string{"ops", "payments"} }), true},
+		{"ou:payments", id(func(i *trust.Identity) { i.OrgUnits = []string{"payments-eu"} }), false},
+		{"dns:*.batch.corp", id(func(i *trust.Identity) { i.DNSNames = []string{"a.batch.corp"} }), true},
+		{"dns:*.batch.corp", id(func(i *trust.Identity) { i.DNSNames = []string{"A.Batch.Corp."} }), true},
+		{"dns:*.batch.corp", id(func(i *trust.Identity) { i.DNSNames = []string{"a.b.batch.corp"} }), false},
+		{"dns:*.batch.corp", id(func(i *trust.Identity) { i.DNSNames = []string{"batch.corp"} }), false},
+		{"dns:*.batch.corp", id(func(i *trust.Identity) { i.DNSNames = []string{".batch.corp"} }), false},
+		{"dns:*.batch.corp", id(func(i *trust.Identity) { i.DNSNames = []string{"abatch.corp"} }), false},
+		{"dns:*.*.corp", id(func(i *trust.Identity) { i.DNSNames = []string{"x", "a.b.corp"} }), true},
+		{"dns:host.corp", id(func(i *trust.Identity) { i.CommonName = "host.corp" }), false},
+		{"uri:spiffe://corp/payments/*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/payments/api"} }), true},
+		{"uri:spiffe://corp/payments/*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/payments/api/v2"} }), false},
+		{"uri:spiffe://corp/payments/*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/payments/"} }), false},
+		{"uri:spiffe://corp/payments/*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/payments"} }), false},
+		{"uri:spiffe://corp/payments/*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/payments/a?b=/c"} }), false},
+		{"uri:spiffe://corp/payments/*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp.evil/payments/api"} }), false},
+		{"uri:spiffe://corp/svc-*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/svc-a"} }), true},
+		{"uri:spiffe://corp/svc-*", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/svc-a/b"} }), false},
+		{"uri:spiffe://corp/*/api", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/pay/api"} }), true},
+		{"uri:spiffe://corp/*/api", id(func(i *trust.Identity) { i.URIs = []string{"spiffe://corp/pay/eu/api"} }), false},
+		{"ip:10.1.0.0/16", id(func(i *trust.Identity) { i.IPs = []string{"10.1.2.3"} }), true},
+		{"ip:10.1.0.0/16", id(func(i *trust.Identity) { i.IPs = []string{"10.2.2.3"} }), false},
+		{"ip:10.1.2.3", id(func(i *trust.Identity) { i.IPs = []string{"::ffff:10.1.2.3"} }), true},
+		{"sha256:" + fp, id(func(i *trust.Identity) { i.Fingerprint = fp }), true},
+		{"sha256:" + strings.ToUpper(fp), id(func(i *trust.Identity) { i.Fingerprint = fp }), true},
+		{"sha256:" + fp, id(func(i *trust.Identity) { i.Fingerprint = strings.Repeat("0e", 32) }), false},
+	}
+	for _, tt := range tests {
+		r, err := ParseIdentityRule(tt.rule)
+		if err != nil {
+			t.Fatalf("ParseIdentityRule(%q): %v", tt.rule, err)
+		}
+		if got := r.Matches(tt.id); got != tt.want {
+			t.Errorf("%q.Matches(%+v) = %v, want %v", tt.rule, tt.id, got, tt.want)
+		}
+	}
+	if (IdentityRule{}).Matches(trust.Identity{}) {
+		t.Error("the zero IdentityRule matched")
+	}
+}
+
+func TestAccessDecide(t *testing.T) {
+	allow, err := netfilter.ParseAllowlist([]string{"10.1.0.0/16"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app1 := mustRule(t, "cn:app1")
+	peer := func(addr, cn string) Peer {
+		return Peer{Addr: netip.MustParseAddr(addr), Identity: trust.Identity{CommonName: cn}}
+	}
+	tests := []struct {
+		name string
+		a    *Access
+		p    Peer
+		want string
+	}{
+		{"nil admits all", nil, peer("192.0.2.1", "x"), ""},
+		{"empty admits all", &Access{}, peer("192.0.2.1", "x"), ""},
+		{"identity ok", &Access{Identities: []IdentityRule{app1}}, peer("192.0.2.1", "app1"), ""},
+		{"identity refused", &Access{Identities: []IdentityRule{app1}}, peer("192.0.2.1", "app2"), ReasonIdentityNotAllowed},
+		{"address ok", &Access{Allow: allow}, peer("10.1.9.9", "x"), ""},
+		{"address refused", &Access{Allow: allow}, peer("10.2.0.1", "x"), ReasonIPNotAllowed},
+		{"both needed", &Access{Identities: []IdentityRule{app1}, Allow: allow}, peer("10.2.0.1", "app1"), ReasonIPNotAllowed},
+	}
+	for _, tt := range tests {
+		if got := tt.a.Decide(tt.p); got != tt.want {
+			t.Errorf("%s: Decide = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+func mustRule(t *testing.T, s string) IdentityRule {
+	t.Helper()
+	r, err := ParseIdentityRule(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// statusOf opens a stream to route and returns the server's status.
+func statusOf(t *testing.T, r *running, as testPKI, route string, other bool) wire.Status {
+	t.Helper()
+	cfg := as.clientTLS
+	if other {
+		cfg = as.otherTLS
+	}
+	s := dialSessionAs(t, cfg, r.addr)
+	_, err := openRoute(t, s, header(t, route))
+	if se, ok := errors.AsType[*wire.StatusError](err); ok {
+		return se.Code
+	} else if err != nil {
+		t.Fatalf("ReadStatus: %v", err)
+	}
+	return wire.StatusOK
+}
+
+// A route's rules give the allowed identity status ok and another status
+// forbidden, with an audit line naming identity, route and rule set.
+func TestRouteRules(t *testing.T) {
+	pki := newTestPKI(t)
+	r := startServer(t, pki, func(c *Config) {
+		c.Routes[0].Access = &Access{Name: "routes.echo", Identities: []IdentityRule{mustRule(t, "cn:app1")}}
+	})
+	if got := statusOf(t, r, pki, "echo", false); got != wire.StatusOK {
+		t.Errorf("app1 on echo: status %v, want ok", got)
+	}
+	if got := statusOf(t, r, pki, "echo", true); got != wire.StatusForbidden {
+		t.Errorf("app2 on echo: status %v, want forbidden", got)
+	}
+	// The status goes out before the line is logged: wait for it.
+	waitFor(t, 5*time.Second, func() bool {
+		for _, e := range r.log.AllEntries() {
+			if e.Data["event"] == "stream_refused" && e.Data["status"] == "forbidden" && e.Data["identity_cn"] == "app2" &&
+				e.Data["route"] == "echo" && e.Data["rule_set"] == "routes.echo" && e.Data["reason"] == ReasonIdentityNotAllowed {
+				return true
+			}
+		}
+		return false
+	})
+	if got := r.srv.Stats().StreamsRefused["forbidden"]; got != 1 {
+		t.Errorf("forbidden streams counted %d, want 1", got)
+	}
+}
+
+// Apply swaps the routes for new streams and closes the sessions that use a
+// route whose new rules refuse them, or that the new Admit check refuses.
+func TestApply(t *testing.T) {
+	pki := newTestPKI(t)
+	r := startServer(t, pki, nil)
+	app1 := dialSessionAs(t, pki.clientTLS, r.addr)
+	app2 := dialSessionAs(t, pki.otherTLS, r.addr)
+	if _, err := openRoute(t, app1, header(t, "echo")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openRoute(t, app2, header(t, "echo")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().SessionsActive == 2 })
+
+	// A bad snapshot changes nothing.
+	if _, err := r.srv.Apply("session_revoked", Snapshot{Routes: []Route{{Name: "a", Target: "x:1"}, {Name: "a", Target: "x:2"}}}); err == nil {
+		t.Fatal("Apply accepted duplicate routes")
+	}
+	if _, ok := r.srv.route("echo"); !ok {
+		t.Fatal("a rejected Apply changed the routes")
+	}
+
+	echo, _ := r.srv.route("echo")
+	echo.Access = &Access{Name: "routes.echo", Identities: []IdentityRule{mustRule(t, "cn:app1")}}
+	n, err := r.srv.Apply("session_revoked", Snapshot{Routes: []Route{echo}})
+	if err != nil || n != 1 {
+		t.Fatalf("Apply(echo for app1 only) = %d, %v; want 1 closed", n, err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return app2.IsClosed() })
+	if app1.IsClosed() {
+		t.Fatal("Apply closed the session of the identity the rules still allow")
+	}
+	var logged bool
+	for _, e := range r.log.AllEntries() {
+		if e.Data["event"] == "session_revoked" && e.Data["identity_cn"] == "app2" && e.Data["route"] == "echo" &&
+			e.Data["reason"] == ReasonIdentityNotAllowed && e.Data["rule_set"] == "routes.echo" {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Error("no session_revoked line with route and rule set for app2")
+	}
+	// Route "down" was dropped: new streams to it are unknown.
+	if _, err := openRoute(t, app1, header(t, "down")); !isStatus(err, wire.StatusUnknownRoute) {
+		t.Errorf("stream to a removed route: %v, want unknown_route", err)
+	}
+
+	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().SessionsActive == 1 })
+	// A CA bundle without the clients' CA closes the rest, and new sessions
+	// that complete their handshake are closed by the Admit check too.
+	other, err := devpki.NewCA("other CA", devpki.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(other.Cert)
+	n, err = r.srv.Apply("session_revoked", Snapshot{Routes: []Route{echo}, Admit: TrustCheck(&trust.Material{CAPool: pool})})
+	if err != nil || n != 1 {
+		t.Fatalf("Apply(CA removed) = %d, %v; want 1 closed", n, err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return app1.IsClosed() })
+	late := dialSessionAs(t, pki.clientTLS, r.addr) // the server's TLS config still trusts the old CA
+	late.Ping()
+	waitFor(t, 5*time.Second, func() bool { return late.IsClosed() })
+}
+
+func isStatus(err error, code wire.Status) bool {
+	se, ok := errors.AsType[*wire.StatusError](err)
+	return ok && se.Code == code
+}
+
+func TestTrustCheckKeepsSameCA(t *testing.T) {
+	ca, err := devpki.NewCA("ca", devpki.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := devpki.NewLeaf(ca, &x509.Certificate{
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		// Expired since: a certificate that lapsed during its session is not a removed CA.
+		NotBefore: time.Now().Add(-50 * time.Minute), NotAfter: time.Now().Add(-10 * time.Minute),
+	}, devpki.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	p := Peer{Chains: [][]*x509.Certificate{{leaf.Cert, ca.Cert}}}
+	if got := TrustCheck(&trust.Material{CAPool: pool})(p); got != "" {
+		t.Errorf("TrustCheck(same CA) = %q, want kept", got)
+	}
+	if got := TrustCheck(&trust.Material{CAPool: x509.NewCertPool()})(p); got != ReasonCARemoved {
+		t.Errorf("TrustCheck(no CA) = %q, want %q", got, ReasonCARemoved)
+	}
+}

@@ -1,0 +1,135 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/pipe"
+	"github.com/tunnel-dev/tunnel/internal/wire"
+)
+
+// ModeRaw is the mode field of the session lines of a plain TLS client:
+// one connection, one stream to the raw route, no yamux.
+const ModeRaw = "raw"
+
+// fieldMode names the connection's mode in its session lines; tunnel
+// sessions leave it out.
+const fieldMode = "mode"
+
+// rawConn is a live plain TLS client (no ALPN) served on the raw route. It
+// is tracked so that Recheck can close it like a session.
+type rawConn struct {
+	tc   *tls.Conn
+	peer Peer
+	log  *logrus.Entry // carries the identity and addr fields
+}
+
+// serveRaw carries one plain TLS client to the raw route: the client's
+// certificate, address and revocation status were checked by the
+// handshake exactly as for a tunnel client; what it lacks is the stream
+// header, so the route is the listener's. It logs session_opened, then
+// stream_closed and session_closed as a tunnel session would, counts as an
+// open stream for the drain, and ends when ctx does. The caller closes tc.
+func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
+	route, _ := s.route(s.cfg.RawRoute) // Apply keeps the raw route configured
+	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
+	if reason := route.Access.Decide(peer); reason != "" { // the route's own rules (server/authz.go)
+		s.stats.refused[wire.StatusForbidden].Add(1)
+		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, fieldMode: ModeRaw, audit.Status: wire.StatusForbidden.String(),
+			audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason}).Warn("raw connection refused: forbidden by the route's rules")
+		return
+	}
+	rc := &rawConn{tc: tc, peer: peer, log: log}
+	s.trackRaw(rc, true)
+	defer s.trackRaw(rc, false)
+	s.activeStreams.Add(1)
+	defer s.activeStreams.Add(-1)
+	s.stats.streamsTotal.Add(1)
+	stop := context.AfterFunc(ctx, func() { tc.Close() }) // the drain is over
+	defer stop()
+
+	start := time.Now()
+	log.WithFields(logrus.Fields{audit.Event: audit.SessionOpened, fieldMode: ModeRaw, audit.Route: route.Name}).
+		Info("session opened")
+	reason := s.copyRaw(ctx, tc, route, log)
+	log.WithFields(logrus.Fields{
+		audit.Event: audit.SessionClosed, fieldMode: ModeRaw, audit.Reason: reason,
+		audit.DurationMS: time.Since(start).Milliseconds(),
+	}).Info("session closed")
+}
+
+// copyRaw dials the route and copies both ways; it returns the reason the
+// session ended. A backend that cannot be reached ends the connection: a
+// plain TLS client has no status byte to read, so the close is the answer.
+func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *logrus.Entry) string {
+	backend, err := s.dialBackend(ctx, route, tc.RemoteAddr(), tc.LocalAddr())
+	if err != nil {
+		code := wire.StatusBackendUnreachable
+		s.stats.refused[code].Add(1)
+		log.WithFields(logrus.Fields{
+			audit.Event: audit.StreamRefused, audit.Status: code.String(), audit.Route: route.Name,
+			audit.Error: err.Error(),
+		}).Warn("stream refused: " + code.String())
+		return code.String()
+	}
+	log = log.WithFields(logrus.Fields{audit.Route: route.Name, audit.Backend: route.Target})
+	log.WithField(audit.Event, audit.StreamOpened).Debug("stream opened")
+	start := time.Now()
+	in, out, err := pipe.Run(tc, backend, s.cfg.IdleTimeout)
+	s.stats.routes.add(route.Name, in, out)
+	fields := logrus.Fields{
+		audit.Event: audit.StreamClosed, audit.BytesIn: in, audit.BytesOut: out,
+		audit.DurationMS: time.Since(start).Milliseconds(),
+	}
+	if err != nil {
+		fields[audit.Error] = err.Error()
+	}
+	log.WithFields(fields).Info("stream closed")
+	switch {
+	case ctx.Err() != nil:
+		return "closed"
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return "peer_closed"
+	}
+	return "error"
+}
+
+// trackRaw adds (add) or removes rc from the live raw connections.
+func (s *Server) trackRaw(rc *rawConn, add bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !add {
+		delete(s.raws, rc)
+		return
+	}
+	if s.raws == nil {
+		s.raws = make(map[*rawConn]struct{})
+	}
+	s.raws[rc] = struct{}{}
+}
+
+// recheckRaw is Recheck for the raw connections: it closes those check
+// refuses, logging event with the reason, and returns how many.
+func (s *Server) recheckRaw(event string, check PeerCheck) int {
+	s.mu.Lock()
+	doomed := map[*rawConn]string{}
+	for rc := range s.raws {
+		if r := check(rc.peer); r != "" {
+			doomed[rc] = r
+		}
+	}
+	s.mu.Unlock()
+	for rc, reason := range doomed {
+		rc.log.WithFields(logrus.Fields{audit.Event: event, audit.Reason: reason, fieldMode: ModeRaw}).
+			Warn("closing raw connection: its client is no longer accepted")
+		rc.tc.Close()
+	}
+	return len(doomed)
+}
