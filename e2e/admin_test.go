@@ -26,6 +26,30 @@ func httpDo(t *testing.T, method, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
+// waitMetrics polls an admin /metrics until it holds every line of wants:
+// counters are updated when a stream or reload ends, a moment after the
+// client sees it end.
+func waitMetrics(t *testing.T, admin string, wants ...string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		code, body := httpDo(t, "GET", admin+"/metrics")
+		var missing []string
+		for _, w := range wants {
+			if !strings.Contains(body, w) {
+				missing = append(missing, w)
+			}
+		}
+		if code == 200 && len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/metrics (status %d) lacks %q", admin, code, missing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestAdminEndpoints: metrics, health and readiness of both roles, and
 // POST /reload doing what SIGHUP does.
 func TestAdminEndpoints(t *testing.T) {
@@ -48,23 +72,17 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	echoCheck(t, cli.forwardAddr(t, "echo"), 7, 1<<16)
 
-	code, body := httpDo(t, "GET", sadmin+"/metrics")
-	for _, want := range []string{"tunnel_sessions_active 1", `tunnel_handshakes_total{result="ok"} 1`, "tunnel_streams_total 1",
-		"tunnel_revocation_checks_total 1", "go_goroutines"} {
-		if code != 200 || !strings.Contains(body, want) {
-			t.Errorf("server /metrics (%d) lacks %q", code, want)
-		}
-	}
-	code, body = httpDo(t, "GET", cadmin+"/metrics")
-	for _, want := range []string{"tunnel_client_session_up 1", "tunnel_client_streams_total 1"} {
-		if code != 200 || !strings.Contains(body, want) {
-			t.Errorf("client /metrics (%d) lacks %q", code, want)
-		}
-	}
+	waitMetrics(t, sadmin, "tunnel_sessions_active 1", `tunnel_handshakes_total{result="ok"} 1`, "tunnel_streams_total 1",
+		"tunnel_revocation_checks_total 1", "go_goroutines",
+		`tunnel_route_bytes_total{direction="in",route="echo"} 65536`, `tunnel_route_bytes_total{direction="out",route="echo"} 65536`,
+		`tunnel_route_streams_total{route="echo"} 1`, "tunnel_handshake_duration_seconds_count 1",
+		"tunnel_backend_dial_duration_seconds_count 1", `tunnel_limit_hits_total{limit="conns_per_addr"} 0`)
+	waitMetrics(t, cadmin, "tunnel_client_session_up 1", "tunnel_client_streams_total 1")
 	if code, _ := httpDo(t, "POST", sadmin+"/reload"); code != 202 {
 		t.Errorf("POST /reload: %d", code)
 	}
 	srv.waitEvent(t, waitTimeout, "reload_applied after POST /reload", isEvent("reload_applied"))
+	waitMetrics(t, sadmin, `tunnel_reloads_total{result="applied"} 1`)
 	if code, _ := httpDo(t, "POST", sadmin+"/crl/refresh"); code != 202 {
 		t.Errorf("POST /crl/refresh: %d", code)
 	}
