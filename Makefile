@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 # `make test` runs without -race and says so; under CI it fails instead.
 RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
 
-.PHONY: all build test demo vet fmt fmtcheck bench soak fuzz clean
+.PHONY: all build test demo vet fmt fmtcheck bench bench-smoke microbench soak fuzz clean
 
 all: build
 
@@ -62,8 +62,19 @@ fmtcheck:
 		echo "$$out" >&2; exit 1; \
 	fi
 
-## bench: run the benchmarks (no tests)
+## bench: the benchmark suite (scripts/bench): direct TCP, the tunnel and
+## stunnel interleaved, 5 rounds (about 4 minutes); rewrites the generated
+## section of docs/BENCHMARKS.md and docs/bench/latest.json. Installs
+## nothing: apt-get install stunnel4 first.
 bench:
+	$(GO) run ./scripts/bench
+
+## bench-smoke: one round of small sizes, as CI runs it; writes nothing under docs/
+bench-smoke:
+	$(GO) run ./scripts/bench --smoke
+
+## microbench: only the Go microbenchmarks (go test -bench)
+microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 ## clean: remove build output
