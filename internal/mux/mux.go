@@ -4,9 +4,13 @@
 package mux
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"syscall"
 	"time"
+	_ "unsafe" // for go:linkname
 
 	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
@@ -73,10 +77,69 @@ func (l logger) emit(msg string) {
 	l.log.WithField("component", "yamux").Debug(strings.TrimSpace(msg))
 }
 
-// Stream is a yamux stream with CloseWrite: yamux's Close is itself a
-// half-close (it sends FIN and reads go on until the peer's FIN), which is
-// what the copy loop needs when one direction ends.
+// Stream is a yamux stream as the copy loop needs it: with CloseWrite
+// (yamux's Close is itself a half-close: it sends FIN and reads go on until
+// the peer's FIN), with Reset for an abortive close, and with errors that
+// tell a reset from a clean end.
 type Stream struct{ *yamux.Stream }
+
+// ErrReset is returned (wrapped) by a Stream's Read and Write when the peer
+// reset the stream, or when the session under it ended before the stream
+// did: either way the stream did not end cleanly. It satisfies
+// errors.Is(err, syscall.ECONNRESET), as a reset TCP connection's error
+// does, so the copy loop passes it on as a reset.
+var ErrReset = fmt.Errorf("mux: stream reset: %w", syscall.ECONNRESET)
 
 // CloseWrite sends FIN on the stream; reads continue.
 func (s Stream) CloseWrite() error { return s.Stream.Close() }
+
+// Read reads from the stream. It returns io.EOF only after the peer's FIN:
+// an EOF that yamux reports because the session closed is a loss, and is
+// returned as ErrReset, as is the peer's reset.
+func (s Stream) Read(b []byte) (int, error) {
+	n, err := s.Stream.Read(b)
+	switch {
+	case err == nil:
+	case errors.Is(err, yamux.ErrConnectionReset):
+		err = fmt.Errorf("%w by the peer", ErrReset)
+	case err == io.EOF && s.Stream.Session().IsClosed():
+		// yamux ends every stream of a closed session with EOF, so a FIN
+		// and a lost session look the same; a FIN that came just before
+		// the session closed is reported as a reset too, which only
+		// costs a clean end that was already cut short on the other side.
+		err = fmt.Errorf("%w: the session closed", ErrReset)
+	}
+	return n, err
+}
+
+// Write writes to the stream; a reset by the peer or a closed session is
+// returned as ErrReset.
+func (s Stream) Write(b []byte) (int, error) {
+	n, err := s.Stream.Write(b)
+	switch {
+	case err == nil:
+	case errors.Is(err, yamux.ErrConnectionReset):
+		err = fmt.Errorf("%w by the peer", ErrReset)
+	case errors.Is(err, yamux.ErrSessionShutdown) || s.Stream.Session().IsClosed():
+		// A closed session force-closes its streams, whose writes then
+		// fail with ErrStreamClosed, as after our own FIN.
+		err = fmt.Errorf("%w: the session closed", ErrReset)
+	}
+	return n, err
+}
+
+// Reset ends the stream abortively, as SO_LINGER 0 does a TCP connection:
+// it drops what is buffered, frees the stream at once and sends the peer a
+// RST, whose Read and Write then return ErrReset. It always returns nil.
+func (s Stream) Reset() error {
+	streamReset(s.Stream)
+	return nil
+}
+
+// streamReset is yamux's (*Stream).closeTimeout, which does exactly that
+// (force-close, remove from the session, send RST) for its close timer;
+// yamux v0.1.2 exports no reset. Pinned by go.mod; a yamux without it
+// fails to link, and TestStreamReset checks what it does.
+//
+//go:linkname streamReset github.com/hashicorp/yamux.(*Stream).closeTimeout
+func streamReset(*yamux.Stream)

@@ -60,6 +60,10 @@ func (t *Transport) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// NetConn returns the wrapped connection, so that an abortive close
+// (internal/pipe) reaches the socket under the TLS connection.
+func (t *Transport) NetConn() net.Conn { return t.Conn }
+
 // CloseWrite half-closes the TCP connection, if it can.
 func (t *Transport) CloseWrite() error {
 	if cw, ok := t.Conn.(interface{ CloseWrite() error }); ok {

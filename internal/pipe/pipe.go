@@ -48,7 +48,10 @@ var (
 // alone until the end) and keeps copying the other direction. When a
 // direction ends in any other way (a reset, a timeout, a failed write or
 // CloseWrite), Run closes both conns at once, so the other direction ends
-// too.
+// too. When it ends with a reset (an error satisfying
+// errors.Is(err, syscall.ECONNRESET) or EPIPE), Run resets both conns
+// instead (see abort), so an abortive close at one end reaches the other
+// end as a reset, not as a clean EOF.
 //
 // If idle > 0, the copy ends with an error satisfying errors.Is(err, ErrIdle)
 // once no byte has moved in either direction for idle; a quiet direction does
@@ -92,12 +95,53 @@ func (p *pipe) deadline() time.Time {
 }
 
 // fail records err (unless it is net.ErrClosed or a first error is already
-// recorded) and closes both conns so the other direction ends too.
+// recorded) and closes both conns so the other direction ends too. When err
+// is a reset, it resets both first, so the reset reaches the other end.
 func (p *pipe) fail(err error) {
 	if !errors.Is(err, net.ErrClosed) {
 		p.errOnce.Do(func() { p.err = err })
 	}
+	if isReset(err) {
+		p.closeOnce.Do(func() {
+			abort(p.a)
+			abort(p.b)
+			_ = p.a.Close()
+			_ = p.b.Close()
+		})
+	}
 	p.closeBoth()
+}
+
+// isReset reports whether err says a peer ended its connection abortively:
+// a reset (a TCP RST, a stream's ErrReset from internal/mux), or a write to
+// a peer that had already gone (EPIPE).
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// abort makes c's peer see a reset rather than a clean end, as stunnel
+// does: a conn with Reset() error (a stream) is reset; otherwise the socket
+// under c, found through NetConn wrappers (tls.Conn and our listeners'),
+// gets SO_LINGER 0 and is closed at once, so no TLS close_notify goes
+// before the RST. A conn that has neither (a unix socket) is only closed
+// by the caller.
+func abort(c net.Conn) {
+	for {
+		switch x := c.(type) {
+		case interface{ Reset() error }:
+			_ = x.Reset()
+			return
+		case interface{ SetLinger(int) error }:
+			if x.SetLinger(0) == nil {
+				_ = c.Close()
+			}
+			return
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return
+		}
+	}
 }
 
 func (p *pipe) closeBoth() {

@@ -292,17 +292,31 @@ func reset(tb testing.TB, c net.Conn) {
 	c.Close()
 }
 
-func TestRunResetEndsOtherDirection(t *testing.T) {
+// wrapped hides a conn's methods except net.Conn's and NetConn, as
+// tls.Conn and our listeners' conns do.
+type wrapped struct{ net.Conn }
+
+func (w wrapped) NetConn() net.Conn { return w.Conn }
+
+// An abortive close at one end reaches the other end as a reset, not as a
+// clean EOF, also through a wrapper that only offers NetConn.
+func TestRunResetReachesOtherEnd(t *testing.T) {
 	tests := []struct {
 		name  string
+		wrap  bool
 		reset func(world) net.Conn // resets one side, returns the other
 	}{
-		{"client resets", func(w world) net.Conn { reset(t, w.client); return w.backend }},
-		{"backend resets", func(w world) net.Conn { reset(t, w.backend); return w.client }},
+		{"client resets", false, func(w world) net.Conn { reset(t, w.client); return w.backend }},
+		{"backend resets", false, func(w world) net.Conn { reset(t, w.backend); return w.client }},
+		{"client resets, wrapped conns", true, func(w world) net.Conn { reset(t, w.client); return w.backend }},
+		{"backend resets, wrapped conns", true, func(w world) net.Conn { reset(t, w.backend); return w.client }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := tcpWorld(t)
+			if tt.wrap {
+				w.a, w.b = wrapped{w.a}, wrapped{w.b}
+			}
 			r := start(t, w, 0)
 			// Move some bytes first so both directions are in their loops.
 			if _, err := w.client.Write([]byte("x")); err != nil {
@@ -312,15 +326,15 @@ func TestRunResetEndsOtherDirection(t *testing.T) {
 				t.Fatal(err)
 			}
 			other := tt.reset(w)
-			// Nobody writes on the other side: only Run closing both ends
-			// that direction.
+			// Nobody writes on the other side: only Run ends that
+			// direction.
 			res := r.wait(t, 5*time.Second)
 			if !errors.Is(res.err, syscall.ECONNRESET) {
 				t.Errorf("Run error = %v, want ECONNRESET", res.err)
 			}
 			other.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := other.Read(make([]byte, 1)); err != io.EOF {
-				t.Errorf("other side read = %v, want EOF (Run closed its conn)", err)
+			if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("other side read = %v, want ECONNRESET (Run reset its conn)", err)
 			}
 		})
 	}
