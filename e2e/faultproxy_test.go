@@ -3,6 +3,7 @@ package e2e
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -21,6 +22,7 @@ type faultProxy struct {
 	bandwidth int           // bytes per second each way; 0: unlimited
 	slice     int           // max bytes per write; 0: no slicing
 	conns     map[*proxiedConn]struct{}
+	toServer  atomic.Int64  // bytes forwarded from client to server
 	done      chan struct{} // closed when the test ends
 	wg        sync.WaitGroup
 }
@@ -177,6 +179,9 @@ func (fp *faultProxy) pump(pc *proxiedConn, src, dst *net.TCPConn) {
 			if _, err := dst.Write(b[:n]); err != nil {
 				src.Close()
 				return
+			}
+			if src == pc.down {
+				fp.toServer.Add(int64(n))
 			}
 			if bw > 0 {
 				time.Sleep(time.Duration(n) * time.Second / time.Duration(bw))
