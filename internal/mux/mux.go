@@ -6,7 +6,6 @@ package mux
 import (
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"syscall"
 	"time"
@@ -98,34 +97,32 @@ func (s Stream) CloseWrite() error { return s.Stream.Close() }
 // returned as ErrReset, as is the peer's reset.
 func (s Stream) Read(b []byte) (int, error) {
 	n, err := s.Stream.Read(b)
-	switch {
-	case err == nil:
-	case errors.Is(err, yamux.ErrConnectionReset):
-		err = fmt.Errorf("%w by the peer", ErrReset)
-	case err == io.EOF && s.Stream.Session().IsClosed():
-		// yamux ends every stream of a closed session with EOF, so a FIN
-		// and a lost session look the same; a FIN that came just before
-		// the session closed is reported as a reset too, which only
-		// costs a clean end that was already cut short on the other side.
-		err = fmt.Errorf("%w: the session closed", ErrReset)
-	}
-	return n, err
+	return n, s.resetError(err)
 }
 
 // Write writes to the stream; a reset by the peer or a closed session is
 // returned as ErrReset.
 func (s Stream) Write(b []byte) (int, error) {
 	n, err := s.Stream.Write(b)
+	return n, s.resetError(err)
+}
+
+// resetError returns err as ErrReset when it comes from the peer's RST or
+// from the end of the session, and otherwise unchanged. yamux ends every
+// stream of a closed session with io.EOF on reads and ErrStreamClosed on
+// writes, as after a FIN: a FIN that came just before the session closed
+// is reported as a reset too, which only costs a clean end that was
+// already cut short on the other side.
+func (s Stream) resetError(err error) error {
 	switch {
 	case err == nil:
+		return nil
 	case errors.Is(err, yamux.ErrConnectionReset):
-		err = fmt.Errorf("%w by the peer", ErrReset)
+		return fmt.Errorf("%w by the peer", ErrReset)
 	case errors.Is(err, yamux.ErrSessionShutdown) || s.Stream.Session().IsClosed():
-		// A closed session force-closes its streams, whose writes then
-		// fail with ErrStreamClosed, as after our own FIN.
-		err = fmt.Errorf("%w: the session closed", ErrReset)
+		return fmt.Errorf("%w: the session closed", ErrReset)
 	}
-	return n, err
+	return err
 }
 
 // Reset ends the stream abortively, as SO_LINGER 0 does a TCP connection:
