@@ -85,9 +85,9 @@ func TestSendToSinkChecksTheCount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer wg.Wait() // after the listener is closed (defers run last first)
+	defer ln.Close()
 	wg.Go(func() {
 		c, err := ln.Accept()
 		if err != nil {

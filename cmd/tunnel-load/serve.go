@@ -37,11 +37,17 @@ func cmdServe(ctx context.Context, fs *flag.FlagSet, args []string, stdout io.Wr
 		sink.Close()
 		return err
 	}
+	// On return, close the listeners and the open connections, then wait
+	// for the handlers: a handler waits for its peer, and a peer that never
+	// closes would hold the return forever. (A context.AfterFunc here
+	// raced: its stop func, deferred, could cancel the close after
+	// ctx.Done, and wg.Wait then hung.)
 	var wg sync.WaitGroup
+	var open conns
 	defer wg.Wait()
-	defer context.AfterFunc(ctx, func() { sink.Close(); echo.Close() })()
-	wg.Go(func() { serve(sink, serveSink, &wg) })
-	wg.Go(func() { serve(echo, serveEcho, &wg) })
+	defer func() { sink.Close(); echo.Close(); open.closeAll() }()
+	wg.Go(func() { serve(sink, serveSink, &wg, &open) })
+	wg.Go(func() { serve(echo, serveEcho, &wg, &open) })
 	if err := emit(stdout, map[string]string{"sink": sink.Addr().String(), "echo": echo.Addr().String()}); err != nil {
 		return err
 	}
@@ -49,8 +55,47 @@ func cmdServe(ctx context.Context, fs *flag.FlagSet, args []string, stdout io.Wr
 	return nil
 }
 
-// serve accepts until ln is closed, one goroutine per connection, counted in wg.
-func serve(ln net.Listener, handle func(*net.TCPConn), wg *sync.WaitGroup) {
+// conns is the set of a server's open connections.
+type conns struct {
+	mu     sync.Mutex
+	set    map[net.Conn]struct{}
+	closed bool
+}
+
+// add records c, or closes it and returns false after closeAll.
+func (cs *conns) add(c net.Conn) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
+		c.Close()
+		return false
+	}
+	if cs.set == nil {
+		cs.set = map[net.Conn]struct{}{}
+	}
+	cs.set[c] = struct{}{}
+	return true
+}
+
+func (cs *conns) remove(c net.Conn) {
+	cs.mu.Lock()
+	delete(cs.set, c)
+	cs.mu.Unlock()
+}
+
+// closeAll closes every open connection and any added later.
+func (cs *conns) closeAll() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.closed = true
+	for c := range cs.set {
+		c.Close()
+	}
+}
+
+// serve accepts until ln is closed, one goroutine per connection, counted
+// in wg and kept in open.
+func serve(ln net.Listener, handle func(*net.TCPConn), wg *sync.WaitGroup, open *conns) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -60,7 +105,11 @@ func serve(ln net.Listener, handle func(*net.TCPConn), wg *sync.WaitGroup) {
 			}
 			return
 		}
+		if !open.add(c) {
+			continue
+		}
 		wg.Go(func() {
+			defer open.remove(c)
 			defer c.Close()
 			handle(c.(*net.TCPConn))
 		})
