@@ -119,24 +119,7 @@ func sessionPair(t *testing.T) (*countConn, *yamux.Session, *yamux.Session) {
 	t.Helper()
 	logger, _ := logtest.NewNullLogger()
 	log := logrus.NewEntry(logger)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := <-accepted
-	if sc == nil {
-		t.Fatal("accept failed")
-	}
+	raw, sc := tcpConns(t)
 	cc := &countConn{Conn: raw}
 	cs, err := Client(cc, Config(log, 0, 0))
 	if err != nil {
