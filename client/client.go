@@ -173,41 +173,41 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 // openStream opens a stream on the current session and writes its header.
 // A session that the server asked to go away is retired and another is
 // waited for, within ConnectTimeout in all.
-func (c *Client) openStream(ctx context.Context, route string) (mux.Stream, error) {
+func (c *Client) openStream(ctx context.Context, route string) (*mux.Stream, error) {
 	hdr, err := wire.AppendHeader(nil, route)
 	if err != nil {
-		return mux.Stream{}, err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
 	for {
 		s, err := c.keeper.Session(ctx)
 		if err != nil {
-			return mux.Stream{}, err
+			return nil, err
 		}
-		st, err := s.OpenStream()
+		st, err := s.Open()
 		if err != nil {
 			if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrSessionShutdown) {
 				c.keeper.Retire(s)
 				continue
 			}
-			return mux.Stream{}, err
+			return nil, err
 		}
 		st.SetWriteDeadline(time.Now().Add(c.cfg.ConnectTimeout))
 		_, err = st.Write(hdr)
 		st.SetWriteDeadline(time.Time{})
 		if err != nil {
 			st.Close()
-			return mux.Stream{}, fmt.Errorf("client: writing stream header: %w", err)
+			return nil, fmt.Errorf("client: writing stream header: %w", err)
 		}
-		return mux.Stream{Stream: st}, nil
+		return st, nil
 	}
 }
 
 // statusConn is a stream whose first Read first consumes and checks the
 // server's status byte, so the copy loop can start before the status comes.
 type statusConn struct {
-	mux.Stream
+	*mux.Stream
 	checked bool // only the one goroutine reading the stream touches it
 }
 

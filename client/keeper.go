@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
@@ -31,14 +30,17 @@ type SessionKeeper struct {
 	log     *logrus.Entry
 	servers *rotation // Server and Failover, and the one to dial first
 
+	memory  *mux.Budget // the stream buffers of every session it dials
+
 	mu      sync.Mutex
-	cur     *yamux.Session // the session to open streams on; nil while down; guarded by mu
+	cur     *mux.Session // the session to open streams on; nil while down; guarded by mu
 	up      chan struct{}  // closed when cur is set; replaced when it is cleared; guarded by mu
 	retired chan struct{}  // closed to make Run drop cur and redial; guarded by mu
 }
 
 func newSessionKeeper(cfg Config) *SessionKeeper {
-	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()), up: make(chan struct{})}
+	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()), up: make(chan struct{}),
+		memory: mux.NewBudget(mux.DefaultProcessBudget, nil)}
 }
 
 // rotation is the list of servers to fail over between and the one that
@@ -69,7 +71,7 @@ func (r *rotation) good(i int) { r.cur.Store(int64(i)) }
 func (r *rotation) roundOver(failed int) bool { return failed%len(r.addrs) == 0 }
 
 // Session returns the current session, waiting for one until ctx ends.
-func (k *SessionKeeper) Session(ctx context.Context) (*yamux.Session, error) {
+func (k *SessionKeeper) Session(ctx context.Context) (*mux.Session, error) {
 	for {
 		k.mu.Lock()
 		cur, up := k.cur, k.up
@@ -87,7 +89,7 @@ func (k *SessionKeeper) Session(ctx context.Context) (*yamux.Session, error) {
 
 // Retire stops handing out s (the server sent GoAway, or opening a stream
 // failed) and makes Run redial. Streams already open on s go on.
-func (k *SessionKeeper) Retire(s *yamux.Session) {
+func (k *SessionKeeper) Retire(s *mux.Session) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.cur == s && k.retired != nil {
@@ -99,7 +101,7 @@ func (k *SessionKeeper) Retire(s *yamux.Session) {
 // Run keeps a session up until ctx ends, then closes it. It returns when
 // the last session it dialled is closed.
 func (k *SessionKeeper) Run(ctx context.Context) {
-	var retired []*yamux.Session // still carrying streams after a GoAway
+	var retired []*mux.Session // still carrying streams after a GoAway
 	defer func() {
 		for _, s := range retired {
 			s.Close()
@@ -146,16 +148,23 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 				Info("server asked to go away; redialling")
 		} else {
 			s.Close()
-			k.log.WithFields(logrus.Fields{
+			fields := logrus.Fields{
 				audit.Event: audit.SessionClosed, audit.Addr: addr,
 				audit.DurationMS: time.Since(start).Milliseconds(),
-			}).Info("session closed")
+			}
+			if v := s.Violation(); v != nil {
+				k.log.WithFields(logrus.Fields{audit.Event: audit.ProtocolViolation, audit.Addr: addr, audit.Kind: v.Kind, audit.Error: v.Detail}).
+					Error("closing session: the server broke the yamux protocol or a session bound")
+				fields[audit.Reason] = audit.ProtocolViolation
+				fields[audit.Kind] = v.Kind
+			}
+			k.log.WithFields(fields).Info("session closed")
 		}
 		retired = pruneClosed(retired)
 	}
 }
 
-func pruneClosed(ss []*yamux.Session) []*yamux.Session {
+func pruneClosed(ss []*mux.Session) []*mux.Session {
 	out := ss[:0]
 	for _, s := range ss {
 		if !s.IsClosed() {
@@ -165,7 +174,7 @@ func pruneClosed(ss []*yamux.Session) []*yamux.Session {
 	return out
 }
 
-func (k *SessionKeeper) publish(s *yamux.Session) <-chan struct{} {
+func (k *SessionKeeper) publish(s *mux.Session) <-chan struct{} {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.cur = s
@@ -174,7 +183,7 @@ func (k *SessionKeeper) publish(s *yamux.Session) <-chan struct{} {
 	return k.retired
 }
 
-func (k *SessionKeeper) unpublish(s *yamux.Session) {
+func (k *SessionKeeper) unpublish(s *mux.Session) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.cur == s {
@@ -196,7 +205,7 @@ func (k *SessionKeeper) backoff(n int) time.Duration {
 }
 
 // dial connects to addr, completes TLS and starts a yamux client session.
-func (k *SessionKeeper) dial(ctx context.Context, addr string) (*yamux.Session, error) {
+func (k *SessionKeeper) dial(ctx context.Context, addr string) (*mux.Session, error) {
 	dctx, cancel := context.WithTimeout(ctx, k.cfg.DialTimeout)
 	defer cancel()
 	tc, err := dialTLS(dctx, k.cfg, addr)
@@ -211,7 +220,11 @@ func (k *SessionKeeper) dial(ctx context.Context, addr string) (*yamux.Session, 
 	id, _ := trust.PeerIdentity(cs)
 	log := k.log.WithFields(id.Fields()).WithField(audit.Addr, addr)
 	rc := &readErrConn{Conn: tc}
-	s, err := mux.Client(rc, mux.Config(log, k.cfg.Keepalive, k.cfg.KeepaliveTimeout))
+	// The server opens no streams to us: the guard refuses any with a RST.
+	s, err := mux.Client(rc, mux.Options{
+		Log: log, Keepalive: k.cfg.Keepalive, Timeout: k.cfg.KeepaliveTimeout,
+		Budget: mux.NewBudget(mux.DefaultSessionBudget, k.memory),
+	})
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("client: yamux: %w", err)
@@ -256,7 +269,7 @@ func dialTLS(ctx context.Context, cfg Config, addr string) (*tls.Conn, error) {
 }
 
 // ping runs one yamux ping, bounded by ctx.
-func ping(ctx context.Context, s *yamux.Session) error {
+func ping(ctx context.Context, s *mux.Session) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	_, err := s.Ping()

@@ -231,14 +231,15 @@ func TestStreamAbuse(t *testing.T) {
 	}
 }
 
-// TestStreamRateLimit: a session opening streams faster than
-// --max-stream-rate gets "over a limit" for the excess, logged once per
+// TestStreamRateLimit: with --max-stream-rate set (it is off by default), a
+// session opening streams faster than the rate, past a burst of
+// --max-streams, gets "over a limit" for the excess, logged once per
 // interval, and works again afterwards.
 func TestStreamRateLimit(t *testing.T) {
 	t.Parallel()
 	pk := pkiDir(t)
 	srv := startProc(t, append(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)), "--max-stream-rate", "20",
-		"--admin", "127.0.0.1:0", "--log-level", "info")...)
+		"--max-streams", "50", "--admin", "127.0.0.1:0", "--log-level", "info")...)
 	cli := startProc(t, clientArgs(pk, srv.addr(t), "echo")...)
 	cli.waitEvent(t, waitTimeout, "session", isEvent("session_opened"))
 	fwd := cli.forwardAddr(t, "echo")
@@ -252,7 +253,7 @@ func TestStreamRateLimit(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	t.Logf("%d of 200 simultaneous stream opens refused at 20/s", refused.Load())
+	t.Logf("%d of 200 simultaneous stream opens refused at 20/s after a burst of 50", refused.Load())
 	if refused.Load() == 0 {
 		t.Error("no stream was refused past the rate")
 	}

@@ -297,13 +297,11 @@ func (u *routeUse) routes() []string {
 // forbid answers a stream that route's rules refuse with StatusForbidden
 // and logs stream_refused with the identity (the session's fields), the
 // route, the rule set and the reason.
-func (s *Server) forbid(ss *session, st mux.Stream, route Route, reason string) {
+func (s *Server) forbid(ss *session, st *mux.Stream, route Route, reason string) {
 	code := wire.StatusForbidden
 	s.stats.refused[code].Add(1)
 	st.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
 	_ = wire.WriteStatus(st, code) // the peer may be gone; the log line stands either way
-	ss.log.WithFields(logrus.Fields{
-		audit.Event: audit.StreamRefused, audit.Status: code.String(), audit.Route: route.Name,
-		audit.RuleSet: route.Access.Name, audit.Reason: reason,
-	}).Warn("stream refused: forbidden by the route's rules")
+	s.refusedLine(ss, code, logrus.Fields{audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason},
+		"stream refused: forbidden by the route's rules")
 }

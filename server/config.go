@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/netfilter"
 )
 
@@ -24,9 +25,6 @@ const (
 	// open: generous for a fleet of replicas sharing a certificate, small
 	// against a stolen one.
 	DefaultMaxSessionsPerIdentity = 256
-	// DefaultStreamRate is stream opens per second per session, with a
-	// burst of as many: far above any pooler's churn, far below a flood.
-	DefaultStreamRate = 1000
 )
 
 // DefaultMaxHandshakes is the default cap on TLS handshakes in flight: 128
@@ -80,10 +78,29 @@ type Config struct {
 	// means DefaultMaxSessionsPerIdentity.
 	MaxSessionsPerIdentity int
 
-	// StreamRate caps stream opens per second in one session (with a burst
-	// of as many); a stream past it is answered StatusOverLimit. Zero means
-	// DefaultStreamRate.
+	// StreamRate, if positive, caps stream opens per second in one session,
+	// with a burst of MaxStreamsPerSession; a stream past it is answered
+	// StatusOverLimit before its data is buffered. Zero means no rate limit:
+	// the stream cap and the memory budgets bound what a session holds, and
+	// a client opening connections as fast as the server can serve them
+	// (a pool refilling, pgbench -C) is never refused.
 	StreamRate int
+
+	// SessionMemory bounds the bytes one session's streams hold received
+	// and not yet taken by their backends; zero means
+	// mux.DefaultSessionBudget (64 MiB), negative is an error. A stream
+	// whose data would pass it is reset; new streams are refused while it
+	// is three quarters full.
+	SessionMemory int64
+
+	// MemoryBudget bounds the same for all sessions together; zero means
+	// mux.DefaultProcessBudget (256 MiB), negative is an error.
+	MemoryBudget int64
+
+	// MaxWindow is the ceiling of a stream's receive window, which grows
+	// from 256 KiB while the stream's reader keeps up with a round trip
+	// that needs it; zero means mux.DefaultMaxWindow (16 MiB).
+	MaxWindow uint32
 
 	// MaxSessionLifetime, if positive, ends a session gracefully after this
 	// long: the server sends GoAway, the client opens its next streams on a
@@ -166,14 +183,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RawRoute != "" && !seen[c.RawRoute] {
 		return c, fmt.Errorf("server: Config.RawRoute %q is not a configured route", c.RawRoute)
 	}
-	if c.MaxHandshakes < 0 || c.MaxStreamsPerSession < 0 || c.MaxSessionsPerIdentity < 0 || c.StreamRate < 0 {
+	if c.MaxHandshakes < 0 || c.MaxStreamsPerSession < 0 || c.MaxSessionsPerIdentity < 0 || c.StreamRate < 0 ||
+		c.SessionMemory < 0 || c.MemoryBudget < 0 {
 		return c, errors.New("server: a limit in Config is negative")
 	}
 	if c.MaxSessionsPerIdentity == 0 {
 		c.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
 	}
-	if c.StreamRate == 0 {
-		c.StreamRate = DefaultStreamRate
+	if c.SessionMemory == 0 {
+		c.SessionMemory = mux.DefaultSessionBudget
+	}
+	if c.MemoryBudget == 0 {
+		c.MemoryBudget = mux.DefaultProcessBudget
 	}
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes()

@@ -1,13 +1,11 @@
 package server
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/time/rate"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/netfilter"
@@ -25,11 +23,6 @@ const (
 // ReasonSessionLimit is the conn_rejected reason of a session past
 // Config.MaxSessionsPerIdentity.
 const ReasonSessionLimit = "session_limit"
-
-var (
-	errStreamCap  = errors.New("streams per session at the limit (--max-streams)")
-	errStreamRate = errors.New("stream opens per second at the limit (--max-stream-rate)")
-)
 
 // failKey is what handshake_failed lines are throttled by.
 type failKey struct {
@@ -67,7 +60,7 @@ func (s *Server) holdIdentity(ss *session) bool {
 		return true
 	}
 	s.stats.limitSessions.Add(1)
-	if n, _, log := ss.limitLog.Hit(ReasonSessionLimit); log {
+	if n, _, log := ss.refuseLog.Hit(ReasonSessionLimit); log {
 		s.log.WithFields(ss.peer.Identity.Fields()).WithFields(logrus.Fields{
 			audit.Event: audit.ConnRejected, audit.Reason: ReasonSessionLimit, audit.Addr: ss.addr, audit.Count: n,
 		}).Warn("session refused: this identity holds --max-sessions-per-identity sessions already")
@@ -87,11 +80,6 @@ func (s *Server) releaseIdentity(ss *session) {
 	s.identities[fp]--
 }
 
-// streamLimiter returns the stream-open rate limiter of a new session.
-func (s *Server) streamLimiter() *rate.Limiter {
-	return rate.NewLimiter(rate.Limit(s.cfg.StreamRate), s.cfg.StreamRate)
-}
-
 // expire ends ss gracefully once it has lived MaxSessionLifetime: GoAway,
 // then close once its streams are done or ShutdownTimeout has passed. It
 // returns a function that cancels it.
@@ -107,7 +95,7 @@ func (s *Server) expire(ss *session) (stop func()) {
 		deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
-		for len(ss.slots) > 0 && time.Now().Before(deadline) {
+		for ss.active.Load() > 0 && time.Now().Before(deadline) {
 			select {
 			case <-tick.C:
 			case <-done:

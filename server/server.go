@@ -43,6 +43,7 @@ type Server struct {
 	identities map[string]int        // yamux sessions per identity fingerprint; guarded by mu
 
 	failLog *logthrottle.Throttle[failKey] // handshake_failed lines
+	memory  *mux.Budget                    // all sessions' stream buffers; each session's Budget is under it
 
 	activeStreams atomic.Int64
 	stats         counters
@@ -66,6 +67,11 @@ func New(cfg Config) (*Server, error) {
 		sessions:   make(map[*session]struct{}),
 		identities: make(map[string]int),
 		failLog:    &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
+		memory:     mux.NewBudget(cfg.MemoryBudget, nil),
+	}
+	s.stats.violations = make(map[string]*atomic.Uint64, len(mux.ViolationKinds))
+	for _, k := range mux.ViolationKinds {
+		s.stats.violations[k] = new(atomic.Uint64)
 	}
 	s.policy.Store(p)
 	return s, nil
@@ -253,9 +259,16 @@ type Stats struct {
 	StreamsTotal                                   uint64
 	StreamsRefused                                 map[string]uint64 // by status name
 	// LimitHits counts the limits hit, by name: "handshakes",
-	// "sessions_per_identity", "streams_per_session", "stream_rate". (The
+	// "sessions_per_identity", "streams_per_session", "stream_rate",
+	// "memory_budget" (streams refused or reset for the budget). (The
 	// per-address connection cap is the Filter's: Rejected["conn_limit"].)
 	LimitHits map[string]uint64
+	// Violations counts sessions ended by the frame guard, by kind (every
+	// mux.ViolationKinds entry, zero included).
+	Violations map[string]uint64
+	// MemoryHeld and MemoryBudget are the bytes all sessions' streams hold
+	// received and unread, and the bound on them.
+	MemoryHeld, MemoryBudget int64
 	// HandshakeDuration is accept to finished handshake, successful ones;
 	// DialDuration is one successful backend dial.
 	HandshakeDuration, DialDuration Histogram
@@ -268,6 +281,8 @@ type counters struct {
 	streamsTotal                                   atomic.Uint64
 	refused                                        [6]atomic.Uint64 // by wire.Status
 	limitSessions, limitStreams, limitStreamRate   atomic.Uint64
+	limitBudget                                    atomic.Uint64
+	violations                                     map[string]*atomic.Uint64 // by kind; made by New, then read-only
 	handshakeTime, dialTime                        histogram
 	routes                                         routeTable
 }
@@ -290,15 +305,29 @@ func (s *Server) Stats() Stats {
 			"sessions_per_identity": s.stats.limitSessions.Load(),
 			"streams_per_session":   s.stats.limitStreams.Load(),
 			"stream_rate":           s.stats.limitStreamRate.Load(),
+			"memory_budget":         s.stats.limitBudget.Load(),
 		},
+		Violations:        make(map[string]uint64, len(s.stats.violations)),
+		MemoryHeld:        s.memory.Held(),
+		MemoryBudget:      s.memory.Limit(),
 		HandshakeDuration: s.stats.handshakeTime.snapshot(),
 		DialDuration:      s.stats.dialTime.snapshot(),
 		Routes:            s.stats.routes.snapshot(),
 	}
 	for i := range s.stats.refused {
-		if v := s.stats.refused[i].Load(); v > 0 {
-			st.StreamsRefused[wire.Status(i).String()] = v
+		if i > 0 { // every refusal status, zero included
+			st.StreamsRefused[wire.Status(i).String()] = s.stats.refused[i].Load()
 		}
 	}
+	for k, v := range s.stats.violations {
+		st.Violations[k] = v.Load()
+	}
 	return st
+}
+
+// violation counts a session the guard ended, by kind.
+func (c *counters) violation(kind string) {
+	if v := c.violations[kind]; v != nil {
+		v.Add(1)
+	}
 }

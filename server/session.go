@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -20,14 +21,16 @@ import (
 
 // session is one client's yamux session over a verified TLS connection.
 type session struct {
-	mux   *yamux.Session
-	addr  string
-	peer  Peer
-	log   *logrus.Entry // carries the identity and addr fields
-	slots chan struct{} // one token per open stream, cap MaxStreamsPerSession
-	use   routeUse      // open streams per route, for the reload recheck
+	mux    *mux.Session // set before any stream is served
+	addr   string
+	peer   Peer
+	log    *logrus.Entry // carries the identity and addr fields
+	active atomic.Int64  // streams being served
+	use    routeUse      // open streams per route, for the reload recheck
 
-	limitLog *logthrottle.Throttle[string] // limit lines of this session, by reason
+	// refuseLog throttles the lines of refused streams and limits, by
+	// status and reason: a client can cause them at will.
+	refuseLog *logthrottle.Throttle[string]
 }
 
 func (ss *session) goAway() {
@@ -39,13 +42,24 @@ func (ss *session) goAway() {
 // server ends it, with one goroutine per stream, and waits for them.
 func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
 	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
-	m, err := mux.Server(tc, mux.Config(log, s.cfg.Keepalive, 0))
-	if err != nil { // only a bad yamux.Config, which is ours
+	ss := &session{addr: addr, peer: peer, log: log,
+		refuseLog: &logthrottle.Throttle[string]{Interval: failLogInterval, Max: 32}}
+	m, err := mux.Server(tc, mux.Options{
+		Log:        log,
+		Keepalive:  s.cfg.Keepalive,
+		MaxStreams: s.cfg.MaxStreamsPerSession,
+		StreamRate: float64(s.cfg.StreamRate),
+		Refusal:    []byte{byte(wire.StatusOverLimit)},
+		Budget:     mux.NewBudget(s.cfg.SessionMemory, s.memory),
+		MaxWindow:  s.cfg.MaxWindow,
+		OnLimit:    func(e mux.LimitEvent) { s.limited(ss, e) },
+	})
+	if err != nil { // only bad Options, which are ours
 		log.WithError(err).Error("yamux server")
+		tc.Close()
 		return
 	}
-	ss := &session{mux: m, addr: addr, peer: peer, log: log, slots: make(chan struct{}, s.cfg.MaxStreamsPerSession),
-		limitLog: &logthrottle.Throttle[string]{Interval: failLogInterval, Max: 8}}
+	ss.mux = m
 	s.track(ss)
 	defer s.untrack(ss)
 	if !s.admitSession(ss) { // the trust may have been reloaded during the handshake
@@ -65,34 +79,34 @@ func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, pe
 
 	var wg sync.WaitGroup
 	var endErr error
-	opens := s.streamLimiter()
 	for {
-		st, err := m.AcceptStream()
+		st, err := m.Accept()
 		if err != nil {
 			endErr = err
 			break
-		}
-		if !opens.Allow() {
-			s.stats.limitStreamRate.Add(1)
-			wg.Go(func() {
-				ms := mux.Stream{Stream: st}
-				s.refuse(ss, ms, "", wire.StatusOverLimit, errStreamRate)
-				ms.Close()
-			})
-			continue
 		}
 		wg.Go(func() { s.serveStream(ctx, ss, st) })
 	}
 	m.Close()
 	wg.Wait()
-	log.WithFields(logrus.Fields{
+	fields := logrus.Fields{
 		audit.Event: audit.SessionClosed, audit.Reason: sessionEndReason(endErr),
 		audit.DurationMS: time.Since(start).Milliseconds(),
-	}).Info("session closed")
+	}
+	if v := m.Violation(); v != nil {
+		s.stats.violation(v.Kind)
+		log.WithFields(logrus.Fields{audit.Event: audit.ProtocolViolation, audit.Kind: v.Kind, audit.Error: v.Detail}).
+			Warn("closing session: the client broke the yamux protocol or a session bound")
+		fields[audit.Kind] = v.Kind
+	}
+	log.WithFields(fields).Info("session closed")
 }
 
 // sessionEndReason names why a yamux session ended.
 func sessionEndReason(err error) string {
+	if _, ok := errors.AsType[*mux.ViolationError](err); ok {
+		return audit.ProtocolViolation
+	}
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		return "peer_closed"

@@ -6,7 +6,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
@@ -19,23 +18,17 @@ import (
 // fresh, so only a dead session makes it wait.
 const statusWriteTimeout = 10 * time.Second
 
-// serveStream runs one stream: slot, header, route, dial, status, copy. It
-// closes st.
-func (s *Server) serveStream(ctx context.Context, ss *session, yst *yamux.Stream) {
-	st := mux.Stream{Stream: yst}
+// serveStream runs one stream the guard admitted (within the session's
+// stream cap, open rate and budget): header, route, dial, status, copy. It
+// closes st, which also lets go of a refused stream at once: nothing the
+// client sends after the status is buffered.
+func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 	defer st.Close()
 	s.activeStreams.Add(1)
 	defer s.activeStreams.Add(-1)
+	ss.active.Add(1)
+	defer ss.active.Add(-1)
 	s.stats.streamsTotal.Add(1)
-
-	select {
-	case ss.slots <- struct{}{}:
-		defer func() { <-ss.slots }()
-	default:
-		s.stats.limitStreams.Add(1)
-		s.refuse(ss, st, "", wire.StatusOverLimit, errStreamCap)
-		return
-	}
 
 	st.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	name, err := wire.ReadHeader(st)
@@ -105,31 +98,73 @@ func (s *Server) dial(ctx context.Context, r Route) (net.Conn, error) {
 	return c, err
 }
 
-// refuse answers a stream with a non-zero status, logs why and closes it.
-func (s *Server) refuse(ss *session, st mux.Stream, route string, code wire.Status, cause error) {
+// refuse answers a stream with a non-zero status and logs why; the
+// caller's Close then lets go of the stream.
+func (s *Server) refuse(ss *session, st *mux.Stream, route string, code wire.Status, cause error) {
 	s.stats.refused[code].Add(1)
 	st.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
 	_ = wire.WriteStatus(st, code) // the peer may be gone; the log line stands either way
-	fields := logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: code.String()}
+	fields := logrus.Fields{}
 	if route != "" {
 		fields[audit.Route] = route
 	}
 	if cause != nil {
-		var ne net.Error
-		if errors.As(cause, &ne) && ne.Timeout() && code == wire.StatusBadHeader {
+		if ne, ok := errors.AsType[net.Error](cause); ok && ne.Timeout() && code == wire.StatusBadHeader {
 			fields[audit.Reason] = "header_timeout"
 		}
 		fields[audit.Error] = cause.Error()
 	}
-	if code == wire.StatusOverLimit {
-		// A client can cause these at will: one line per interval.
-		n, _, ok := ss.limitLog.Hit(code.String())
-		if !ok {
-			return
-		}
-		if n > 1 {
-			fields[audit.Count] = n
-		}
+	s.refusedLine(ss, code, fields, "stream refused: "+code.String())
+}
+
+// refusedLine logs a stream_refused line with fields, at most one per
+// interval for each status and reason in a session, with the count it
+// stands for: a client can refuse itself streams at will.
+func (s *Server) refusedLine(ss *session, code wire.Status, fields logrus.Fields, msg string) {
+	reason, _ := fields[audit.Reason].(string)
+	n, _, ok := ss.refuseLog.Hit(code.String() + "/" + reason)
+	if !ok {
+		return
 	}
-	ss.log.WithFields(fields).Warn("stream refused: " + code.String())
+	if n > 1 {
+		fields[audit.Count] = n
+	}
+	fields[audit.Event] = audit.StreamRefused
+	fields[audit.Status] = code.String()
+	ss.log.WithFields(fields).Warn(msg)
+}
+
+// limited counts and logs a stream the guard refused or reset for a limit.
+// It runs on the session's reading goroutine.
+func (s *Server) limited(ss *session, e mux.LimitEvent) {
+	switch e.Reason {
+	case mux.ReasonStreamCap:
+		s.stats.limitStreams.Add(1)
+	case mux.ReasonStreamRate:
+		s.stats.limitStreamRate.Add(1)
+	case mux.ReasonBudget:
+		s.stats.limitBudget.Add(1)
+	}
+	if !e.Reset {
+		s.stats.refused[wire.StatusOverLimit].Add(1)
+		s.refusedLine(ss, wire.StatusOverLimit, logrus.Fields{audit.Reason: e.Reason, audit.Limit: limitFlag[e.Reason]},
+			"stream refused: "+wire.StatusOverLimit.String())
+		return
+	}
+	n, _, ok := ss.refuseLog.Hit("reset/" + e.Reason)
+	if !ok {
+		return
+	}
+	fields := logrus.Fields{audit.Event: audit.StreamReset, audit.Reason: e.Reason, audit.Limit: limitFlag[e.Reason]}
+	if n > 1 {
+		fields[audit.Count] = n
+	}
+	ss.log.WithFields(fields).Warn("stream reset: the session's memory budget is used up")
+}
+
+// limitFlag names the setting behind each limit reason, for the log line.
+var limitFlag = map[string]string{
+	mux.ReasonStreamCap:  "max_streams",
+	mux.ReasonStreamRate: "max_stream_rate",
+	mux.ReasonBudget:     "session_memory",
 }

@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/devpki"
@@ -87,7 +86,7 @@ func cmdHandshakes(ctx context.Context, fs *flag.FlagSet, args []string, stdout 
 	defer cancel()
 
 	type outcome struct {
-		s       *yamux.Session
+		s       *mux.Session
 		up      time.Duration
 		retries int
 		err     error
@@ -203,7 +202,7 @@ func sourceAddrs(prefix string, n int) ([]netip.Addr, error) {
 
 // session dials one tunnel session (from the address from, if valid) and
 // pings it once.
-func session(ctx context.Context, addr string, from netip.Addr, cfg *tls.Config, log *logrus.Entry) (*yamux.Session, error) {
+func session(ctx context.Context, addr string, from netip.Addr, cfg *tls.Config, log *logrus.Entry) (*mux.Session, error) {
 	nd := &net.Dialer{Timeout: 10 * time.Second}
 	if from.IsValid() {
 		nd.LocalAddr = &net.TCPAddr{IP: from.AsSlice()}
@@ -213,7 +212,7 @@ func session(ctx context.Context, addr string, from netip.Addr, cfg *tls.Config,
 	if err != nil {
 		return nil, err
 	}
-	s, err := mux.Client(c, mux.Config(log, 0, 10*time.Second))
+	s, err := mux.Client(c, mux.Options{Log: log, Timeout: 10 * time.Second})
 	if err != nil {
 		c.Close()
 		return nil, err

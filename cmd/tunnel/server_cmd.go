@@ -43,7 +43,9 @@ func serverCommand(stderr io.Writer) *cli.Command {
 		&cli.IntFlag{Name: "max-streams", Value: server.DefaultMaxStreamsPerSession, EnvVars: []string{"TUNNEL_MAX_STREAMS"}, Usage: "concurrent streams per client session"},
 		&cli.IntFlag{Name: "max-conns-per-addr", Value: netfilter.DefaultMaxConnsPerAddr, EnvVars: []string{"TUNNEL_MAX_CONNS_PER_ADDR"}, Usage: "connections one client address may hold at once, handshakes included; more are reset (0: no cap)"},
 		&cli.IntFlag{Name: "max-sessions-per-identity", Value: server.DefaultMaxSessionsPerIdentity, EnvVars: []string{"TUNNEL_MAX_SESSIONS_PER_IDENTITY"}, Usage: "tunnel sessions one client certificate may hold at once"},
-		&cli.IntFlag{Name: "max-stream-rate", Value: server.DefaultStreamRate, EnvVars: []string{"TUNNEL_MAX_STREAM_RATE"}, Usage: "stream opens per second per session (burst as many); more get status \"over a limit\""},
+		&cli.IntFlag{Name: "max-stream-rate", EnvVars: []string{"TUNNEL_MAX_STREAM_RATE"}, Usage: "stream opens per second per session, burst --max-streams; more get status \"over a limit\" (0: no rate limit; the stream cap and memory budgets bound a session)"},
+		&cli.StringFlag{Name: "session-memory", Value: "64MiB", EnvVars: []string{"TUNNEL_SESSION_MEMORY"}, Usage: "`SIZE` of stream data one session may hold unread (KiB, MiB, GiB); a stream past it is reset, new ones refused when it is 3/4 full"},
+		&cli.StringFlag{Name: "memory-budget", Value: "256MiB", EnvVars: []string{"TUNNEL_MEMORY_BUDGET"}, Usage: "`SIZE` of stream data all sessions together may hold unread"},
 		&cli.DurationFlag{Name: "max-session-lifetime", EnvVars: []string{"TUNNEL_MAX_SESSION_LIFETIME"}, Usage: "end a session gracefully after this long, so rotated certificates take over (0: never)"},
 	}
 	flags = append(flags, tlsFlags("client CA bundle `FILE`: client certificates must chain to it")...)
@@ -140,10 +142,24 @@ func loadServer(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*serverSetup
 	if c.Duration("handshake-timeout") == 0 || c.Duration("dial-timeout") == 0 {
 		return nil, flagError("--handshake-timeout/--dial-timeout", "must be positive")
 	}
-	for _, n := range []string{"max-handshakes", "max-streams", "max-sessions-per-identity", "max-stream-rate"} {
+	for _, n := range []string{"max-handshakes", "max-streams", "max-sessions-per-identity"} {
 		if c.Int(n) < 1 {
 			return nil, flagError("--"+n, "%d is not a positive number", c.Int(n))
 		}
+	}
+	if c.Int("max-stream-rate") < 0 {
+		return nil, flagError("--max-stream-rate", "%d is negative", c.Int("max-stream-rate"))
+	}
+	sessionMemory, err := parseSize(c.String("session-memory"))
+	if err != nil {
+		return nil, flagError("--session-memory", "%v", err)
+	}
+	memoryBudget, err := parseSize(c.String("memory-budget"))
+	if err != nil {
+		return nil, flagError("--memory-budget", "%v", err)
+	}
+	if sessionMemory > memoryBudget {
+		return nil, flagError("--session-memory", "%s is more than --memory-budget %s", c.String("session-memory"), c.String("memory-budget"))
 	}
 	if c.Int("max-conns-per-addr") < 0 {
 		return nil, flagError("--max-conns-per-addr", "%d is negative", c.Int("max-conns-per-addr"))
@@ -169,6 +185,8 @@ func loadServer(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*serverSetup
 		MaxStreamsPerSession:   c.Int("max-streams"),
 		MaxSessionsPerIdentity: c.Int("max-sessions-per-identity"),
 		StreamRate:             c.Int("max-stream-rate"),
+		SessionMemory:          sessionMemory,
+		MemoryBudget:           memoryBudget,
 		MaxSessionLifetime:     c.Duration("max-session-lifetime"),
 		Log:                    log,
 	}

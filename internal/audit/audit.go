@@ -19,6 +19,9 @@ const (
 	ReloadApplied   = "reload_applied"
 	ReloadRejected  = "reload_rejected"
 
+	ProtocolViolation = "protocol_violation" // a session ended because its peer broke the yamux protocol or a session bound (kind)
+	StreamReset       = "stream_reset"       // the server reset an open stream for a limit (reason)
+
 	CRLRefreshed   = "crl_refreshed"    // a CRL was fetched and verified (url)
 	CRLFetchFailed = "crl_fetch_failed" // a fetch failed; the previous CRL stays (url, error)
 	CRLUnavailable = "crl_unavailable"  // no usable CRL for a certificate that needs one (url or source, reason)
@@ -50,6 +53,7 @@ const (
 	Limit      = "limit"       // which cap was hit
 	RuleSet    = "rule_set"    // the per-route rules that refused a stream or closed a session ("routes.db")
 	Trigger    = "trigger"     // what started a reload: sighup, file_changed or poll
+	Kind       = "kind"        // which protocol violation
 
 	IdentityCN          = "identity_cn"
 	IdentitySANs        = "identity_sans"

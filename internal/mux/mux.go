@@ -1,65 +1,121 @@
-// Package mux holds the yamux settings both roles share, runs sessions over
-// a connection that writes each frame in one syscall, and adapts a yamux
-// stream to the half-close interface the copy loop uses.
+// Package mux runs the tunnel's yamux sessions behind a frame guard that
+// bounds what a peer can make its end hold, and adapts yamux streams to the
+// half-close and reset interface the copy loop uses.
 package mux
 
 import (
 	"errors"
 	"fmt"
 	"strings"
-	"syscall"
 	"time"
-	_ "unsafe" // for go:linkname
 
 	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 )
 
-// Window is the per-stream receive window. One stream moves at most about
-// a window per round trip, and yamux grants more only after half of it was
-// read: yamux's 256 KiB default caps a stream near 5 MB/s at 50 ms, 4 MiB
-// near 50 MB/s, and 16 MiB keeps a 1 Gbit/s link at 50 ms full (measured:
-// scripts/bench, scenario wan). The buffer behind it grows only while the
-// reader lags, so idle and fast streams cost nothing; the worst case per
-// session is streams x Window, which the server bounds with its per-session
-// stream cap.
-const Window = 16 << 20
+// DefaultMaxWindow is the default ceiling of a stream's receive window. A
+// stream moves at most about a window per round trip: 16 MiB keeps a
+// 1 Gbit/s link at 50 ms full. A stream starts at yamux's 256 KiB and its
+// window grows only while its reader keeps up and the budget allows (see
+// Options.MaxWindow), so a loopback or LAN stream stays small.
+const DefaultMaxWindow = 16 << 20
 
-// DefaultTimeout is the default for Config's timeout.
+// DefaultTimeout is the default for Options.Timeout.
 const DefaultTimeout = 10 * time.Second
 
-// Config returns the yamux configuration for one session. keepalive is the
-// ping interval (0 turns pings off); timeout bounds a ping's answer and any
-// frame write (0 means DefaultTimeout), so a dead peer is noticed within
-// keepalive + timeout.
-func Config(log *logrus.Entry, keepalive, timeout time.Duration) *yamux.Config {
-	c := yamux.DefaultConfig()
-	// Streams are accepted and given a goroutine at once, so the backlog only
-	// absorbs bursts between Accept calls.
-	c.AcceptBacklog = 1024
-	c.EnableKeepAlive = keepalive > 0
-	if keepalive > 0 {
-		c.KeepAliveInterval = keepalive
+// Options configures a Session. The zero value of each field is documented
+// on it; Log is required.
+type Options struct {
+	// Log receives yamux's own lines, at debug level.
+	Log *logrus.Entry
+
+	// Keepalive is the ping interval; zero turns pings off.
+	Keepalive time.Duration
+
+	// Timeout bounds a ping's answer and any frame write; zero means
+	// DefaultTimeout. A dead peer is noticed within Keepalive + Timeout.
+	Timeout time.Duration
+
+	// MaxStreams is how many streams the peer may have open at once
+	// (streams the application closed count until the peer finishes them
+	// too, for at most 10 s). A stream past it is refused before its data
+	// is buffered. Zero: the peer may open none.
+	MaxStreams int
+
+	// StreamRate, if positive, bounds stream opens by the peer to this many
+	// a second, with a burst of MaxStreams. Zero: no rate limit.
+	StreamRate float64
+
+	// Refusal is the data a stream the guard refuses gets, followed by a
+	// FIN (the server's over-limit status byte). Nil: such a stream is
+	// reset.
+	Refusal []byte
+
+	// Budget bounds the bytes this session's streams hold received and not
+	// yet read; nil means a Budget of DefaultSessionBudget with no parent.
+	// A data frame that would pass it resets its stream, and a new stream
+	// is refused while the budget is three quarters full.
+	Budget *Budget
+
+	// MaxWindow is the ceiling of a stream's receive window; zero means
+	// DefaultMaxWindow. It is at least yamux's initial 256 KiB.
+	MaxWindow uint32
+
+	// OnLimit, if set, is told of each stream refused or reset for a limit.
+	// It is called from the session's reading goroutine and must not block.
+	OnLimit func(LimitEvent)
+}
+
+func (o Options) withDefaults() (*Options, error) {
+	if o.Log == nil {
+		return nil, errors.New("mux: Options.Log is nil")
 	}
-	c.MaxStreamWindowSize = Window
+	if o.Keepalive < 0 || o.Timeout < 0 || o.MaxStreams < 0 || o.StreamRate < 0 {
+		return nil, errors.New("mux: negative value in Options")
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Budget == nil {
+		o.Budget = NewBudget(DefaultSessionBudget, nil)
+	}
+	if o.MaxWindow == 0 {
+		o.MaxWindow = DefaultMaxWindow
+	}
+	o.MaxWindow = max(o.MaxWindow, initialWindow)
+	return &o, nil
+}
+
+// yamuxConfig is the yamux configuration under o.
+func (o *Options) yamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	// The guard refuses streams past MaxStreams before yamux sees them, so
+	// yamux's own backlog never refuses one. yamux also caps our own opens
+	// that await the peer's acknowledgement at this number: a client opening
+	// connections as fast as it can must not wait on it.
+	c.AcceptBacklog = max(o.MaxStreams, 1024) + 16
+	c.EnableKeepAlive = o.Keepalive > 0
+	if o.Keepalive > 0 {
+		c.KeepAliveInterval = o.Keepalive
+	}
+	// The guard grants the peer credit by its own policy and never more
+	// than yamux granted; yamux grants up to consumed + MaxStreamWindowSize
+	// and never less than consumed + half of it, so twice the guard's
+	// ceiling leaves the guard in charge (guard.go, allowanceLocked).
+	c.MaxStreamWindowSize = 2 * o.MaxWindow
 	// A session whose frames cannot be written for this long, or whose ping
 	// is not answered, is dead (or the peer stopped reading the whole
 	// connection): close it rather than hang.
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	c.ConnectionWriteTimeout = timeout
-	// The opener waits this long for the server to read a stream's header;
-	// the server reads it at once, so a longer wait means a stuck session.
+	c.ConnectionWriteTimeout = o.Timeout
+	// The opener waits this long for the acceptor to acknowledge a stream;
+	// a longer wait means a stuck session.
 	c.StreamOpenTimeout = 30 * time.Second
-	// No timer after our side closes. yamux's Close is also our half-close
-	// (FIN), and its close timer would reset a stream whose other direction
-	// is still moving bytes (a client that sent its query and shut its write
-	// half, waiting for a long answer). A stream whose peer never finishes
-	// is ended by the idle timeout, or with its session.
+	// No timer after our side closes: yamux's Close is our half-close
+	// (FIN), and its timer would reset a stream whose other direction is
+	// still moving bytes. Stream.Close lets go of a stream at once instead.
 	c.StreamCloseTimeout = 0
 	c.LogOutput = nil
-	c.Logger = logger{log}
+	c.Logger = logger{o.Log}
 	return c
 }
 
@@ -68,75 +124,20 @@ func Config(log *logrus.Entry, keepalive, timeout time.Duration) *yamux.Config {
 // the session_closed event reports that once, with its reason.
 type logger struct{ log *logrus.Entry }
 
-func (l logger) Print(v ...any)                 { l.emit(fmt.Sprint(v...)) }
-func (l logger) Printf(format string, v ...any) { l.emit(fmt.Sprintf(format, v...)) }
-func (l logger) Println(v ...any)               { l.emit(fmt.Sprint(v...)) }
+func (l logger) Print(v ...any) {
+	if l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		l.emit(fmt.Sprint(v...))
+	}
+}
+
+func (l logger) Printf(format string, v ...any) {
+	if l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		l.emit(fmt.Sprintf(format, v...))
+	}
+}
+
+func (l logger) Println(v ...any) { l.Print(v...) }
 
 func (l logger) emit(msg string) {
 	l.log.WithField("component", "yamux").Debug(strings.TrimSpace(msg))
 }
-
-// Stream is a yamux stream as the copy loop needs it: with CloseWrite
-// (yamux's Close is itself a half-close: it sends FIN and reads go on until
-// the peer's FIN), with Reset for an abortive close, and with errors that
-// tell a reset from a clean end.
-type Stream struct{ *yamux.Stream }
-
-// ErrReset is returned (wrapped) by a Stream's Read and Write when the peer
-// reset the stream, or when the session under it ended before the stream
-// did: either way the stream did not end cleanly. It satisfies
-// errors.Is(err, syscall.ECONNRESET), as a reset TCP connection's error
-// does, so the copy loop passes it on as a reset.
-var ErrReset = fmt.Errorf("mux: stream reset: %w", syscall.ECONNRESET)
-
-// CloseWrite sends FIN on the stream; reads continue.
-func (s Stream) CloseWrite() error { return s.Stream.Close() }
-
-// Read reads from the stream. It returns io.EOF only after the peer's FIN:
-// an EOF that yamux reports because the session closed is a loss, and is
-// returned as ErrReset, as is the peer's reset.
-func (s Stream) Read(b []byte) (int, error) {
-	n, err := s.Stream.Read(b)
-	return n, s.resetError(err)
-}
-
-// Write writes to the stream; a reset by the peer or a closed session is
-// returned as ErrReset.
-func (s Stream) Write(b []byte) (int, error) {
-	n, err := s.Stream.Write(b)
-	return n, s.resetError(err)
-}
-
-// resetError returns err as ErrReset when it comes from the peer's RST or
-// from the end of the session, and otherwise unchanged. yamux ends every
-// stream of a closed session with io.EOF on reads and ErrStreamClosed on
-// writes, as after a FIN: a FIN that came just before the session closed
-// is reported as a reset too, which only costs a clean end that was
-// already cut short on the other side.
-func (s Stream) resetError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, yamux.ErrConnectionReset):
-		return fmt.Errorf("%w by the peer", ErrReset)
-	case errors.Is(err, yamux.ErrSessionShutdown) || s.Stream.Session().IsClosed():
-		return fmt.Errorf("%w: the session closed", ErrReset)
-	}
-	return err
-}
-
-// Reset ends the stream abortively, as SO_LINGER 0 does a TCP connection:
-// it drops what is buffered, frees the stream at once and sends the peer a
-// RST, whose Read and Write then return ErrReset. It always returns nil.
-func (s Stream) Reset() error {
-	streamReset(s.Stream)
-	return nil
-}
-
-// streamReset is yamux's (*Stream).closeTimeout, which does exactly that
-// (force-close, remove from the session, send RST) for its close timer;
-// yamux v0.1.2 exports no reset. Pinned by go.mod; a yamux without it
-// fails to link, and TestStreamReset checks what it does.
-//
-//go:linkname streamReset github.com/hashicorp/yamux.(*Stream).closeTimeout
-func streamReset(*yamux.Stream)

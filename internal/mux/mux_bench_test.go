@@ -71,41 +71,38 @@ func tlsPair(b *testing.B, transport bool) (client, server *tls.Conn) {
 	return cc, sc
 }
 
-// BenchmarkStreamOverTLS moves bytes through one yamux stream over TLS: with
-// yamux's own writes (header and body apart: two TLS records per frame),
-// with the coalescing writer of Client and Server, and with that writer over
-// a Transport (a frame's records in one syscall, reads buffered). chunk is the size of
-// each Write, as the copy loop makes them.
+// BenchmarkStreamOverTLS moves bytes through one stream over TLS: with
+// plain yamux (header and body apart: two TLS records per frame), with the
+// guarded Session of Client and Server, and with that session over a
+// Transport (a frame's records in one syscall, reads buffered). chunk is
+// the size of each Write, as the copy loop makes them.
 func BenchmarkStreamOverTLS(b *testing.B) {
 	log := logrus.NewEntry(logrus.New())
 	log.Logger.SetOutput(io.Discard)
 	for _, chunk := range []int{64, 16 << 10, 64 << 10} {
 		for _, mode := range []struct {
-			name           string
-			transport      bool
-			client, server func(net.Conn, *yamux.Config) (*yamux.Session, error)
+			name      string
+			transport bool
+			pair      benchPair
 		}{
-			{"yamux", false,
-				func(c net.Conn, cfg *yamux.Config) (*yamux.Session, error) { return yamux.Client(c, cfg) },
-				func(c net.Conn, cfg *yamux.Config) (*yamux.Session, error) { return yamux.Server(c, cfg) }},
-			{"coalesced", false, Client, Server},
-			{"transport", true, Client, Server},
+			{"yamux", false, func(b *testing.B, cc, sc net.Conn) (func() (benchWriter, error), func() (io.ReadCloser, error)) {
+				cfg := yamux.DefaultConfig()
+				cfg.LogOutput = io.Discard
+				cs, _ := yamux.Client(cc, cfg)
+				ss, _ := yamux.Server(sc, cfg)
+				b.Cleanup(func() { cs.Close(); ss.Close() })
+				return func() (benchWriter, error) { st, err := cs.OpenStream(); return yamuxConn{st}, err },
+					func() (io.ReadCloser, error) { return ss.AcceptStream() }
+			}},
+			{"guarded", false, guardedPair(log)},
+			{"transport", true, guardedPair(log)},
 		} {
 			b.Run(mode.name+"/chunk="+itoa(chunk), func(b *testing.B) {
 				cc, sc := tlsPair(b, mode.transport)
-				cs, err := mode.client(cc, Config(log, 0, 0))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer cs.Close()
-				ss, err := mode.server(sc, Config(log, 0, 0))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer ss.Close()
+				open, accept := mode.pair(b, cc, sc)
 				done := make(chan int64, 1)
 				go func() {
-					st, err := ss.AcceptStream()
+					st, err := accept()
 					if err != nil {
 						done <- -1
 						return
@@ -114,7 +111,7 @@ func BenchmarkStreamOverTLS(b *testing.B) {
 					st.Close()
 					done <- n
 				}()
-				st, err := cs.OpenStream()
+				st, err := open()
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -129,12 +126,42 @@ func BenchmarkStreamOverTLS(b *testing.B) {
 					}
 					sent += int64(n)
 				}
-				st.Close()
+				st.CloseWrite()
 				if got := <-done; got != sent {
 					b.Fatalf("received %d bytes, sent %d", got, sent)
 				}
 			})
 		}
+	}
+}
+
+type yamuxConn struct{ *yamux.Stream }
+
+func (c yamuxConn) CloseWrite() error { return c.Stream.Close() }
+
+// benchWriter is the sending end of a benchmark stream.
+type benchWriter interface {
+	io.Writer
+	CloseWrite() error
+}
+
+// benchPair starts sessions on cc and sc and returns how to open a stream
+// on the first and accept it on the second.
+type benchPair func(b *testing.B, cc, sc net.Conn) (open func() (benchWriter, error), accept func() (io.ReadCloser, error))
+
+func guardedPair(log *logrus.Entry) benchPair {
+	return func(b *testing.B, cc, sc net.Conn) (func() (benchWriter, error), func() (io.ReadCloser, error)) {
+		cs, err := Client(cc, Options{Log: log})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ss, err := Server(sc, Options{Log: log, MaxStreams: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { cs.Close(); ss.Close() })
+		return func() (benchWriter, error) { return cs.Open() },
+			func() (io.ReadCloser, error) { return ss.Accept() }
 	}
 }
 

@@ -1,0 +1,987 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// The guard's bounds on what a well-behaved yamux peer never exceeds.
+const (
+	// maxUnansweredPings is how many of the peer's pings may wait for their
+	// answer at once. yamux's keepalive has one in flight; a peer with more
+	// is writing pings without reading our answers.
+	maxUnansweredPings = 64
+	// pingRate and pingBurst bound pings from the peer, answered or not:
+	// a keepalive sends one per interval.
+	pingRate  = 50
+	pingBurst = 100
+	// maxControlBacklog bounds the control frames (answers to pings,
+	// refusals, resets) waiting to be written: a peer that keeps causing
+	// them without reading what we write has its session ended.
+	maxControlBacklog = 64 << 10
+	// linger is how long a stream the application closed waits for the
+	// peer's FIN before it is reset, as TCP's FIN_WAIT_2 timeout does.
+	linger = 10 * time.Second
+	// minRTT floors the round-trip time that window tuning works with, so
+	// that scheduling noise on a loopback or LAN session does not read as a
+	// window too small.
+	minRTT = time.Millisecond
+	// guardPingID is the opaque value of the guard's own ping, which
+	// measures the round trip at the start of a session. yamux numbers its
+	// pings from 0.
+	guardPingID = 0xfffffff0
+)
+
+// ViolationError ends a session whose peer broke the yamux protocol or one
+// of the guard's bounds. AcceptStream and Open return it (wrapped) once the
+// session has ended because of it.
+type ViolationError struct {
+	Kind   string // stable snake_case name: "ping_flood", "window_exceeded", ...
+	Detail string
+}
+
+func (e *ViolationError) Error() string {
+	return "mux: protocol violation: " + e.Kind + ": " + e.Detail
+}
+
+// Violation kinds, as ViolationError.Kind reports them.
+const (
+	ViolationBadVersion     = "bad_version"
+	ViolationBadType        = "bad_type"
+	ViolationBadFlags       = "bad_flags"
+	ViolationStreamZero     = "stream_zero"
+	ViolationStreamParity   = "stream_parity"
+	ViolationDuplicate      = "duplicate_stream"
+	ViolationUnknownStream  = "unknown_stream"
+	ViolationWindowExceeded = "window_exceeded"
+	ViolationWindowOverflow = "window_overflow"
+	ViolationDataAfterFIN   = "data_after_fin"
+	ViolationDuplicateFIN   = "duplicate_fin"
+	ViolationPingFlood      = "ping_flood"
+	ViolationControlBacklog = "control_backlog"
+)
+
+// ViolationKinds lists every ViolationError.Kind, for metrics that show
+// each at zero from the start.
+var ViolationKinds = []string{
+	ViolationBadVersion, ViolationBadType, ViolationBadFlags, ViolationStreamZero,
+	ViolationStreamParity, ViolationDuplicate, ViolationUnknownStream,
+	ViolationWindowExceeded, ViolationWindowOverflow, ViolationDataAfterFIN,
+	ViolationDuplicateFIN, ViolationPingFlood, ViolationControlBacklog,
+}
+
+// Reasons a LimitEvent gives.
+const (
+	ReasonStreamCap  = "streams_per_session"
+	ReasonStreamRate = "stream_rate"
+	ReasonBudget     = "memory_budget"
+)
+
+// LimitEvent reports a stream the guard refused or reset on its own, for a
+// limit: the streams cap, the open rate or the memory budget.
+type LimitEvent struct {
+	Reason   string // one of the Reason constants
+	StreamID uint32
+	Reset    bool // an open stream was reset (the budget ran out); else a new one was refused
+}
+
+// gstream is what the guard knows of one stream. Receive credit is counted
+// in totals since the stream began: the peer may send given-received more
+// bytes, the application holds received-consumed unread.
+type gstream struct {
+	ours          bool // opened by our side
+	finIn, finOut bool
+	closedAt      time.Time // the application closed it and we wait for the peer's FIN; zero otherwise
+
+	given    uint64 // credit granted to the peer, the initial window included
+	yamux    uint64 // credit yamux itself granted: given never passes it
+	received uint64
+	consumed uint64
+	window   uint32 // given never passes consumed+window
+	grown    int64  // window promised by the budget beyond initialWindow
+	pending  uint32 // credit granted whose window update is not written yet
+
+	epochAt   time.Time // window tuning: when the epoch began
+	epochFrom uint64    // and consumed then
+
+	sendCredit uint64 // credit the peer granted us, minus what we sent
+}
+
+// guard is the frame guard: the connection a yamux session reads and writes,
+// over the TLS connection. It reads every frame header as it passes (never a
+// payload), enforces what a well-behaved peer never exceeds, admits or
+// refuses the streams the peer opens, grants receive credit by its own
+// policy within the memory budget, answers pings itself (yamux would start a
+// goroutine for each), and gathers a frame into one write. See Session.
+type guard struct {
+	net.Conn            // the connection under the session; addresses, deadlines
+	t        *Transport // under Conn, or nil: batches a frame's TLS records
+	opt      *Options
+	budget   *Budget
+	server   bool // our role: the peer opens odd stream IDs when we are the server
+
+	// Read side: only yamux's receive goroutine calls Read.
+	rhdr    header                         // the header being read from the peer
+	rhdrN   int                            // bytes of rhdr read so far
+	rbuf    header                         // the header being handed to yamux
+	rout    []byte                         // rbuf's bytes that yamux has not read yet
+	rbody   int64                          // body bytes of the frame yamux is reading
+	rskip   int64                          // body bytes of a dropped frame still to discard
+	rerr    error                          // the violation that ended the session; sticky
+	ended   atomic.Pointer[ViolationError] // rerr, for other goroutines
+	scratch []byte                         // where dropped bodies are read to
+
+	waiting atomic.Bool // Read waits for the first byte of a header
+
+	// Write side. yamux writes a frame as a header, then its body.
+	wmu   sync.Mutex
+	held  bool   // wbuf[:headerSize] is a data header whose body comes next; guarded by wmu
+	hdrop bool   // the held frame is dropped; guarded by wmu
+	wbuf  []byte // guarded by wmu
+	after []byte // control frames written once the held frame is out; guarded by wmu
+
+	mu           sync.Mutex
+	streams      map[uint32]*gstream // guarded by mu
+	peerHigh     uint32              // highest stream ID the peer opened; guarded by mu
+	ourHigh      uint32              // guarded by mu
+	peerLive     int                 // streams the peer opened and that still exist; guarded by mu
+	toYamux      []header            // RSTs for yamux at the next frame boundary; guarded by mu
+	interrupting bool                // Read's wait is being cut short; guarded by mu
+	ctl          []byte              // control frames for the flusher; guarded by mu
+	pongs        int                 // answers to pings queued, not yet written; guarded by mu
+	dirty        []uint32            // streams with pending credit; guarded by mu
+	lingering    int                 // streams with closedAt set; guarded by mu
+	events       []LimitEvent        // to report once mu is released; guarded by mu
+	opens        *rate.Limiter       // stream opens by the peer; nil: no rate limit
+	pings        *rate.Limiter
+	pingSent     map[uint32]time.Time // our pings in flight; guarded by mu
+	srtt         time.Duration        // smoothed round trip; 0 until measured; guarded by mu
+
+	started     bool          // start ran; set before any concurrent use
+	linger      time.Duration // see the constant; tests shorten it
+	kick        chan struct{} // wakes the flusher
+	done        chan struct{} // closed by Close
+	flusherDone chan struct{}
+	closeOnce   sync.Once
+}
+
+func newGuard(conn net.Conn, opt *Options, server bool) *guard {
+	g := &guard{
+		Conn: conn, t: transportOf(conn), opt: opt, budget: opt.Budget, server: server,
+		streams:     make(map[uint32]*gstream),
+		pingSent:    make(map[uint32]time.Time),
+		pings:       rate.NewLimiter(pingRate, pingBurst),
+		kick:        make(chan struct{}, 1),
+		done:        make(chan struct{}),
+		flusherDone: make(chan struct{}),
+		linger:      linger,
+	}
+	if opt.StreamRate > 0 {
+		g.opens = rate.NewLimiter(rate.Limit(opt.StreamRate), max(opt.MaxStreams, 1))
+	}
+	return g
+}
+
+// start starts the flusher and sends the guard's ping, which measures the
+// round trip at once: window tuning needs it. Close stops the flusher.
+func (g *guard) start() {
+	ping := makeHeader(typePing, flagSYN, 0, guardPingID)
+	g.mu.Lock()
+	g.ctl = append(g.ctl, ping[:]...)
+	g.pingSent[guardPingID] = time.Now()
+	g.mu.Unlock()
+	g.started = true
+	go g.flusher()
+	g.wake()
+}
+
+// peerOpens reports whether id is of the parity the peer opens: odd from a
+// client (yamux numbers a client's streams 1, 3, ...), even from a server.
+func (g *guard) peerOpens(id uint32) bool { return (id%2 == 1) == g.server }
+
+func violation(kind, format string, args ...any) *ViolationError {
+	return &ViolationError{Kind: kind, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Read hands yamux what the peer sent, frame by frame: a header only once it
+// is whole and checked, a dropped frame not at all, and the RSTs the guard
+// injects for yamux at frame boundaries. Only yamux's receive goroutine
+// calls it.
+func (g *guard) Read(p []byte) (int, error) {
+	if g.rerr != nil {
+		return 0, g.rerr
+	}
+	for {
+		switch {
+		case len(g.rout) > 0:
+			n := copy(p, g.rout)
+			g.rout = g.rout[n:]
+			return n, nil
+		case g.rbody > 0:
+			if int64(len(p)) > g.rbody {
+				p = p[:g.rbody]
+			}
+			n, err := g.Conn.Read(p)
+			g.rbody -= int64(n)
+			if err != nil && n == 0 && g.interrupted(err) {
+				continue
+			}
+			if n > 0 {
+				err = nil // the next Read reports it again
+			}
+			return n, err
+		case g.rskip > 0:
+			if g.scratch == nil {
+				g.scratch = make([]byte, 16<<10)
+			}
+			n, err := g.Conn.Read(g.scratch[:min(int64(len(g.scratch)), g.rskip)])
+			g.rskip -= int64(n)
+			if err != nil && !g.interrupted(err) {
+				return 0, err
+			}
+			if g.rskip == 0 {
+				g.scratch = nil
+			}
+			continue
+		}
+		if g.injected() {
+			continue
+		}
+		if err := g.readHeader(); err != nil {
+			if errors.Is(err, errInjected) {
+				continue
+			}
+			return 0, err
+		}
+		if err := g.inbound(g.rhdr); err != nil {
+			g.rerr = err
+		} else {
+			g.report()
+		}
+		if g.rerr != nil {
+			if v, ok := errors.AsType[*ViolationError](g.rerr); ok {
+				g.ended.Store(v)
+			}
+			g.goAway()
+			return 0, g.rerr
+		}
+	}
+}
+
+// errInjected stops a header wait: an injected frame goes first.
+var errInjected = errors.New("mux: injected frame pending")
+
+// injected moves the next RST meant for yamux to rout, if there is one.
+func (g *guard) injected() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.toYamux) == 0 {
+		return false
+	}
+	g.rbuf = g.toYamux[0]
+	g.toYamux = g.toYamux[1:]
+	if len(g.toYamux) == 0 {
+		g.toYamux = nil
+	}
+	g.rout = g.rbuf[:]
+	return true
+}
+
+// readHeader reads the next frame header from the peer into rhdr. While it
+// waits for the header's first byte, an injection may cut the wait short
+// (errInjected).
+func (g *guard) readHeader() error {
+	for g.rhdrN < headerSize {
+		if g.rhdrN == 0 {
+			g.waiting.Store(true)
+			g.mu.Lock()
+			pending := len(g.toYamux) > 0
+			g.mu.Unlock()
+			if pending {
+				g.waiting.Store(false)
+				return errInjected
+			}
+		}
+		n, err := g.Conn.Read(g.rhdr[g.rhdrN:])
+		g.waiting.Store(false)
+		g.rhdrN += n
+		if err != nil {
+			if g.interrupted(err) {
+				continue
+			}
+			if g.rhdrN > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	g.rhdrN = 0
+	return nil
+}
+
+// interrupted reports whether err is the timeout that interrupt caused, and
+// if so clears the deadline so that reading goes on.
+func (g *guard) interrupted(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	if !ok || !ne.Timeout() {
+		return false
+	}
+	g.mu.Lock()
+	mine := g.interrupting
+	g.mu.Unlock()
+	if !mine {
+		return false
+	}
+	// Clear the deadline before the flag: an injection in between sees the
+	// flag still set and relies on Read's look at toYamux, which follows.
+	_ = g.Conn.SetReadDeadline(time.Time{})
+	g.mu.Lock()
+	g.interrupting = false
+	g.mu.Unlock()
+	return true
+}
+
+// interruptLocked cuts Read's wait for a header short, so that an injected
+// frame reaches yamux now rather than with the peer's next frame. g.mu is
+// held. A read deadline in the past makes the blocked Read return a
+// timeout, which crypto/tls treats as temporary.
+func (g *guard) interruptLocked() {
+	if g.interrupting || !g.waiting.Load() {
+		return
+	}
+	g.interrupting = true
+	_ = g.Conn.SetReadDeadline(longAgo)
+}
+
+var longAgo = time.Unix(1, 0)
+
+// pass hands h to yamux, with its body if it is a data frame.
+func (g *guard) pass(h header) {
+	g.rbuf = h
+	g.rout = g.rbuf[:]
+	if h.typ() == typeData {
+		g.rbody = int64(h.length())
+	}
+}
+
+// drop discards the frame h: its body, if any, is read and thrown away.
+func (g *guard) drop(h header) {
+	if h.typ() == typeData {
+		g.rskip = int64(h.length())
+	}
+}
+
+// inbound checks a header from the peer and decides what becomes of the
+// frame: passed to yamux, dropped, or the end of the session (an error).
+func (g *guard) inbound(h header) error {
+	if h.version() != protoVersion {
+		return violation(ViolationBadVersion, "version %d", h.version())
+	}
+	switch h.typ() {
+	case typeData, typeWindowUpdate:
+		return g.inboundStream(h)
+	case typePing:
+		return g.inboundPing(h)
+	case typeGoAway:
+		g.pass(h)
+		return nil
+	}
+	return violation(ViolationBadType, "frame type %d", h.typ())
+}
+
+func (g *guard) inboundStream(h header) error {
+	id, fl, n := h.streamID(), h.flags(), h.length()
+	if fl&^knownFlags != 0 {
+		return violation(ViolationBadFlags, "%v", &h)
+	}
+	if id == 0 {
+		return violation(ViolationStreamZero, "%v", &h)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fl&flagSYN != 0 {
+		if !g.peerOpens(id) {
+			return violation(ViolationStreamParity, "the peer opened stream %d, which is ours to number", id)
+		}
+		// yamux numbers a stream before it sends its SYN, so concurrent
+		// opens may arrive out of order: only a stream that is open may not
+		// be opened again (yamux would end the session for it too).
+		if g.streams[id] != nil {
+			return violation(ViolationDuplicate, "stream %d opened while it is open", id)
+		}
+		g.peerHigh = max(g.peerHigh, id)
+		if reason := g.admitLocked(); reason != "" {
+			g.refuseLocked(id, reason)
+			g.drop(h)
+			return nil
+		}
+		g.streams[id] = newGStream(false)
+		g.peerLive++
+	}
+	st := g.streams[id]
+	if st == nil {
+		if g.peerOpens(id) && id > g.peerHigh || !g.peerOpens(id) && id > g.ourHigh {
+			return violation(ViolationUnknownStream, "%v: no such stream was opened", &h)
+		}
+		g.drop(h) // a stream that ended or was refused: its late frames go nowhere
+		return nil
+	}
+	if !st.closedAt.IsZero() {
+		return g.lateLocked(id, st, h)
+	}
+	if st.finIn && st.finOut && fl&(flagFIN|flagRST) == 0 && (h.typ() != typeData || n == 0) {
+		g.drop(h) // yamux has let go of the stream: nothing for it
+		return nil
+	}
+	if h.typ() == typeData {
+		if n > 0 && st.finIn {
+			return violation(ViolationDataAfterFIN, "%d bytes on stream %d after its FIN", n, id)
+		}
+		if uint64(n) > st.given-st.received {
+			return violation(ViolationWindowExceeded, "%d bytes on stream %d with a window of %d", n, id, st.given-st.received)
+		}
+		if n > 0 && !g.budget.take(int64(n)) {
+			g.resetLocked(id, st, ReasonBudget)
+			g.drop(h)
+			return nil
+		}
+		st.received += uint64(n)
+	} else {
+		st.sendCredit += uint64(n)
+		if st.sendCredit > 1<<32-1 {
+			return violation(ViolationWindowOverflow, "stream %d granted %d bytes of window", id, st.sendCredit)
+		}
+	}
+	if fl&flagFIN != 0 {
+		if st.finIn {
+			return violation(ViolationDuplicateFIN, "stream %d", id)
+		}
+		st.finIn = true
+	}
+	if fl&flagRST != 0 {
+		g.removeLocked(id, st) // yamux drops the stream and what it buffered
+	}
+	g.pass(h)
+	return nil
+}
+
+// lateLocked handles a frame for a stream that the application closed
+// while the peer had not: its data is dropped, and once the peer has used
+// up its window on it (it could only stall from then on) or at its FIN, the
+// stream is gone; in the first case the peer is told with a RST, as a TCP
+// peer writing into a closed socket is. g.mu is held.
+func (g *guard) lateLocked(id uint32, st *gstream, h header) error {
+	n := h.length()
+	g.drop(h)
+	if h.typ() == typeData {
+		if uint64(n) > st.given-st.received {
+			return violation(ViolationWindowExceeded, "%d bytes on stream %d with a window of %d", n, id, st.given-st.received)
+		}
+		st.received += uint64(n)
+		if st.received == st.given && h.flags()&(flagFIN|flagRST) == 0 {
+			g.sendRSTLocked(id)
+			g.removeLocked(id, st)
+			return nil
+		}
+	}
+	if h.flags()&(flagFIN|flagRST) != 0 {
+		g.removeLocked(id, st)
+	}
+	return nil
+}
+
+func newGStream(ours bool) *gstream {
+	return &gstream{
+		ours: ours, given: initialWindow, yamux: initialWindow, window: initialWindow,
+		sendCredit: initialWindow, epochAt: time.Now(),
+	}
+}
+
+// admitLocked decides whether the peer may open one more stream: "" if
+// so, else the reason. g.mu is held.
+func (g *guard) admitLocked() string {
+	switch {
+	case g.peerLive >= g.opt.MaxStreams:
+		return ReasonStreamCap
+	case g.budget.nearFull():
+		g.budget.denied.Add(1)
+		return ReasonBudget
+	case g.opens != nil && !g.opens.Allow():
+		return ReasonStreamRate
+	}
+	return ""
+}
+
+// refuseLocked answers a stream the peer opened and the guard did not admit.
+// With Options.Refusal the answer is that data and a FIN, in one frame that
+// also acknowledges the stream; without, a RST. yamux never hears of the
+// stream. g.mu is held.
+func (g *guard) refuseLocked(id uint32, reason string) {
+	if len(g.opt.Refusal) == 0 {
+		g.sendRSTLocked(id)
+	} else {
+		h := makeHeader(typeData, flagACK|flagFIN, id, uint32(len(g.opt.Refusal)))
+		g.ctl = append(append(g.ctl, h[:]...), g.opt.Refusal...)
+	}
+	g.events = append(g.events, LimitEvent{Reason: reason, StreamID: id})
+}
+
+// resetLocked resets a stream on the guard's own decision: a RST to the
+// peer, one to yamux, and the stream is gone. g.mu is held.
+func (g *guard) resetLocked(id uint32, st *gstream, reason string) {
+	g.sendRSTLocked(id)
+	g.toYamux = append(g.toYamux, makeHeader(typeWindowUpdate, flagRST, id, 0))
+	g.removeLocked(id, st)
+	g.events = append(g.events, LimitEvent{Reason: reason, StreamID: id, Reset: true})
+}
+
+func (g *guard) sendRSTLocked(id uint32) {
+	h := makeHeader(typeWindowUpdate, flagRST, id, 0)
+	g.ctl = append(g.ctl, h[:]...)
+}
+
+// removeLocked forgets a stream and gives back what it held of the budget.
+// g.mu is held.
+func (g *guard) removeLocked(id uint32, st *gstream) {
+	delete(g.streams, id)
+	if !st.ours {
+		g.peerLive--
+	}
+	if !st.closedAt.IsZero() {
+		g.lingering--
+	} else {
+		g.budget.free(int64(st.received - st.consumed))
+	}
+	if st.grown > 0 {
+		g.budget.shrink(st.grown)
+	}
+}
+
+// inboundPing answers the peer's ping itself (yamux would start a goroutine
+// per ping) and measures the round trip of ours.
+func (g *guard) inboundPing(h header) error {
+	fl, opaque := h.flags(), h.length()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fl&flagSYN != 0 {
+		if !g.pings.Allow() {
+			return violation(ViolationPingFlood, "more than %d pings a second", pingRate)
+		}
+		if g.pongs >= maxUnansweredPings {
+			return violation(ViolationPingFlood, "%d pings unanswered: the peer does not read our answers", g.pongs)
+		}
+		pong := makeHeader(typePing, flagACK, 0, opaque)
+		g.ctl = append(g.ctl, pong[:]...)
+		g.pongs++
+		return nil
+	}
+	if sent, ok := g.pingSent[opaque]; ok {
+		delete(g.pingSent, opaque)
+		g.sampleRTTLocked(time.Since(sent))
+		if opaque == guardPingID {
+			return nil // ours, not yamux's
+		}
+	}
+	if !g.pings.Allow() {
+		return violation(ViolationPingFlood, "more than %d ping frames a second", pingRate)
+	}
+	g.pass(h)
+	return nil
+}
+
+func (g *guard) sampleRTTLocked(d time.Duration) {
+	if g.srtt == 0 {
+		g.srtt = d
+		return
+	}
+	g.srtt = (7*g.srtt + d) / 8
+}
+
+// report hands the limit events of the last frame to Options.OnLimit,
+// outside the lock, and wakes the flusher for what they queued.
+func (g *guard) report() {
+	g.mu.Lock()
+	ev := g.events
+	g.events = nil
+	queued := len(g.ctl) > 0
+	backlog := len(g.ctl) > maxControlBacklog
+	g.mu.Unlock()
+	if queued {
+		g.wake()
+	}
+	if g.opt.OnLimit != nil {
+		for _, e := range ev {
+			g.opt.OnLimit(e)
+		}
+	}
+	if backlog && g.rerr == nil {
+		g.rerr = violation(ViolationControlBacklog, "more than %d bytes of answers unwritten: the peer does not read", maxControlBacklog)
+	}
+}
+
+// goAway tells the peer, if it can be done at once, that its session ends
+// for a protocol error.
+func (g *guard) goAway() {
+	if !g.wmu.TryLock() {
+		return
+	}
+	defer g.wmu.Unlock()
+	if g.held {
+		return
+	}
+	h := makeHeader(typeGoAway, 0, 0, goAwayProtoErr)
+	_ = g.Conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = g.Conn.Write(h[:])
+}
+
+// Write takes yamux's frames, a header and then (for a data frame) its
+// body, as yamux's one send goroutine writes them. A data header is held
+// and written with the first 16 KiB of its body in one Write; a window
+// update carries the credit the guard grants, not yamux's; a frame for a
+// stream the guard already let go of is dropped.
+func (g *guard) Write(p []byte) (int, error) {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.held {
+		g.held = false
+		if !g.hdrop {
+			return g.writeFrame(p)
+		}
+		if len(g.after) > 0 {
+			_, err := g.Conn.Write(g.after)
+			g.after = g.after[:0]
+			if err != nil {
+				return 0, err
+			}
+		}
+		return len(p), nil
+	}
+	if len(p) != headerSize {
+		return 0, fmt.Errorf("mux: a %d-byte write where a frame header was due", len(p))
+	}
+	h := header(p)
+	keep, out := g.outbound(h)
+	if h.typ() == typeData && h.length() > 0 {
+		g.wbuf = append(g.wbuf[:0], out[:]...)
+		g.held, g.hdrop = true, !keep
+		return len(p), nil
+	}
+	if !keep {
+		return len(p), nil
+	}
+	g.wbuf = append(append(g.wbuf[:0], out[:]...), g.after...)
+	g.after = g.after[:0]
+	if _, err := g.Conn.Write(g.wbuf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// firstChunk is how much of a body goes out in the same Write as its header:
+// the largest TLS record payload, so header and body start share one record
+// and the rest of the body still goes to the TLS layer without a copy.
+const firstChunk = 16<<10 - headerSize
+
+// writeFrame writes the held header with body p, and then the control
+// frames that waited for it; over a Transport, all in one socket write.
+// g.wmu is held.
+func (g *guard) writeFrame(p []byte) (int, error) {
+	k := min(len(p), firstChunk)
+	g.wbuf = append(g.wbuf[:headerSize], p[:k]...)
+	if g.t != nil {
+		g.t.begin()
+	}
+	_, err := g.Conn.Write(g.wbuf)
+	if err == nil && k < len(p) {
+		_, err = g.Conn.Write(p[k:])
+	}
+	if err == nil && len(g.after) > 0 {
+		_, err = g.Conn.Write(g.after)
+		g.after = g.after[:0]
+	}
+	if g.t != nil {
+		if ferr := g.t.end(); err == nil {
+			err = ferr
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// outbound notes a frame header yamux writes and returns whether the frame
+// goes out, and the header that does.
+func (g *guard) outbound(h header) (keep bool, out header) {
+	switch h.typ() {
+	case typePing:
+		if h.has(flagSYN) {
+			g.mu.Lock()
+			g.pingSent[h.length()] = time.Now()
+			g.mu.Unlock()
+		}
+		return true, h
+	case typeGoAway:
+		return true, h
+	}
+	id, fl := h.streamID(), h.flags()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fl&flagSYN != 0 && !g.peerOpens(id) {
+		g.ourHigh = max(g.ourHigh, id)
+		g.streams[id] = newGStream(true)
+	}
+	st := g.streams[id]
+	if st == nil || !st.closedAt.IsZero() {
+		// Gone, or closed by the application: yamux's late frames (a
+		// window update from a last read, a FIN after the guard's RST)
+		// have nothing to say.
+		return false, h
+	}
+	if h.typ() == typeData {
+		st.sendCredit -= min(st.sendCredit, uint64(h.length()))
+	} else {
+		// yamux's own window update: note what yamux allows, and send
+		// what the guard grants instead.
+		st.yamux += uint64(h.length())
+		grant := st.pending + g.allowanceLocked(st, 0)
+		st.pending = 0
+		st.given += uint64(grant)
+		h.setLength(grant)
+		if grant == 0 && fl == 0 {
+			return false, h
+		}
+	}
+	if fl&flagFIN != 0 {
+		st.finOut = true
+	}
+	if fl&flagRST != 0 {
+		g.removeLocked(id, st)
+	}
+	return true, h
+}
+
+// allowanceLocked is the credit the guard can grant st now, beyond what it
+// granted: up to consumed+window, never past what yamux granted, and only
+// once at least least is due. g.mu is held.
+func (g *guard) allowanceLocked(st *gstream, least uint64) uint32 {
+	target := st.consumed + uint64(st.window)
+	target = minU64(target, st.yamux)
+	if target <= st.given+uint64(st.pending) || target-st.given-uint64(st.pending) < least {
+		return 0
+	}
+	return uint32(target - st.given - uint64(st.pending))
+}
+
+func minU64(a, b uint64) uint64 {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+// consumed records that the application read n bytes of stream id, and
+// grants the peer more credit once half a window is due. Called by
+// Stream.Read.
+func (g *guard) consumed(id uint32, n int) {
+	g.mu.Lock()
+	st := g.streams[id]
+	if st == nil || !st.closedAt.IsZero() {
+		g.mu.Unlock()
+		return
+	}
+	st.consumed += uint64(n)
+	g.budget.free(int64(n))
+	g.tuneLocked(st)
+	grant := g.allowanceLocked(st, uint64(st.window/2))
+	if grant > 0 {
+		if st.pending == 0 {
+			g.dirty = append(g.dirty, id)
+		}
+		st.pending += grant
+	}
+	g.mu.Unlock()
+	if grant > 0 {
+		g.wake()
+	}
+}
+
+// tuneLocked grows st's window when the application reads half of it
+// within about two round trips: the window, not the reader, is then what
+// limits the stream (the auto-tuning of QUIC implementations). Growth is
+// promised by the budget; a stream whose reader is slow never grows.
+func (g *guard) tuneLocked(st *gstream) {
+	read := st.consumed - st.epochFrom
+	if read <= uint64(st.window)/2 {
+		return
+	}
+	now := time.Now()
+	if rtt := max(g.srtt, minRTT); g.srtt > 0 && st.window < g.opt.MaxWindow {
+		fraction := float64(read) / float64(st.window)
+		if now.Sub(st.epochAt) < time.Duration(4*fraction*float64(rtt)) {
+			more := min(st.window, g.opt.MaxWindow-st.window)
+			if g.budget.grow(int64(more)) {
+				st.window += more
+				st.grown += int64(more)
+			}
+		}
+	}
+	st.epochAt, st.epochFrom = now, st.consumed
+}
+
+// release is the guard's part of the application closing stream id: with
+// rst, the peer gets a RST and the stream is gone; without, the FIN yamux
+// sent stands and the stream lingers until the peer's FIN (what the peer
+// sends meanwhile is dropped). Either way yamux is given a RST, so that it
+// drops the stream and its buffers at once.
+func (g *guard) release(id uint32, rst bool) {
+	g.mu.Lock()
+	st := g.streams[id]
+	if st == nil {
+		g.mu.Unlock()
+		return
+	}
+	if !st.closedAt.IsZero() {
+		if rst {
+			g.sendRSTLocked(id)
+			g.removeLocked(id, st)
+		}
+		g.mu.Unlock()
+		g.wake()
+		return
+	}
+	gone := st.finIn && st.finOut // yamux let go of it already
+	if !gone {
+		g.toYamux = append(g.toYamux, makeHeader(typeWindowUpdate, flagRST, id, 0))
+		g.interruptLocked()
+	}
+	switch {
+	case rst && !gone:
+		g.sendRSTLocked(id)
+		g.removeLocked(id, st)
+	case st.finIn || gone:
+		g.removeLocked(id, st)
+	default:
+		g.budget.free(int64(st.received - st.consumed))
+		st.consumed = st.received
+		st.closedAt = time.Now()
+		g.lingering++
+	}
+	g.mu.Unlock()
+	g.wake()
+}
+
+func (g *guard) wake() {
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flusher writes the control frames the guard queues (answers to pings,
+// refusals, resets, window updates) and resets streams that lingered too
+// long. It is the only writer besides yamux's send goroutine, so the
+// guard's reads never wait on a write.
+func (g *guard) flusher() {
+	defer close(g.flusherDone)
+	// The sweep timer runs only while streams linger: an idle session costs
+	// no wake-ups.
+	sweep := time.NewTimer(time.Hour)
+	sweep.Stop()
+	defer sweep.Stop()
+	armed := false
+	var buf []byte
+	for {
+		g.mu.Lock()
+		lingering := g.lingering > 0
+		g.mu.Unlock()
+		if lingering && !armed {
+			sweep.Reset(time.Second)
+			armed = true
+		}
+		select {
+		case <-g.done:
+			return
+		case <-g.kick:
+		case <-sweep.C:
+			armed = false
+			g.sweep()
+		}
+		g.mu.Lock()
+		buf = append(buf[:0], g.ctl...)
+		g.ctl = g.ctl[:0]
+		pongs := g.pongs
+		for _, id := range g.dirty {
+			if st := g.streams[id]; st != nil && st.pending > 0 && st.closedAt.IsZero() {
+				h := makeHeader(typeWindowUpdate, 0, id, st.pending)
+				st.given += uint64(st.pending)
+				st.pending = 0
+				buf = append(buf, h[:]...)
+			}
+		}
+		g.dirty = g.dirty[:0]
+		g.mu.Unlock()
+		if len(buf) == 0 {
+			continue
+		}
+		g.wmu.Lock()
+		var err error
+		if g.held {
+			g.after = append(g.after, buf...)
+		} else {
+			_, err = g.Conn.Write(buf)
+		}
+		g.wmu.Unlock()
+		g.mu.Lock()
+		g.pongs -= pongs
+		g.mu.Unlock()
+		if err != nil {
+			return // the session is ending; yamux finds out on its own
+		}
+	}
+}
+
+// sweep resets the streams that the application closed more than linger
+// ago and whose peer has not finished them.
+func (g *guard) sweep() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.lingering == 0 {
+		return
+	}
+	cutoff := time.Now().Add(-g.linger)
+	for id, st := range g.streams {
+		if !st.closedAt.IsZero() && st.closedAt.Before(cutoff) {
+			g.sendRSTLocked(id)
+			g.removeLocked(id, st)
+		}
+	}
+}
+
+// Close closes the connection and stops the flusher. yamux calls it when
+// the session ends.
+func (g *guard) Close() error {
+	err := g.Conn.Close()
+	g.closeOnce.Do(func() {
+		close(g.done)
+		if g.started {
+			<-g.flusherDone
+		}
+		g.mu.Lock()
+		for id, st := range g.streams {
+			g.removeLocked(id, st)
+		}
+		g.mu.Unlock()
+	})
+	return err
+}
+
+// NetConn returns the connection under the guard.
+func (g *guard) NetConn() net.Conn { return g.Conn }

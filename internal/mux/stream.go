@@ -1,0 +1,110 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// ErrReset is returned (wrapped) by a Stream's Read and Write when the peer
+// reset the stream, or when the session under it ended before the stream
+// did: either way the stream did not end cleanly. It satisfies
+// errors.Is(err, syscall.ECONNRESET), as a reset TCP connection's error
+// does, so the copy loop passes it on as a reset.
+var ErrReset = fmt.Errorf("mux: stream reset: %w", syscall.ECONNRESET)
+
+// Stream is one stream of a Session, as a net.Conn with CloseWrite (a
+// half-close: FIN, reads go on) and Reset (an abortive close). Close ends
+// both directions: it sends FIN if that was not done, and lets go of the
+// stream at once, as closing a TCP socket does: what the peer sends
+// afterwards is dropped unread, and a peer that goes on writing is reset.
+// Read and Write on one Stream may run concurrently with each other and
+// with Close and Reset.
+type Stream struct {
+	y      *yamux.Stream
+	g      *guard
+	closed atomic.Bool // Close or Reset was called
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+// StreamID returns the yamux stream ID.
+func (s *Stream) StreamID() uint32 { return s.y.StreamID() }
+
+// Read reads from the stream. It returns io.EOF only after the peer's FIN;
+// the peer's reset, or the end of the session, is ErrReset; after Close or
+// Reset it is net.ErrClosed.
+func (s *Stream) Read(b []byte) (int, error) {
+	n, err := s.y.Read(b)
+	if n > 0 {
+		s.g.consumed(s.y.StreamID(), n)
+	}
+	return n, s.resetError(err)
+}
+
+// Write writes to the stream; see Read for the errors.
+func (s *Stream) Write(b []byte) (int, error) {
+	n, err := s.y.Write(b)
+	return n, s.resetError(err)
+}
+
+// resetError maps yamux's errors: a RST from the peer and the end of the
+// session become ErrReset (yamux ends every stream of a closed session
+// with io.EOF on reads, as after a FIN: a FIN just before the session
+// closed is reported as a reset too, which only costs a clean end that was
+// already cut short on the other side); any error after Close or Reset is
+// net.ErrClosed.
+func (s *Stream) resetError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case s.closed.Load():
+		return fmt.Errorf("mux: stream %d: %w", s.y.StreamID(), net.ErrClosed)
+	case errors.Is(err, yamux.ErrConnectionReset):
+		return fmt.Errorf("%w by the peer", ErrReset)
+	case errors.Is(err, yamux.ErrSessionShutdown) || s.y.Session().IsClosed():
+		return fmt.Errorf("%w: the session closed", ErrReset)
+	}
+	return err
+}
+
+// CloseWrite sends FIN; reads go on until the peer's FIN.
+func (s *Stream) CloseWrite() error { return s.y.Close() }
+
+// Close sends FIN (if CloseWrite did not) and lets go of the stream: what is
+// buffered is dropped, and the stream no longer counts against the session's
+// budget. Reads and writes then fail with net.ErrClosed. It is idempotent.
+func (s *Stream) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	err := s.y.Close()
+	s.g.release(s.y.StreamID(), false)
+	return err
+}
+
+// Reset ends the stream abortively, as SO_LINGER 0 does a TCP connection:
+// it drops what is buffered, frees the stream at once and sends the peer a
+// RST, whose Read and Write then return ErrReset. It always returns nil.
+func (s *Stream) Reset() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.g.release(s.y.StreamID(), true)
+	return nil
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline set the stream's
+// deadlines, as net.Conn's.
+func (s *Stream) SetDeadline(t time.Time) error      { return s.y.SetDeadline(t) }
+func (s *Stream) SetReadDeadline(t time.Time) error  { return s.y.SetReadDeadline(t) }
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.y.SetWriteDeadline(t) }
+
+// LocalAddr and RemoteAddr are the session's addresses.
+func (s *Stream) LocalAddr() net.Addr  { return s.y.LocalAddr() }
+func (s *Stream) RemoteAddr() net.Addr { return s.y.RemoteAddr() }

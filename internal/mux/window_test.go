@@ -1,0 +1,172 @@
+package mux
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+// windowOf returns the receive window the guard keeps for stream id.
+func windowOf(s *Session, id uint32) uint32 {
+	s.g.mu.Lock()
+	defer s.g.mu.Unlock()
+	if st := s.g.streams[id]; st != nil {
+		return st.window
+	}
+	return 0
+}
+
+// transfer sends n bytes on a new stream from cs, which ss's side reads
+// with read, and returns the server stream's window at the end.
+func transfer(t *testing.T, cs, ss *Session, n int64, read func(*Stream) error) uint32 {
+	t.Helper()
+	res := make(chan uint32, 1)
+	go func() {
+		st, err := ss.Accept()
+		if err != nil {
+			res <- 0
+			return
+		}
+		defer st.Close()
+		if err := read(st); err != nil {
+			t.Error(err)
+		}
+		res <- windowOf(ss, st.StreamID())
+	}()
+	st, err := cs.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	buf := make([]byte, 64<<10)
+	for sent := int64(0); sent < n; sent += int64(len(buf)) {
+		if _, err := st.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.CloseWrite()
+	select {
+	case w := <-res:
+		return w
+	case <-time.After(60 * time.Second):
+		t.Fatal("transfer did not finish within 60 s")
+		return 0
+	}
+}
+
+// A stream whose reader keeps up gets a window larger than the initial
+// one; a stream whose reader is slow keeps the initial window, so a stalled
+// backend costs no more than 256 KiB of the session's memory.
+func TestWindowTuning(t *testing.T) {
+	_, cs, ss := sessionPair(t)
+	waitFor(t, 5*time.Second, "the guard's round-trip measurement", func() bool { return ss.RTT() > 0 })
+	fast := transfer(t, cs, ss, 64<<20, func(st *Stream) error {
+		_, err := io.Copy(io.Discard, st)
+		return err
+	})
+	if fast <= initialWindow {
+		t.Errorf("a reader that keeps up on loopback ended with a window of %d, want more than %d", fast, initialWindow)
+	}
+	slow := transfer(t, cs, ss, 4<<20, func(st *Stream) error {
+		buf := make([]byte, 16<<10)
+		for {
+			if _, err := st.Read(buf); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			time.Sleep(2 * time.Millisecond) // 8 MB/s at most
+		}
+	})
+	if slow != initialWindow {
+		t.Errorf("a slow reader ended with a window of %d, want the initial %d", slow, initialWindow)
+	}
+	t.Logf("window of a fast reader %d KiB, of a slow one %d KiB (RTT %v)", fast>>10, slow>>10, ss.RTT())
+}
+
+// Window growth comes out of the budget: with a 2 MiB session budget the
+// windows promised beyond the initial ones never pass 1 MiB.
+func TestWindowGrowthWithinBudget(t *testing.T) {
+	b := NewBudget(2<<20, nil)
+	_, cs, ss := sessionPair(t, func(o *Options) { o.Budget = b })
+	waitFor(t, 5*time.Second, "the guard's round-trip measurement", func() bool { return ss.RTT() > 0 })
+	w := transfer(t, cs, ss, 64<<20, func(st *Stream) error {
+		_, err := io.Copy(io.Discard, st)
+		return err
+	})
+	if w > initialWindow+1<<20 {
+		t.Errorf("window grew to %d with a 2 MiB budget, want at most %d", w, initialWindow+1<<20)
+	}
+	waitFor(t, 5*time.Second, "the promised window given back after the stream closed", func() bool { return b.grown.Load() == 0 })
+}
+
+// The guard's interrupt of a blocked read is harmless to crypto/tls: after
+// many resets on an idle TLS session, bytes still arrive intact.
+func TestResetsOverTLS(t *testing.T) {
+	_, cs, ss := tlsSessions(t)
+	for range 50 {
+		local, remote := openPair(t, cs, ss)
+		remote.Reset() // the server's reader is idle: the guard interrupts it
+		local.Close()
+	}
+	payload := bytes.Repeat([]byte("0123456789"), 1<<20)
+	want := sha256.Sum256(payload)
+	got := make(chan [32]byte, 1)
+	go func() {
+		st, err := ss.Accept()
+		if err != nil {
+			got <- [32]byte{}
+			return
+		}
+		defer st.Close()
+		h := sha256.New()
+		io.Copy(h, st)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		got <- sum
+	}()
+	st, err := cs.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseWrite()
+	if g := <-got; g != want {
+		t.Fatal("10 MB after 50 interrupted reads arrived changed")
+	}
+	if err := ss.Violation(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A stream the application closed before the peer finished it lingers
+// (counted against the stream cap) until the peer's FIN, or is reset after
+// linger.
+func TestLingerReset(t *testing.T) {
+	_, cs, ss := sessionPair(t)
+	ss.g.mu.Lock()
+	ss.g.linger = 100 * time.Millisecond
+	ss.g.mu.Unlock()
+	local, remote := openPair(t, cs, ss)
+	remote.Close()
+	local.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := local.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after the server closed = %v, want EOF", err)
+	}
+	// The client neither writes nor closes: after linger the guard resets it.
+	waitFor(t, 5*time.Second, "the lingering stream reset", func() bool {
+		_, err := local.Read(make([]byte, 1))
+		return errors.Is(err, ErrReset)
+	})
+	ss.g.mu.Lock()
+	n := len(ss.g.streams)
+	ss.g.mu.Unlock()
+	if n != 0 {
+		t.Errorf("the guard still tracks %d streams", n)
+	}
+}
