@@ -30,12 +30,12 @@ type SessionKeeper struct {
 	log     *logrus.Entry
 	servers *rotation // Server and Failover, and the one to dial first
 
-	memory  *mux.Budget // the stream buffers of every session it dials
+	memory *mux.Budget // the stream buffers of every session it dials
 
 	mu      sync.Mutex
-	cur     *mux.Session // the session to open streams on; nil while down; guarded by mu
-	up      chan struct{}  // closed when cur is set; replaced when it is cleared; guarded by mu
-	retired chan struct{}  // closed to make Run drop cur and redial; guarded by mu
+	cur     *mux.Session  // the session to open streams on; nil while down; guarded by mu
+	up      chan struct{} // closed when cur is set; replaced when it is cleared; guarded by mu
+	retired chan struct{} // closed to make Run drop cur and redial; guarded by mu
 }
 
 func newSessionKeeper(cfg Config) *SessionKeeper {
