@@ -153,7 +153,7 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 	// Copy at once: the local side's first bytes follow the header without
 	// waiting for the status, which the first read from the stream checks.
 	start := time.Now()
-	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, c.cfg.IdleTimeout)
+	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.keeper.memory})
 	if se, ok := errors.AsType[*wire.StatusError](err); ok {
 		c.streamsFailed.Add(1)
 		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: se.Code.String()}).

@@ -38,7 +38,7 @@ func (c *Client) serveRaw(ctx context.Context, lc net.Conn, f Forward) {
 	log.WithFields(logrus.Fields{audit.Event: audit.StreamOpened, "tls_version": tls.VersionName(tc.ConnectionState().Version)}).
 		Debug("raw connection opened")
 	start := time.Now()
-	out, in, err := pipe.Run(lc, tc, c.cfg.IdleTimeout)
+	out, in, err := pipe.Run(lc, tc, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.keeper.memory})
 	fields := logrus.Fields{
 		audit.Event: audit.StreamClosed, audit.BytesIn: out, audit.BytesOut: in,
 		audit.DurationMS: time.Since(start).Milliseconds(),

@@ -60,7 +60,7 @@ func (s *Server) holdIdentity(ss *session) bool {
 		return true
 	}
 	s.stats.limitSessions.Add(1)
-	if n, _, log := ss.refuseLog.Hit(ReasonSessionLimit); log {
+	if n, _, log := ss.refuseLog.Hit(refusalKey{reason: ReasonSessionLimit}); log {
 		s.log.WithFields(ss.peer.Identity.Fields()).WithFields(logrus.Fields{
 			audit.Event: audit.ConnRejected, audit.Reason: ReasonSessionLimit, audit.Addr: ss.addr, audit.Count: n,
 		}).Warn("session refused: this identity holds --max-sessions-per-identity sessions already")

@@ -82,7 +82,7 @@ func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *lo
 	log = log.WithFields(logrus.Fields{audit.Route: route.Name, audit.Backend: route.Target})
 	log.WithField(audit.Event, audit.StreamOpened).Debug("stream opened")
 	start := time.Now()
-	in, out, err := pipe.Run(tc, backend, s.cfg.IdleTimeout)
+	in, out, err := pipe.Run(tc, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: s.memory})
 	s.stats.routes.add(route.Name, in, out)
 	fields := logrus.Fields{
 		audit.Event: audit.StreamClosed, audit.BytesIn: in, audit.BytesOut: out,

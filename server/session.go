@@ -30,7 +30,7 @@ type session struct {
 
 	// refuseLog throttles the lines of refused streams and limits, by
 	// status and reason: a client can cause them at will.
-	refuseLog *logthrottle.Throttle[string]
+	refuseLog *logthrottle.Throttle[refusalKey]
 }
 
 func (ss *session) goAway() {
@@ -43,7 +43,7 @@ func (ss *session) goAway() {
 func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
 	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
 	ss := &session{addr: addr, peer: peer, log: log,
-		refuseLog: &logthrottle.Throttle[string]{Interval: failLogInterval, Max: 32}}
+		refuseLog: &logthrottle.Throttle[refusalKey]{Interval: failLogInterval, Max: 32}}
 	m, err := mux.Server(tc, mux.Options{
 		Log:        log,
 		Keepalive:  s.cfg.Keepalive,
@@ -89,6 +89,7 @@ func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, pe
 	}
 	m.Close()
 	wg.Wait()
+	s.flushRefusals(ss)
 	fields := logrus.Fields{
 		audit.Event: audit.SessionClosed, audit.Reason: sessionEndReason(endErr),
 		audit.DurationMS: time.Since(start).Milliseconds(),

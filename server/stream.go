@@ -69,7 +69,7 @@ func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 		ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target, audit.Event: audit.StreamOpened}).Debug("stream opened")
 	}
 	start := time.Now()
-	in, out, err := pipe.Run(st, backend, s.cfg.IdleTimeout)
+	in, out, err := pipe.Run(st, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: ss.mux.Budget()})
 	log := ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target})
 	s.stats.routes.add(name, in, out)
 	fields := logrus.Fields{
@@ -117,12 +117,20 @@ func (s *Server) refuse(ss *session, st *mux.Stream, route string, code wire.Sta
 	s.refusedLine(ss, code, fields, "stream refused: "+code.String())
 }
 
+// refusalKey is what stream refusal lines are throttled by in a session.
+type refusalKey struct {
+	status wire.Status
+	reason string
+	reset  bool // a stream_reset line rather than stream_refused
+}
+
 // refusedLine logs a stream_refused line with fields, at most one per
 // interval for each status and reason in a session, with the count it
-// stands for: a client can refuse itself streams at will.
+// stands for: a client can refuse itself streams at will. What the
+// throttle held back is logged when the session ends (flushRefusals).
 func (s *Server) refusedLine(ss *session, code wire.Status, fields logrus.Fields, msg string) {
 	reason, _ := fields[audit.Reason].(string)
-	n, _, ok := ss.refuseLog.Hit(code.String() + "/" + reason)
+	n, _, ok := ss.refuseLog.Hit(refusalKey{status: code, reason: reason})
 	if !ok {
 		return
 	}
@@ -151,7 +159,7 @@ func (s *Server) limited(ss *session, e mux.LimitEvent) {
 			"stream refused: "+wire.StatusOverLimit.String())
 		return
 	}
-	n, _, ok := ss.refuseLog.Hit("reset/" + e.Reason)
+	n, _, ok := ss.refuseLog.Hit(refusalKey{reason: e.Reason, reset: true})
 	if !ok {
 		return
 	}
@@ -160,6 +168,21 @@ func (s *Server) limited(ss *session, e mux.LimitEvent) {
 		fields[audit.Count] = n
 	}
 	ss.log.WithFields(fields).Warn("stream reset: the session's memory budget is used up")
+}
+
+// flushRefusals logs, when a session ends, the refusals and resets its
+// throttle held back since their last line, one line for each kind.
+func (s *Server) flushRefusals(ss *session) {
+	ss.refuseLog.Flush(func(k refusalKey, folded bool, n uint64) {
+		fields := logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: k.status.String(), audit.Count: n}
+		if k.reset {
+			fields = logrus.Fields{audit.Event: audit.StreamReset, audit.Count: n}
+		}
+		if k.reason != "" {
+			fields[audit.Reason] = k.reason
+		}
+		ss.log.WithFields(fields).Warn("session ended: refusals not logged one by one since the last line")
+	})
 }
 
 // limitFlag names the setting behind each limit reason, for the log line.

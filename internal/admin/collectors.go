@@ -77,9 +77,13 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		dialTime   = desc("backend_dial_duration_seconds", "One successful backend dial.")
 		routeBytes = desc("route_bytes_total", "Bytes carried per route: in towards the backend, out back.", "route", "direction")
 		routeStr   = desc("route_streams_total", "Streams that reached a route's backend.", "route")
+		violations = desc("protocol_violations_total", "Sessions ended by the frame guard, by kind.", "kind")
+		memHeld    = desc("memory_held_bytes", "Stream data all sessions hold received and not yet taken by the backends, copy buffers included.")
+		memBudget  = desc("memory_budget_bytes", "The bound on memory_held_bytes (--memory-budget).")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{rejected, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr},
+		descs: []*prometheus.Desc{rejected, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
+			violations, memHeld, memBudget},
 		collect: func(ch chan<- prometheus.Metric) {
 			fst := f.Stats()
 			for reason, n := range fst.Rejected {
@@ -106,6 +110,11 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 			for status, n := range st.StreamsRefused {
 				counter(ch, refused, n, status)
 			}
+			for kind, n := range st.Violations {
+				counter(ch, violations, n, kind)
+			}
+			gauge(ch, memHeld, float64(st.MemoryHeld))
+			gauge(ch, memBudget, float64(st.MemoryBudget))
 		},
 	}
 }

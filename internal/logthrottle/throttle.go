@@ -59,6 +59,35 @@ func (t *Throttle[K]) Hit(key K) (count uint64, folded, log bool) {
 	return n, false, ok
 }
 
+// Flush hands f, for each key with events that logged no line since its
+// last one, how many, and forgets them; folded keys come as the zero key
+// with folded set. Call it when the events stop (a session ends), so that
+// no count goes unreported.
+func (t *Throttle[K]) Flush(f func(key K, folded bool, count uint64)) {
+	t.mu.Lock()
+	type pending struct {
+		key    K
+		folded bool
+		n      uint64
+	}
+	var out []pending
+	for k, s := range t.slots {
+		if s.suppressed > 0 {
+			out = append(out, pending{k, false, s.suppressed})
+			s.suppressed = 0
+		}
+	}
+	if t.other.suppressed > 0 {
+		var zero K
+		out = append(out, pending{zero, true, t.other.suppressed})
+		t.other.suppressed = 0
+	}
+	t.mu.Unlock()
+	for _, p := range out {
+		f(p.key, p.folded, p.n)
+	}
+}
+
 // Len returns the number of keys in the table.
 func (t *Throttle[K]) Len() int {
 	t.mu.Lock()

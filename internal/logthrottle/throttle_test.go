@@ -44,3 +44,25 @@ func TestThrottle(t *testing.T) {
 		t.Fatalf("e after expiry: folded %v log %v", folded, log)
 	}
 }
+
+// Flush reports the events that logged no line, once, and forgets them.
+func TestFlush(t *testing.T) {
+	now := time.Unix(1000, 0)
+	th := &logthrottle.Throttle[string]{Interval: time.Minute, Max: 1, Now: func() time.Time { return now }}
+	for range 3 {
+		th.Hit("a") // one line, two suppressed
+	}
+	th.Hit("b") // the table is full: folded, a line
+	th.Hit("b") // folded, suppressed
+	got := map[string]uint64{}
+	th.Flush(func(k string, folded bool, n uint64) {
+		if folded {
+			k = "(folded)"
+		}
+		got[k] = n
+	})
+	if len(got) != 2 || got["a"] != 2 || got["(folded)"] != 1 {
+		t.Fatalf("Flush reported %v, want a: 2 and (folded): 1", got)
+	}
+	th.Flush(func(k string, _ bool, n uint64) { t.Errorf("second Flush reported %s: %d", k, n) })
+}

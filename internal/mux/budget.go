@@ -46,12 +46,12 @@ func (b *Budget) Held() int64 { return b.held.Load() }
 // turned down.
 func (b *Budget) Denied() uint64 { return b.denied.Load() }
 
-// take holds n more bytes if that keeps b and its parents within their
-// limits, and reports whether it did.
-func (b *Budget) take(n int64) bool { return b.add(heldBytes, n) }
+// Take holds n more bytes if that keeps b and its parents within their
+// limits, and reports whether it did. Free gives them back. The guard takes
+// what streams receive; the copy loop (internal/pipe) its large buffers.
+func (b *Budget) Take(n int64) bool { return b.add(heldBytes, n) }
 
-// free releases n held bytes.
-func (b *Budget) free(n int64) { b.sub(heldBytes, n) }
+func (b *Budget) Free(n int64) { b.sub(heldBytes, n) }
 
 // grow promises n more bytes of window if the promised window stays within
 // half of every limit, and reports whether it did.

@@ -447,7 +447,7 @@ func (g *guard) inboundStream(h header) error {
 		if uint64(n) > st.given-st.received {
 			return violation(ViolationWindowExceeded, "%d bytes on stream %d with a window of %d", n, id, st.given-st.received)
 		}
-		if n > 0 && !g.budget.take(int64(n)) {
+		if n > 0 && !g.budget.Take(int64(n)) {
 			g.resetLocked(id, st, ReasonBudget)
 			g.drop(h)
 			return nil
@@ -557,7 +557,7 @@ func (g *guard) removeLocked(id uint32, st *gstream) {
 	if !st.closedAt.IsZero() {
 		g.lingering--
 	} else {
-		g.budget.free(int64(st.received - st.consumed))
+		g.budget.Free(int64(st.received - st.consumed))
 	}
 	if st.grown > 0 {
 		g.budget.shrink(st.grown)
@@ -798,7 +798,7 @@ func (g *guard) consumed(id uint32, n int) {
 		return
 	}
 	st.consumed += uint64(n)
-	g.budget.free(int64(n))
+	g.budget.Free(int64(n))
 	g.tuneLocked(st)
 	grant := g.allowanceLocked(st, uint64(st.window/2))
 	if grant > 0 {
@@ -869,7 +869,7 @@ func (g *guard) release(id uint32, rst bool) {
 	case st.finIn || gone:
 		g.removeLocked(id, st)
 	default:
-		g.budget.free(int64(st.received - st.consumed))
+		g.budget.Free(int64(st.received - st.consumed))
 		st.consumed = st.received
 		st.closedAt = time.Now()
 		g.lingering++

@@ -166,7 +166,7 @@ func TestRunDoesNotSplitAMessage(t *testing.T) {
 			b, backend := tcpPair(t)
 			rec := &recordWrites{TCPConn: b}
 			done := make(chan error, 1)
-			go func() { _, _, err := Run(src, rec, 0); done <- err }()
+			go func() { _, _, err := Run(src, rec, Options{}); done <- err }()
 			// send's FIN ends Run's read of a yamux source (its Close is a
 			// half-close); closing b ends the other direction.
 			t.Cleanup(func() { send.Close(); src.Close(); b.Close(); <-done })
@@ -185,5 +185,69 @@ func TestRunDoesNotSplitAMessage(t *testing.T) {
 				t.Errorf("three %d-byte messages were written on as %v", len(msg), w)
 			}
 		})
+	}
+}
+
+// countMemory is a Memory of limit bytes that records the most it lent.
+type countMemory struct {
+	mu         sync.Mutex
+	limit, cur int64
+	peak       int64
+	refused    int
+}
+
+func (m *countMemory) Take(n int64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cur+n > m.limit {
+		m.refused++
+		return false
+	}
+	m.cur += n
+	m.peak = max(m.peak, m.cur)
+	return true
+}
+
+func (m *countMemory) Free(n int64) {
+	m.mu.Lock()
+	m.cur -= n
+	m.mu.Unlock()
+}
+
+// Large buffers come out of Options.Memory: with room for one, a bulk
+// transfer both ways holds one at most, the other direction copies through
+// its small buffer, the bytes arrive intact, and everything is given back.
+func TestRunLargeBuffersFromMemory(t *testing.T) {
+	mem := &countMemory{limit: bufSize}
+	w := tcpWorld(t)
+	done := make(chan error, 1)
+	go func() { _, _, err := Run(w.a, w.b, Options{Memory: mem}); done <- err }()
+	payload := bytes.Repeat([]byte("abcdefgh"), 1<<20) // 8 MiB each way
+	var wg sync.WaitGroup
+	for _, pair := range [][2]net.Conn{{w.client, w.backend}, {w.backend, w.client}} {
+		from, to := pair[0], pair[1]
+		wg.Go(func() {
+			from.Write(payload)
+			from.(*net.TCPConn).CloseWrite()
+		})
+		wg.Go(func() {
+			to.SetReadDeadline(time.Now().Add(30 * time.Second))
+			got, err := io.ReadAll(to)
+			if err != nil || !bytes.Equal(got, payload) {
+				t.Errorf("read %d bytes (%v), want the %d sent", len(got), err, len(payload))
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mem.mu.Lock()
+	defer mem.mu.Unlock()
+	if mem.peak > bufSize || mem.cur != 0 {
+		t.Errorf("Memory lent %d bytes at most and %d are still out; want at most %d, then 0", mem.peak, mem.cur, bufSize)
+	}
+	if mem.refused == 0 {
+		t.Error("the second direction never asked for a large buffer: the test proves nothing")
 	}
 }

@@ -40,6 +40,25 @@ var (
 	}}
 )
 
+// Memory is what Run takes its large copy buffers out of (a session's or the
+// process's memory budget): a direction that cannot have one copies through
+// its small buffer instead. Take reports whether n more bytes may be held;
+// Free gives them back. Safe for concurrent use.
+type Memory interface {
+	Take(n int64) bool
+	Free(n int64)
+}
+
+// Options are Run's settings; the zero value means no idle limit and
+// uncounted buffers.
+type Options struct {
+	// Idle, if positive, ends the copy once no byte moved either way for
+	// this long (see Run).
+	Idle time.Duration
+	// Memory, if set, counts the large copy buffers.
+	Memory Memory
+}
+
 // Run copies a->b and b->a until both directions end, then closes a and b.
 // It takes ownership of both conns: they are closed when Run returns.
 //
@@ -53,19 +72,19 @@ var (
 // instead (see abort), so an abortive close at one end reaches the other
 // end as a reset, not as a clean EOF.
 //
-// If idle > 0, the copy ends with an error satisfying errors.Is(err, ErrIdle)
-// once no byte has moved in either direction for idle; a quiet direction does
-// not time out while the other is busy. Run uses read and write deadlines on
-// both conns for this and overwrites any the caller set. idle <= 0 means no
-// idle limit and no deadlines, except that Run clears the read deadline of a
-// conn that is not a socket after reading what it had buffered (see
-// readMore).
+// If o.Idle > 0, the copy ends with an error satisfying errors.Is(err,
+// ErrIdle) once no byte has moved in either direction for that long; a quiet
+// direction does not time out while the other is busy. Run uses read and
+// write deadlines on both conns for this and overwrites any the caller set.
+// o.Idle <= 0 means no idle limit and no deadlines, except that Run clears
+// the read deadline of a conn that is not a socket after reading what it had
+// buffered (see readMore).
 //
 // Run blocks until both directions end, and returns the bytes written to b
 // (aToB) and to a (bToA), and the first error that is not io.EOF or
 // net.ErrClosed (nil when both directions ended with EOF).
-func Run(a, b net.Conn, idle time.Duration) (aToB, bToA int64, err error) {
-	p := &pipe{a: a, b: b, idle: idle, start: time.Now()}
+func Run(a, b net.Conn, o Options) (aToB, bToA int64, err error) {
+	p := &pipe{a: a, b: b, idle: o.Idle, mem: o.Memory, start: time.Now()}
 	var wg sync.WaitGroup
 	wg.Go(func() { aToB = p.direction(a, b, "a->b") })
 	bToA = p.direction(b, a, "b->a")
@@ -78,6 +97,7 @@ func Run(a, b net.Conn, idle time.Duration) (aToB, bToA int64, err error) {
 type pipe struct {
 	a, b  net.Conn
 	idle  time.Duration
+	mem   Memory // or nil
 	start time.Time    // origin of last, for monotonic readings
 	last  atomic.Int64 // time.Since(start) at the last byte moved, in ns
 
@@ -144,6 +164,21 @@ func abort(c net.Conn) {
 	}
 }
 
+// getBig returns a large buffer, or nil if Memory has no room for one.
+func (p *pipe) getBig() *[]byte {
+	if p.mem != nil && !p.mem.Take(bufSize) {
+		return nil
+	}
+	return bufPool.Get().(*[]byte)
+}
+
+func (p *pipe) putBig(b *[]byte) {
+	bufPool.Put(b)
+	if p.mem != nil {
+		p.mem.Free(bufSize)
+	}
+}
+
 func (p *pipe) closeBoth() {
 	p.closeOnce.Do(func() {
 		_ = p.a.Close() // errors from Close on conns we are discarding change nothing
@@ -159,7 +194,7 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 	var big *[]byte // held only while reads fill the small buffer or more
 	defer func() {
 		if big != nil {
-			bufPool.Put(big)
+			p.putBig(big)
 		}
 	}()
 	buf := *small
@@ -168,19 +203,20 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 	for {
 		nr, rerr := p.read(src, buf)
 		if big == nil && nr == smallSize && rerr == nil {
-			// More may be waiting: move to the large buffer and take what
-			// has arrived, so a message a little larger than the small
-			// buffer goes out in one write (one yamux frame, one TLS
-			// record), not two.
-			big = bufPool.Get().(*[]byte)
-			buf = *big
-			copy(buf, (*small)[:nr])
-			m, err := readMore(src, buf[nr:])
-			nr += m
-			if m > 0 {
-				p.touch()
+			// More may be waiting: move to the large buffer (if Memory
+			// lends one) and take what has arrived, so a message a little
+			// larger than the small buffer goes out in one write (one yamux
+			// frame, one TLS record), not two.
+			if big = p.getBig(); big != nil {
+				buf = *big
+				copy(buf, (*small)[:nr])
+				m, err := readMore(src, buf[nr:])
+				nr += m
+				if m > 0 {
+					p.touch()
+				}
+				rerr = err
 			}
-			rerr = err
 		}
 		if nr > 0 {
 			nw, werr := p.write(dst, buf[:nr])
@@ -196,7 +232,7 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 		}
 		// buf[:nr] is written: a short read means the burst is over.
 		if big != nil && nr < smallSize {
-			bufPool.Put(big)
+			p.putBig(big)
 			big = nil
 			buf = *small
 		}

@@ -89,7 +89,7 @@ type running struct {
 	res  result // written before done is closed
 }
 
-// start runs Run(w.a, w.b, idle) in a goroutine. Cleanup closes every conn
+// start runs Run(w.a, w.b, Options{Idle: idle}) in a goroutine. Cleanup closes every conn
 // of w and waits for Run to return.
 func start(tb testing.TB, w world, idle time.Duration) *running {
 	tb.Helper()
@@ -97,7 +97,7 @@ func start(tb testing.TB, w world, idle time.Duration) *running {
 	go func() {
 		defer close(r.done)
 		t0 := time.Now()
-		r.res.aToB, r.res.bToA, r.res.err = Run(w.a, w.b, idle)
+		r.res.aToB, r.res.bToA, r.res.err = Run(w.a, w.b, Options{Idle: idle})
 		r.res.elapsed = time.Since(t0)
 	}()
 	tb.Cleanup(func() {
