@@ -424,4 +424,3 @@ func waitFor(t *testing.T, d time.Duration, cond func() error) {
 		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
 	}
 }
-

@@ -97,7 +97,7 @@ func Run(a, b net.Conn, o Options) (aToB, bToA int64, err error) {
 type pipe struct {
 	a, b  net.Conn
 	idle  time.Duration
-	mem   Memory // or nil
+	mem   Memory       // or nil
 	start time.Time    // origin of last, for monotonic readings
 	last  atomic.Int64 // time.Since(start) at the last byte moved, in ns
 
