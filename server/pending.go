@@ -12,7 +12,16 @@ import (
 // the set is capped; a full set makes room by closing its oldest silent
 // connection, never by refusing the newcomer. A real client leaves the set
 // within a round trip of connecting, so under a flood of silent connections
-// the oldest ones are the attacker's.
+// the oldest ones are the attacker's. The ClientHello bytes the set's
+// connections buffer have a budget too: past it, the oldest unfinished
+// ClientHellos go.
+
+// pendingHelloBudget bounds the bytes all pending connections buffer for
+// their ClientHellos (readClientHello's buffers): a real ClientHello takes
+// about 2 KiB for one round trip, so 16 MiB is thousands of clients arriving
+// at once, while without it MaxPending connections could each hold up to
+// maxPrologue (72 KiB): 288 MiB at the default cap.
+const pendingHelloBudget = 16 << 20
 
 // pendingStage is how far a pending connection has come.
 type pendingStage uint8
@@ -35,10 +44,12 @@ func (st pendingStage) String() string {
 // zero value is not usable; the Server makes one in New. Its methods are
 // safe for concurrent use.
 type pendingSet struct {
-	max int
+	max      int // connections
+	maxBytes int // ClientHello buffers; zero means pendingHelloBudget
 
 	mu     sync.Mutex
 	stages [numStages]list.List // of *pendingConn, oldest first; guarded by mu
+	bytes  int                  // sum of the connections' held; guarded by mu
 	closed bool                 // Serve is shutting down; guarded by mu
 }
 
@@ -51,6 +62,7 @@ type pendingConn struct {
 	// All guarded by the set's mu.
 	ip    netip.Addr    // the client address known so far (an upstream's until its PROXY header names the client)
 	stage pendingStage  //
+	held  int           // bytes of its ClientHello buffer
 	el    *list.Element // its place in stages[stage]; nil once it left the set
 	gone  bool          // taken out by eviction or shutdown: the owner returns without a word
 }
@@ -77,10 +89,7 @@ func (p *pendingSet) add(c net.Conn, ip netip.Addr) (*pendingConn, *victim) {
 	if p.lenLocked() >= p.max {
 		for st := range p.stages {
 			if e := p.stages[st].Front(); e != nil {
-				old := e.Value.(*pendingConn)
-				p.removeLocked(old)
-				old.gone = true
-				out = &victim{conn: old.conn, ip: old.ip}
+				out = p.evictLocked(e.Value.(*pendingConn))
 				break
 			}
 		}
@@ -109,6 +118,33 @@ func (p *pendingSet) started(pc *pendingConn) {
 	p.stages[pc.stage].Remove(pc.el)
 	pc.stage = stageHello
 	pc.el = p.stages[stageHello].PushBack(pc)
+}
+
+// hold records that pc's ClientHello buffer is now size bytes. When that
+// takes the set past its byte budget, it takes out the oldest unfinished
+// ClientHellos (pc itself, if it is the oldest) until it is within, and
+// returns them for the caller to reject.
+func (p *pendingSet) hold(pc *pendingConn, size int) []victim {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.el == nil {
+		return nil
+	}
+	p.bytes += size - pc.held
+	pc.held = size
+	budget := p.maxBytes
+	if budget == 0 {
+		budget = pendingHelloBudget
+	}
+	var out []victim
+	for p.bytes > budget {
+		e := p.stages[stageHello].Front()
+		if e == nil {
+			break
+		}
+		out = append(out, *p.evictLocked(e.Value.(*pendingConn)))
+	}
+	return out
 }
 
 // leave takes pc out of the set. It reports false if pc was evicted or shut
@@ -149,11 +185,12 @@ func (p *pendingSet) shutdown() {
 	}
 }
 
-// counts returns how many connections are in each stage now.
-func (p *pendingSet) counts() (silent, hello int) {
+// counts returns how many connections are in each stage now, and the bytes
+// their ClientHello buffers hold.
+func (p *pendingSet) counts() (silent, hello, bytes int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stages[stageSilent].Len(), p.stages[stageHello].Len()
+	return p.stages[stageSilent].Len(), p.stages[stageHello].Len(), p.bytes
 }
 
 func (p *pendingSet) lenLocked() int {
@@ -167,4 +204,13 @@ func (p *pendingSet) lenLocked() int {
 func (p *pendingSet) removeLocked(pc *pendingConn) {
 	p.stages[pc.stage].Remove(pc.el)
 	pc.el = nil
+	p.bytes -= pc.held
+	pc.held = 0
+}
+
+// evictLocked takes pc out of the set as gone and returns it as a victim.
+func (p *pendingSet) evictLocked(pc *pendingConn) *victim {
+	p.removeLocked(pc)
+	pc.gone = true
+	return &victim{conn: pc.conn, ip: pc.ip}
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/netfilter"
@@ -68,8 +67,7 @@ func (s *Server) prologue(c net.Conn) (net.Conn, []byte, bool) {
 	ip, _ := netfilter.PeerAddr(c.RemoteAddr()) // an upstream's address until its header names the client
 	pc, v := s.pending.add(c, ip)
 	if v != nil {
-		s.stats.pendingEvicted.Add(1)
-		s.cfg.Filter.Reject(v.conn, v.ip, ReasonPendingEvicted)
+		s.evict(*v)
 	}
 	if pc == nil { // shutting down
 		return c, nil, false
@@ -108,16 +106,30 @@ func (s *Server) prologue(c net.Conn) (net.Conn, []byte, bool) {
 	return c, nil, false
 }
 
+// evict resets a connection the pending set took out to make room.
+func (s *Server) evict(v victim) {
+	s.stats.pendingEvicted.Add(1)
+	s.cfg.Filter.Reject(v.conn, v.ip, ReasonPendingEvicted)
+}
+
 // readHello waits up to FirstByteTimeout for c's first byte, then up to
 // ClientHelloTimeout for the rest of its ClientHello, and clears the
-// deadline. It moves pc to the ClientHello stage when the first byte comes.
+// deadline. It moves pc to the ClientHello stage when the first byte comes,
+// and accounts its buffer in the pending set's byte budget.
 func (s *Server) readHello(c net.Conn, pc *pendingConn) ([]byte, error) {
 	if err := c.SetReadDeadline(time.Now().Add(s.cfg.FirstByteTimeout)); err != nil {
 		return nil, err
 	}
-	hello, err := readClientHello(c, func() {
-		s.pending.started(pc)
-		_ = c.SetReadDeadline(time.Now().Add(s.cfg.ClientHelloTimeout)) // a failure shows on the next read
+	first := true
+	hello, err := readClientHello(c, func(size int) {
+		if first {
+			first = false
+			s.pending.started(pc)
+			_ = c.SetReadDeadline(time.Now().Add(s.cfg.ClientHelloTimeout)) // a failure shows on the next read
+		}
+		for _, v := range s.pending.hold(pc, size) {
+			s.evict(v)
+		}
 	})
 	_ = c.SetReadDeadline(time.Time{})
 	return hello, err
@@ -130,17 +142,18 @@ func (s *Server) readHello(c net.Conn, pc *pendingConn) ([]byte, error) {
 // empty handshake record, an alert other than a warning (or a close_notify),
 // more warnings than it skips, a message longer than it reads. It returns every byte read, in
 // order, on error too (a timeout with none read means no first byte).
-// started is called once, when the first byte has come. Past maxPrologue
-// bytes it stops with errHelloTooLarge. The buffer grows with the bytes
-// that arrive, not with the lengths the records announce, so a peer that
-// announces a large record and trickles it holds what it sent.
-func readClientHello(r io.Reader, started func()) ([]byte, error) {
+// Past maxPrologue bytes it stops with errHelloTooLarge. The buffer grows
+// with the bytes that arrive, not with the lengths the records announce, so
+// a peer that announces a large record and trickles it holds what it sent;
+// grew is called with the buffer's size each time it is allocated, the
+// first time when the first byte has come.
+func readClientHello(r io.Reader, grew func(size int)) ([]byte, error) {
 	var first [1]byte
 	if _, err := io.ReadFull(r, first[:]); err != nil {
 		return nil, err
 	}
-	started()
 	buf := append(make([]byte, 0, 512), first[0])
+	grew(cap(buf))
 	var (
 		err      error
 		at       int     // offset of the current record's header
@@ -149,7 +162,7 @@ func readClientHello(r io.Reader, started func()) ([]byte, error) {
 		ignored  int     // warning alerts in a row
 	)
 	for {
-		if buf, err = readTo(r, buf, at+recordHeaderLen); err != nil {
+		if buf, err = readTo(r, buf, at+recordHeaderLen, grew); err != nil {
 			return buf, err
 		}
 		hdr := buf[at : at+recordHeaderLen]
@@ -162,7 +175,7 @@ func readClientHello(r io.Reader, started func()) ([]byte, error) {
 		if end > maxPrologue {
 			return buf, errHelloTooLarge
 		}
-		if buf, err = readTo(r, buf, end); err != nil {
+		if buf, err = readTo(r, buf, end, grew); err != nil {
 			return buf, err
 		}
 		body := buf[at+recordHeaderLen : end]
@@ -191,11 +204,15 @@ func readClientHello(r io.Reader, started func()) ([]byte, error) {
 }
 
 // readTo reads from r until buf holds n bytes, growing buf with what
-// arrives (at most about twice what it holds), not with what n promises.
-func readTo(r io.Reader, buf []byte, n int) ([]byte, error) {
+// arrives (at most about twice what it holds), not with what n promises,
+// and telling grew each new size.
+func readTo(r io.Reader, buf []byte, n int, grew func(int)) ([]byte, error) {
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(n-len(buf), max(cap(buf), 512)))
+			nb := make([]byte, len(buf), min(n, max(2*cap(buf), 512)))
+			copy(nb, buf)
+			buf = nb
+			grew(cap(buf))
 		}
 		k, err := r.Read(buf[len(buf):min(cap(buf), n)])
 		buf = buf[:len(buf)+k]

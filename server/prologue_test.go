@@ -156,11 +156,12 @@ func TestReadClientHello(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			started := false
+			grew := func(int) { started = true }
 			in := tt.in
 			if tt.err == nil { // the peer would go on sending: the prologue must stop by itself
 				in = append(append([]byte(nil), in...), "more the peer would send"...)
 			}
-			got, err := readClientHello(bytes.NewReader(in), func() { started = true })
+			got, err := readClientHello(bytes.NewReader(in), grew)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("readClientHello error = %v, want %v", err, tt.err)
 			}
@@ -195,7 +196,7 @@ func FuzzReadClientHello(f *testing.F) {
 	f.Add(record(recordTypeAlert, []byte{1, 0}))
 	f.Add(record(recordTypeHandshake, []byte{1, 0, 0, 0}))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		got, err := readClientHello(bytes.NewReader(in), func() {})
+		got, err := readClientHello(bytes.NewReader(in), func(int) {})
 		if !bytes.Equal(got, in[:len(got)]) {
 			t.Fatal("not a prefix of the input")
 		}
@@ -213,7 +214,7 @@ func FuzzReadClientHello(f *testing.F) {
 // header announced.
 func TestReadClientHelloGrowsWithData(t *testing.T) {
 	in := []byte{22, 3, 1, 0x40, 0x00, 1, 0, 0x3f, 0xfc} // announces 16 KiB
-	got, err := readClientHello(io.LimitReader(bytes.NewReader(append(in, make([]byte, 100)...)), 109), func() {})
+	got, err := readClientHello(io.LimitReader(bytes.NewReader(append(in, make([]byte, 100)...)), 109), func(int) {})
 	if !errors.Is(err, io.ErrUnexpectedEOF) || len(got) != 109 {
 		t.Fatalf("got %d bytes, %v", len(got), err)
 	}
@@ -273,7 +274,7 @@ func TestPendingSet(t *testing.T) {
 	if v := add(4); v == nil || v.conn != conns[0] {
 		t.Fatalf("full set with nothing silent evicted %v, want the oldest ClientHello (0)", v)
 	}
-	if s, h := p.counts(); s != 1 || h != 2 {
+	if s, h, _ := p.counts(); s != 1 || h != 2 {
 		t.Errorf("counts = %d silent, %d client_hello; want 1, 2", s, h)
 	}
 	if !p.leave(pcs[2]) || !p.leave(pcs[2]) {
@@ -501,5 +502,66 @@ func TestProxiedClientSlotReleased(t *testing.T) {
 	}
 	if _, err := dialViaBalancer(t, pki.clientTLS, r.addr, client.String(), 2); err != nil {
 		t.Fatalf("after three failed handshakes the client is refused: %v", err)
+	}
+}
+
+// The ClientHello buffers of pending connections have a budget: past it
+// the oldest unfinished ClientHello goes, and a connection that leaves
+// gives its bytes back.
+func TestPendingByteBudget(t *testing.T) {
+	p := &pendingSet{max: 10, maxBytes: 1000}
+	ip := netip.MustParseAddr("127.0.0.1")
+	var pcs []*pendingConn
+	for range 4 {
+		pc, _ := p.add(newPipeEnd(t), ip)
+		pcs = append(pcs, pc)
+	}
+	for _, pc := range pcs[:3] {
+		p.started(pc)
+	}
+	if v := p.hold(pcs[0], 400); v != nil {
+		t.Fatalf("within the budget: evicted %v", v)
+	}
+	p.hold(pcs[1], 400)
+	if v := p.hold(pcs[2], 400); len(v) != 1 || v[0].conn != pcs[0].conn {
+		t.Fatalf("past the budget: evicted %v, want the oldest ClientHello only", v)
+	}
+	if _, _, b := p.counts(); b != 800 {
+		t.Errorf("bytes held = %d, want 800", b)
+	}
+	p.leave(pcs[1])
+	if v := p.hold(pcs[2], 1000); v != nil {
+		t.Errorf("after a leave the budget has room again, yet %v was evicted", v)
+	}
+	if _, _, b := p.counts(); b != 1000 || p.isGone(pcs[3]) {
+		t.Errorf("bytes held = %d, silent connection gone %v; want 1000, false", b, p.isGone(pcs[3]))
+	}
+}
+
+// Through a server: three ClientHellos arriving slowly, 1500 bytes of 2005
+// each (buffers of 2005 bytes), against a 4 KiB budget: the third resets
+// the oldest, the others wait on.
+func TestPendingByteBudgetServer(t *testing.T) {
+	pki := newTestPKI(t)
+	r := startServer(t, pki, nil)
+	r.srv.pending.mu.Lock()
+	r.srv.pending.maxBytes = 4 << 10
+	r.srv.pending.mu.Unlock()
+	part := append([]byte{22, 3, 1, 0x07, 0xd0, 1, 0, 0x07, 0xcc}, make([]byte, 1491)...) // a 2000-byte record, 1500 sent
+	conns := dialSilent(t, r.addr, 3)
+	for i, c := range conns {
+		c.Write(part)
+		waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().Pending["client_hello"] == min(i+1, 2) })
+	}
+	if !isReset(conns[0], 5*time.Second) {
+		t.Fatal("the oldest ClientHello was not reset past the byte budget")
+	}
+	for i, c := range conns[1:] {
+		if isReset(c, 100*time.Millisecond) {
+			t.Errorf("ClientHello %d was reset", i+1)
+		}
+	}
+	if n := r.srv.Stats().Rejected[ReasonPendingEvicted]; n != 1 {
+		t.Errorf("Rejected[pending_evicted] = %d, want 1", n)
 	}
 }

@@ -313,7 +313,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.sessions)
 	s.mu.Unlock()
-	silent, hello := s.pending.counts()
+	silent, hello, _ := s.pending.counts()
 	st := Stats{
 		HandshakesOK:       s.stats.handshakesOK.Load(),
 		HandshakesFailed:   s.stats.handshakesFailed.Load(),
