@@ -282,8 +282,9 @@ type Stats struct {
 	// "streams_per_session", "stream_rate". (The per-address connection cap
 	// is the Filter's: Rejected["conn_limit"].)
 	LimitHits map[string]uint64
-	// HandshakeDuration is accept to finished handshake, successful ones;
-	// DialDuration is one successful backend dial.
+	// HandshakeDuration is one successful handshake, from its complete
+	// ClientHello (the prologue's waits are not in it); DialDuration is one
+	// successful backend dial.
 	HandshakeDuration, DialDuration Histogram
 	// Routes are the counters of each route that carried a stream.
 	Routes map[string]RouteStats

@@ -75,7 +75,7 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		streamsTot = desc("streams_total", "Streams accepted since start.")
 		refused    = desc("streams_refused_total", "Streams answered with a non-zero status, by status.", "status")
 		limits     = desc("limit_hits_total", "Limits hit, by limit.", "limit")
-		hsTime     = desc("handshake_duration_seconds", "Accept to finished TLS handshake, successful ones.")
+		hsTime     = desc("handshake_duration_seconds", "Complete ClientHello to finished TLS handshake, successful ones.")
 		dialTime   = desc("backend_dial_duration_seconds", "One successful backend dial.")
 		routeBytes = desc("route_bytes_total", "Bytes carried per route: in towards the backend, out back.", "route", "direction")
 		routeStr   = desc("route_streams_total", "Streams that reached a route's backend.", "route")
