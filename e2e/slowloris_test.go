@@ -270,7 +270,9 @@ func TestPendingEvictsOldest(t *testing.T) {
 	const max = 20
 	pk := pkiDir(t)
 	srv := startProc(t, append(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)),
-		"--max-pending", strconv.Itoa(max), "--admin", "127.0.0.1:0", "--log-level", "info")...)
+		"--max-pending", strconv.Itoa(max), "--admin", "127.0.0.1:0", "--log-level", "info",
+		// Deadlines far beyond the test: only the cap may close a connection.
+		"--first-byte-timeout", "2m", "--client-hello-timeout", "2m")...)
 	addr, admin := srv.addr(t), "http://"+srv.adminAddr(t)
 	dial := func() *net.TCPConn {
 		t.Helper()
@@ -300,11 +302,15 @@ func TestPendingEvictsOldest(t *testing.T) {
 	if !resetWithin(oldest, 5*time.Second) {
 		t.Fatal("the oldest silent connection was not reset when the pending set was full")
 	}
+	var wg sync.WaitGroup
 	for i, c := range append([]*net.TCPConn{slow, newest}, rest...) {
-		if !openFor(c, 200*time.Millisecond) {
-			t.Errorf("connection %d (0: the slow ClientHello, 1: the newest) was closed", i)
-		}
+		wg.Go(func() {
+			if !openFor(c, 300*time.Millisecond) {
+				t.Errorf("connection %d (0: the slow ClientHello, 1: the newest) was closed", i)
+			}
+		})
 	}
+	wg.Wait()
 	waitMetrics(t, admin, `tunnel_connections_rejected_total{reason="pending_evicted"} 1`, `tunnel_limit_hits_total{limit="pending"} 1`)
 	srv.waitEvent(t, waitTimeout, "conn_rejected pending_evicted", isEvent("conn_rejected", "reason", "pending_evicted", "addr", "127.0.0.1"))
 
