@@ -21,8 +21,8 @@ const (
 	DefaultFirstByteTimeout   = 5 * time.Second
 	DefaultClientHelloTimeout = 5 * time.Second
 	// DefaultMaxPending caps connections in their prologue. A silent one
-	// costs about 7 KiB of server memory (docs/OPERATIONS.md), so the cap
-	// is about 30 MiB, and a real client spends one round trip there:
+	// costs about 6 KiB of server memory (docs/OPERATIONS.md), so the cap
+	// is about 24 MiB, and a real client spends one round trip there:
 	// only a flood of this many connections within one round trip could
 	// evict one.
 	DefaultMaxPending           = 4096
