@@ -70,13 +70,15 @@ func openMany(t *testing.T, src, addr string, n int, prefix []byte) []*net.TCPCo
 var halfClientHello = append([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}, make([]byte, 49)...)
 
 // TestSlowloris: 2 000 silent connections and 500 half ClientHellos from
-// allowed addresses do not keep a real client out: it connects and moves
-// bytes at once; the idle ones are closed at the handshake deadline.
+// two allowed addresses do not keep a real client out: it connects and
+// moves bytes at once; the idle ones are closed at the prologue's deadlines
+// (first byte, rest of the ClientHello). TestDistributedSlowloris spreads
+// the attack over 70 addresses.
 func TestSlowloris(t *testing.T) {
 	t.Parallel()
 	pk := pkiDir(t)
 	args := withFlag(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)), "--allow", "127.0.0.0/8")
-	srv := startProc(t, append(args, "--handshake-timeout", "2s", "--log-level", "info")...)
+	srv := startProc(t, append(args, "--first-byte-timeout", "2s", "--client-hello-timeout", "2s", "--log-level", "info")...)
 	addr := srv.addr(t)
 
 	silent := openMany(t, "127.0.0.3", addr, 2000, nil)
@@ -93,8 +95,9 @@ func TestSlowloris(t *testing.T) {
 		t.Errorf("the real client took %v, want about a second", took)
 	}
 
-	// Each attacking address holds at most --max-conns-per-addr (64) slots;
-	// the rest were reset at once. The held ones end at the 2 s deadline.
+	// Each attacking address holds at most --max-conns-per-addr (64)
+	// connections; the rest were reset at once. The held ones end at the
+	// 2 s deadlines.
 	closedBy := func(conns []*net.TCPConn, d time.Duration) (closed int) {
 		var n atomic.Int64
 		var wg sync.WaitGroup
@@ -112,7 +115,7 @@ func TestSlowloris(t *testing.T) {
 		return int(n.Load())
 	}
 	if n := closedBy(append(silent, half...), 8*time.Second); n != len(silent)+len(half) {
-		t.Errorf("%d of %d attacking connections still open 8 s after a 2 s handshake deadline", len(silent)+len(half)-n, len(silent)+len(half))
+		t.Errorf("%d of %d attacking connections still open 8 s after 2 s deadlines", len(silent)+len(half)-n, len(silent)+len(half))
 	}
 	srv.waitEvent(t, waitTimeout, "conn_rejected conn_limit", isEvent("conn_rejected", "reason", "conn_limit"))
 	lines := len(srv.matching(func(map[string]any) bool { return true }))

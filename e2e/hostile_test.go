@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"regexp"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -137,22 +135,6 @@ func (h *hostile) send(b []byte) error {
 // route name length, name.
 func streamHeader(route string) []byte { return append([]byte{1, byte(len(route))}, route...) }
 
-var metricRe = regexp.MustCompile(`(?m)^(tunnel_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$`)
-
-// metric reads one metric (name with its labels, as /metrics writes it)
-// from a process's admin listener; -1 if it is absent.
-func metric(t *testing.T, admin, name string) float64 {
-	t.Helper()
-	_, body := httpDo(t, "GET", "http://"+admin+"/metrics")
-	for _, m := range metricRe.FindAllStringSubmatch(body, -1) {
-		if m[1] == name {
-			v, _ := strconv.ParseFloat(m[2], 64)
-			return v
-		}
-	}
-	return -1
-}
-
 // hostileWorld starts a server with an echo route and a sink route whose
 // backend accepts and never reads, plus a legitimate client on its own
 // session, whose echo the attacks must not disturb.
@@ -224,7 +206,7 @@ func TestHostileRefusedStreamFlood(t *testing.T) {
 		return nil
 	})
 	rss := rssKiB(t, w.srv.cmd.Process.Pid)
-	held := metric(t, w.admin, "tunnel_memory_held_bytes")
+	held := metric(t, "http://"+w.admin, "tunnel_memory_held_bytes")
 	t.Logf("%d refused streams pushed %d KiB each: server RSS %d -> %d KiB (+%d KiB), held %.0f bytes; "+
 		"bad_header %d, over_limit %d, resets %d; the good client's 1 MiB echo took %v",
 		streams, push>>10, w.baseRSSKiB, rss, rss-w.baseRSSKiB, held, h.statuses[5].Load(), h.statuses[4].Load(), h.resets.Load(), took)
@@ -305,8 +287,8 @@ func TestHostileStalledBackend(t *testing.T) {
 	wg.Wait()
 	took := w.served(t, 5)
 	rss := rssKiB(t, w.srv.cmd.Process.Pid)
-	held := metric(t, w.admin, "tunnel_memory_held_bytes")
-	hits := metric(t, w.admin, `tunnel_limit_hits_total{limit="memory_budget"}`)
+	held := metric(t, "http://"+w.admin, "tunnel_memory_held_bytes")
+	hits := metric(t, "http://"+w.admin, `tunnel_limit_hits_total{limit="memory_budget"}`)
 	t.Logf("%d streams pushed %d MiB into a backend that never reads: server RSS %d -> %d KiB (+%d MiB), held %.1f MiB, memory_budget hits %.0f; good echo %v",
 		streams, pushed.Load()>>20, w.baseRSSKiB, rss, (rss-w.baseRSSKiB)>>10, held/(1<<20), hits, took)
 	if held > 64<<20 {

@@ -19,12 +19,21 @@ import (
 // on the allowlist (or could not be determined).
 const ReasonIPNotAllowed = "ip_not_allowed"
 
-// DefaultLogInterval is the per-address interval between rejection log lines
-// when FilterConfig.LogInterval is zero.
+// DefaultLogInterval is the interval between rejection log lines of one
+// address and reason when FilterConfig.LogInterval is zero.
 const DefaultLogInterval = 10 * time.Second
 
-// maxLogAddrs bounds the per-address rate-limit table of a Filter.
+// maxLogAddrs bounds the rate-limit table of a Filter (addresses times
+// reasons).
 const maxLogAddrs = 4096
+
+// rejectKey is what conn_rejected lines are throttled by: an address that
+// is refused for two reasons gets a line for each, so neither hides the
+// other.
+type rejectKey struct {
+	ip     netip.Addr
+	reason string
+}
 
 // OtherAddrs is the addr field of the rejection line that stands for
 // addresses folded together because the per-address table was full.
@@ -35,7 +44,7 @@ type FilterConfig struct {
 	// Allowlist is the initial allowlist; required. SetAllowlist replaces it.
 	Allowlist *Allowlist
 	// LogInterval is the least time between two rejection lines for one
-	// address. Zero means DefaultLogInterval (10s); negative is an error.
+	// address and reason. Zero means DefaultLogInterval (10s); negative is an error.
 	LogInterval time.Duration
 	// Log receives conn_rejected events; required. It should already carry
 	// the component field.
@@ -47,12 +56,12 @@ type FilterConfig struct {
 
 // Filter decides whether a peer address may connect, and rejects those that
 // may not: with a reset (SO_LINGER 0), counted by reason, and logged at most
-// once per address per LogInterval. All methods are safe for concurrent use.
+// once per address and reason per LogInterval. All methods are safe for concurrent use.
 // Build one with NewFilter; the zero value is not usable.
 type Filter struct {
 	allow   atomic.Pointer[Allowlist] // swapped whole by SetAllowlist
 	log     *logrus.Entry
-	limiter *logthrottle.Throttle[netip.Addr] // one line per address per interval
+	limiter *logthrottle.Throttle[rejectKey] // one line per address and reason per interval
 
 	maxConns int // per address; 0: no cap
 
@@ -88,7 +97,7 @@ func NewFilter(cfg FilterConfig) (*Filter, error) {
 	}
 	f := &Filter{
 		log:      cfg.Log,
-		limiter:  &logthrottle.Throttle[netip.Addr]{Interval: interval, Max: maxLogAddrs},
+		limiter:  &logthrottle.Throttle[rejectKey]{Interval: interval, Max: maxLogAddrs},
 		maxConns: cfg.MaxConnsPerAddr,
 		rejected: make(map[string]uint64),
 		conns:    make(map[netip.Addr]int),
@@ -118,14 +127,17 @@ func (f *Filter) Allowed(ip netip.Addr) bool { return f.allow.Load().Contains(ip
 // to 0 when c is a *net.TCPConn or otherwise has SetLinger(int) error, then
 // closes c (a conn without SetLinger gets a plain Close). It counts the
 // rejection under reason and logs the event conn_rejected with the fields
-// reason and addr (ip, no port), at most once per address per LogInterval.
-// A line that stands for several rejections (the ones suppressed since the
-// last line, plus its own) carries the field count. Rejections suppressed
-// after an address's last line are counted in Stats but never logged.
+// reason and addr (ip, no port), at most once per address and reason per
+// LogInterval. A line that stands for several rejections (the ones
+// suppressed since the last line, plus its own) carries the field count.
+// Rejections suppressed after the last line of their address and reason are
+// counted in Stats but never logged. Reject may be called for a connection
+// that another goroutine is reading; that read then fails.
 //
-// The per-address table is bounded: when it is full, expired entries are
-// dropped, and if it is still full the new address is folded with all other
-// such addresses into one line per interval whose addr is OtherAddrs.
+// The table of addresses and reasons is bounded: when it is full, expired
+// entries are dropped, and if it is still full the new entry is folded with
+// all other such entries into one line per interval whose addr is
+// OtherAddrs.
 func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
 	if l, ok := c.(interface{ SetLinger(int) error }); ok {
 		_ = l.SetLinger(0) // best effort: a failure still ends in Close
@@ -135,7 +147,7 @@ func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
 	f.mu.Lock()
 	f.rejected[reason]++
 	f.mu.Unlock()
-	count, folded, ok := f.limiter.Hit(ip)
+	count, folded, ok := f.limiter.Hit(rejectKey{ip, reason})
 	if !ok {
 		return
 	}

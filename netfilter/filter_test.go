@@ -292,6 +292,27 @@ func TestRejectLogRateLimit(t *testing.T) {
 	}
 }
 
+// An address refused for two reasons gets a line for each: a flood of one
+// reason does not hide the other.
+func TestRejectLogPerReason(t *testing.T) {
+	f, hook, clock := newTestFilter(t, 0, "127.0.0.1")
+	a := netip.MustParseAddr("10.0.0.1")
+	for range 3 {
+		f.Reject(&plainConn{}, a, ReasonConnLimit)
+		f.Reject(&plainConn{}, a, "first_byte_timeout")
+	}
+	lines := rejectLines(t, hook)
+	if len(lines) != 2 || lines[0].Data[audit.Reason] != ReasonConnLimit || lines[1].Data[audit.Reason] != "first_byte_timeout" {
+		t.Fatalf("two reasons from one address logged %d lines (%v), want one per reason", len(lines), lines)
+	}
+	clock.Advance(DefaultLogInterval)
+	f.Reject(&plainConn{}, a, "first_byte_timeout")
+	lines = rejectLines(t, hook)
+	if last := lines[len(lines)-1]; len(lines) != 3 || last.Data[audit.Reason] != "first_byte_timeout" || last.Data[audit.Count] != uint64(3) {
+		t.Errorf("after the interval: %d lines, last %v; want 3, count 3 for first_byte_timeout alone", len(lines), last.Data)
+	}
+}
+
 func TestRejectLogTableBounded(t *testing.T) {
 	const interval = time.Minute
 	f, hook, clock := newTestFilter(t, interval, "127.0.0.1")

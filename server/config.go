@@ -15,7 +15,18 @@ import (
 
 // Defaults for the zero values of Config's fields.
 const (
-	DefaultHandshakeTimeout     = 10 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultFirstByteTimeout and DefaultClientHelloTimeout bound the
+	// prologue: a TLS client sends its ClientHello with its first segment,
+	// so even a lossy long path needs a fraction of these.
+	DefaultFirstByteTimeout   = 5 * time.Second
+	DefaultClientHelloTimeout = 5 * time.Second
+	// DefaultMaxPending caps connections in their prologue. A silent one
+	// costs about 6 KiB of server memory (docs/OPERATIONS.md), so the cap
+	// is about 24 MiB, and a real client spends one round trip there:
+	// only a flood of this many connections within one round trip could
+	// evict one.
+	DefaultMaxPending           = 4096
 	DefaultDialTimeout          = 5 * time.Second
 	DefaultHeaderTimeout        = 10 * time.Second
 	DefaultShutdownTimeout      = 30 * time.Second
@@ -45,12 +56,36 @@ type Config struct {
 	// Routes are the named backends; at least one, names unique.
 	Routes []Route
 
-	// HandshakeTimeout bounds the TLS handshake; zero means
-	// DefaultHandshakeTimeout, negative is an error.
+	// FirstByteTimeout bounds the wait for a new connection's first byte
+	// (after its PROXY header, if it comes from a trusted upstream). The
+	// connection waits in the pending set, without a handshake slot; past
+	// the deadline it is reset (conn_rejected, reason first_byte_timeout).
+	// Zero means DefaultFirstByteTimeout; negative is an error.
+	FirstByteTimeout time.Duration
+
+	// ClientHelloTimeout bounds the wait for the rest of the ClientHello
+	// once its first byte came, still without a handshake slot; past it the
+	// connection is reset (conn_rejected, reason client_hello_timeout).
+	// Zero means DefaultClientHelloTimeout; negative is an error.
+	ClientHelloTimeout time.Duration
+
+	// MaxPending caps the connections in their prologue: accepted and not
+	// yet handshaking (waiting for a PROXY header, a first byte or the rest
+	// of a ClientHello). A new connection never finds it full: it makes
+	// room by resetting the oldest silent connection, or with none silent
+	// the oldest with an unfinished ClientHello (conn_rejected, reason
+	// pending_evicted). Zero means DefaultMaxPending; negative is an error.
+	MaxPending int
+
+	// HandshakeTimeout bounds the TLS handshake, from the complete
+	// ClientHello on; zero means DefaultHandshakeTimeout, negative is an
+	// error.
 	HandshakeTimeout time.Duration
 
-	// MaxHandshakes caps handshakes in flight; a connection past the cap is
-	// reset (reason handshake_limit). Zero means DefaultMaxHandshakes().
+	// MaxHandshakes caps handshakes in flight. A connection takes a slot
+	// once its whole ClientHello is in and holds it until the handshake
+	// ends; a connection past the cap is reset (reason handshake_limit).
+	// Zero means DefaultMaxHandshakes().
 	MaxHandshakes int
 
 	// DialTimeout bounds a backend dial; zero means DefaultDialTimeout.
@@ -164,6 +199,8 @@ func (c Config) withDefaults() (Config, error) {
 		v    *time.Duration
 		def  time.Duration
 	}{
+		{"FirstByteTimeout", &c.FirstByteTimeout, DefaultFirstByteTimeout},
+		{"ClientHelloTimeout", &c.ClientHelloTimeout, DefaultClientHelloTimeout},
 		{"HandshakeTimeout", &c.HandshakeTimeout, DefaultHandshakeTimeout},
 		{"DialTimeout", &c.DialTimeout, DefaultDialTimeout},
 		{"HeaderTimeout", &c.HeaderTimeout, DefaultHeaderTimeout},
@@ -201,6 +238,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxStreamsPerSession == 0 {
 		c.MaxStreamsPerSession = DefaultMaxStreamsPerSession
+	}
+	switch {
+	case c.MaxPending < 0:
+		return c, fmt.Errorf("server: Config.MaxPending is negative (%d)", c.MaxPending)
+	case c.MaxPending == 0:
+		c.MaxPending = DefaultMaxPending
 	}
 	return c, nil
 }

@@ -12,9 +12,10 @@ import (
 )
 
 // Log throttling of the lines an attacker can cause at will: one
-// handshake_failed line per address and reason, and one over_limit
-// stream_refused line per session, every failLogInterval, each with the
-// count it stands for.
+// handshake_failed line and one conn_rejected line (for refusals after the
+// handshake) per address and reason, and one over_limit stream_refused line
+// per session, every failLogInterval, each with the count it stands for.
+// (The Filter throttles the conn_rejected lines before TLS the same way.)
 const (
 	failLogInterval = 10 * time.Second
 	failLogKeys     = 4096
@@ -45,6 +46,22 @@ func (s *Server) handshakeFailed(c net.Conn, addr, reason string, err error) {
 	s.log.WithFields(fields).Warn("handshake failed")
 }
 
+// connRejected logs a conn_rejected line for a connection refused after
+// its handshake (no_alpn, session_limit), throttled per address and reason
+// as handshakeFailed is: a peer reconnecting in a loop writes a line per
+// interval, with the count it stands for.
+func (s *Server) connRejected(log *logrus.Entry, ip netip.Addr, addr, reason, msg string) {
+	n, _, ok := s.rejectLog.Hit(failKey{ip, reason})
+	if !ok {
+		return
+	}
+	fields := logrus.Fields{audit.Event: audit.ConnRejected, audit.Reason: reason, audit.Addr: addr}
+	if n > 1 {
+		fields[audit.Count] = n
+	}
+	log.WithFields(fields).Warn(msg)
+}
+
 // holdIdentity counts ss against its identity's session cap, or closes it
 // if the identity is at the cap. It reports whether ss may go on; if so,
 // releaseIdentity must follow.
@@ -60,11 +77,8 @@ func (s *Server) holdIdentity(ss *session) bool {
 		return true
 	}
 	s.stats.limitSessions.Add(1)
-	if n, _, log := ss.refuseLog.Hit(refusalKey{reason: ReasonSessionLimit}); log {
-		s.log.WithFields(ss.peer.Identity.Fields()).WithFields(logrus.Fields{
-			audit.Event: audit.ConnRejected, audit.Reason: ReasonSessionLimit, audit.Addr: ss.addr, audit.Count: n,
-		}).Warn("session refused: this identity holds --max-sessions-per-identity sessions already")
-	}
+	s.connRejected(s.log.WithFields(ss.peer.Identity.Fields()), ss.peer.Addr, ss.addr, ReasonSessionLimit,
+		"session refused: this identity holds --max-sessions-per-identity sessions already")
 	ss.mux.Close()
 	return false
 }

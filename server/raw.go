@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -13,6 +14,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/pipe"
 	"github.com/tunnel-dev/tunnel/internal/wire"
+	"github.com/tunnel-dev/tunnel/netfilter"
 )
 
 // ModeRaw is the mode field of the session lines of a plain TLS client:
@@ -41,9 +43,8 @@ func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer P
 	route, _ := s.route(s.cfg.RawRoute) // Apply keeps the raw route configured
 	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
 	if reason := route.Access.Decide(peer); reason != "" { // the route's own rules (server/authz.go)
-		s.stats.refused[wire.StatusForbidden].Add(1)
-		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, fieldMode: ModeRaw, audit.Status: wire.StatusForbidden.String(),
-			audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason}).Warn("raw connection refused: forbidden by the route's rules")
+		s.rawRefused(log, peer.Addr, wire.StatusForbidden, logrus.Fields{audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason},
+			"raw connection refused: forbidden by the route's rules")
 		return
 	}
 	rc := &rawConn{tc: tc, peer: peer, log: log}
@@ -72,11 +73,9 @@ func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *lo
 	backend, err := s.dialBackend(ctx, route, tc.RemoteAddr(), tc.LocalAddr())
 	if err != nil {
 		code := wire.StatusBackendUnreachable
-		s.stats.refused[code].Add(1)
-		log.WithFields(logrus.Fields{
-			audit.Event: audit.StreamRefused, audit.Status: code.String(), audit.Route: route.Name,
-			audit.Error: err.Error(),
-		}).Warn("stream refused: " + code.String())
+		ip, _ := netfilter.PeerAddr(tc.RemoteAddr())
+		s.rawRefused(log, ip, code, logrus.Fields{audit.Route: route.Name, audit.Error: err.Error()},
+			"stream refused: "+code.String())
 		return code.String()
 	}
 	log = log.WithFields(logrus.Fields{audit.Route: route.Name, audit.Backend: route.Target})
@@ -99,6 +98,24 @@ func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *lo
 		return "peer_closed"
 	}
 	return "error"
+}
+
+// rawRefused counts a raw connection refused with code and logs it with
+// fields, at most once per interval for each client address and status: a
+// client can connect to be refused at will.
+func (s *Server) rawRefused(log *logrus.Entry, ip netip.Addr, code wire.Status, fields logrus.Fields, msg string) {
+	s.stats.refused[code].Add(1)
+	n, _, ok := s.rejectLog.Hit(failKey{ip, "raw_" + code.String()})
+	if !ok {
+		return
+	}
+	fields[audit.Event] = audit.StreamRefused
+	fields[fieldMode] = ModeRaw
+	fields[audit.Status] = code.String()
+	if n > 1 {
+		fields[audit.Count] = n
+	}
+	log.WithFields(fields).Warn(msg)
 }
 
 // trackRaw adds (add) or removes rc from the live raw connections.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,10 @@ import (
 // because MaxHandshakes handshakes were already in flight.
 const ReasonHandshakeLimit = "handshake_limit"
 
+// ReasonNoALPN is the conn_rejected reason for a plain TLS client (one that
+// offered no ALPN protocol) when no raw route is configured.
+const ReasonNoALPN = "no_alpn"
+
 // ErrShutdownForced is returned by Serve when streams were still open at the
 // end of the shutdown timeout and were cut.
 var ErrShutdownForced = errors.New("server: shutdown timeout: open streams were closed")
@@ -36,14 +41,16 @@ type Server struct {
 	log        *logrus.Entry
 	policy     atomic.Pointer[policy] // routes and rules; replaced whole by Apply
 	handshakes chan struct{}          // one token per handshake in flight
+	pending    *pendingSet            // connections in their prologue
 
 	mu         sync.Mutex
 	sessions   map[*session]struct{} // guarded by mu
 	raws       map[*rawConn]struct{} // plain TLS clients on the raw route; made lazily; guarded by mu
 	identities map[string]int        // yamux sessions per identity fingerprint; guarded by mu
 
-	failLog *logthrottle.Throttle[failKey] // handshake_failed lines
-	memory  *mux.Budget                    // all sessions' stream buffers; each session's Budget is under it
+	failLog   *logthrottle.Throttle[failKey] // handshake_failed lines
+	rejectLog *logthrottle.Throttle[failKey] // conn_rejected lines after the handshake
+	memory    *mux.Budget                    // all sessions' stream buffers; each session's Budget is under it
 
 	activeStreams atomic.Int64
 	stats         counters
@@ -64,9 +71,11 @@ func New(cfg Config) (*Server, error) {
 		cfg:        cfg,
 		log:        cfg.Log,
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		pending:    &pendingSet{max: cfg.MaxPending},
 		sessions:   make(map[*session]struct{}),
 		identities: make(map[string]int),
 		failLog:    &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
+		rejectLog:  &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
 		memory:     mux.NewBudget(cfg.MemoryBudget, nil),
 	}
 	s.stats.violations = make(map[string]*atomic.Uint64, len(mux.ViolationKinds))
@@ -103,6 +112,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	case err = <-acceptErr:
 	}
 	ln.Close()
+	s.pending.shutdown() // nothing waits for a first byte past Serve
 	s.log.WithFields(logrus.Fields{audit.Event: audit.ServerStopping, "open_streams": s.activeStreams.Load()}).
 		Info("server stopping: no new connections or streams")
 	if !s.drain(s.cfg.ShutdownTimeout) {
@@ -139,26 +149,28 @@ func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync
 	}
 }
 
-// handle owns c until it returns: handshake, then the protocol the client
-// negotiated.
+// handle owns c until it returns. It runs the accept pipeline's steps for
+// one connection, top to bottom, each under its own deadline:
+//
+//	prologue (pending, no slot): PROXY header -> first byte -> ClientHello
+//	handshake slot -> TLS handshake -> session or raw stream, by ALPN
 func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
-	defer c.Close()
+	defer func() { c.Close() }() // c as the steps rewrap it: the last wrapper closes them all
+	c, hello, ok := s.prologue(c)
+	if !ok {
+		return
+	}
+	ip, _ := netfilter.PeerAddr(c.RemoteAddr())
 	select {
 	case s.handshakes <- struct{}{}:
 	default:
-		ip, _ := netfilter.PeerAddr(c.RemoteAddr())
 		s.stats.handshakeLimit.Add(1)
 		s.cfg.Filter.Reject(c, ip, ReasonHandshakeLimit)
 		return
 	}
-	c, ok := s.admit(ctx, c) // a trusted upstream's PROXY header names the client
-	if !ok {
-		<-s.handshakes
-		return
-	}
 	addr := c.RemoteAddr().String()
 	began := time.Now()
-	tc, err := s.handshake(ctx, c)
+	tc, err := s.handshake(ctx, &helloConn{Conn: c, hello: hello})
 	<-s.handshakes
 	if err != nil {
 		s.stats.handshakesFailed.Add(1)
@@ -169,7 +181,6 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 	s.stats.handshakesOK.Add(1)
 	cs := tc.ConnectionState()
 	id, _ := trust.PeerIdentity(cs)
-	ip, _ := netfilter.PeerAddr(c.RemoteAddr())
 	peer := Peer{Addr: ip, Identity: id, Chains: cs.VerifiedChains}
 	switch cs.NegotiatedProtocol {
 	case trust.ALPNTunnel:
@@ -183,9 +194,9 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 	default:
 		// A plain TLS client (no ALPN): only a raw route could serve it,
 		// and none is configured.
-		s.log.WithFields(id.Fields()).WithFields(logrus.Fields{
-			audit.Event: audit.ConnRejected, audit.Reason: "no_alpn", audit.Addr: addr,
-		}).Warn("client offered no ALPN protocol and no raw route is configured")
+		s.stats.noALPN.Add(1)
+		s.connRejected(s.log.WithFields(id.Fields()), ip, addr, ReasonNoALPN,
+			"client offered no ALPN protocol and no raw route is configured")
 	}
 }
 
@@ -254,30 +265,56 @@ func (s *Server) untrack(ss *session) {
 // Stats is a snapshot of the server's counters.
 type Stats struct {
 	HandshakesOK, HandshakesFailed, HandshakeLimit uint64
-	SessionsActive                                 int
-	StreamsActive                                  int64
-	StreamsTotal                                   uint64
-	StreamsRefused                                 map[string]uint64 // by status name
-	// LimitHits counts the limits hit, by name: "handshakes",
-	// "sessions_per_identity", "streams_per_session", "stream_rate",
-	// "memory_budget" (streams refused or reset for the budget). (The
-	// per-address connection cap is the Filter's: Rejected["conn_limit"].)
+	// HandshakesInFlight are the handshakes holding a slot now.
+	HandshakesInFlight int
+	// Pending are the connections in their prologue now, by stage:
+	// "silent" (waiting for a PROXY header or a first byte) and
+	// "client_hello" (a ClientHello begun, not complete). Both keys are
+	// always present.
+	Pending map[string]int
+	// Rejected counts the conn_rejected events by reason: those before
+	// TLS, which the Filter counts (ip_not_allowed, conn_limit,
+	// proxy_header, handshake_limit, pending_evicted, first_byte_timeout,
+	// client_hello_timeout, bad_client_hello), and those after the
+	// handshake (no_alpn, session_limit). Every reason in RejectReasons is
+	// present, zero or not.
+	Rejected       map[string]uint64
+	SessionsActive int
+	StreamsActive  int64
+	StreamsTotal   uint64
+	StreamsRefused map[string]uint64 // by status name, every refusal status present
+	// LimitHits counts the limits hit, by name: "handshakes", "pending"
+	// (evictions from a full pending set), "sessions_per_identity",
+	// "streams_per_session", "stream_rate", "memory_budget" (streams
+	// refused or reset for the budget). (The per-address connection cap is
+	// the Filter's: Rejected["conn_limit"].)
 	LimitHits map[string]uint64
 	// Violations counts sessions ended by the frame guard, by kind (every
 	// mux.ViolationKinds entry, zero included).
 	Violations map[string]uint64
-	// MemoryHeld and MemoryBudget are the bytes all sessions' streams hold
-	// received and unread, and the bound on them.
+	// MemoryHeld and MemoryBudget are the bytes all sessions' streams and
+	// copy buffers hold, and the bound on them.
 	MemoryHeld, MemoryBudget int64
-	// HandshakeDuration is accept to finished handshake, successful ones;
-	// DialDuration is one successful backend dial.
+	// HandshakeDuration is one successful handshake, from its complete
+	// ClientHello (the prologue's waits are not in it); DialDuration is one
+	// successful backend dial.
 	HandshakeDuration, DialDuration Histogram
 	// Routes are the counters of each route that carried a stream.
 	Routes map[string]RouteStats
 }
 
+// RejectReasons are the reasons of every conn_rejected event a Server and
+// its Filter log, for metrics that show each one from the start.
+var RejectReasons = []string{
+	netfilter.ReasonIPNotAllowed, netfilter.ReasonConnLimit, netfilter.ReasonProxyHeader,
+	ReasonPendingEvicted, ReasonFirstByteTimeout, ReasonClientHelloTimeout, ReasonBadClientHello,
+	ReasonHandshakeLimit, ReasonNoALPN, ReasonSessionLimit,
+}
+
 type counters struct {
 	handshakesOK, handshakesFailed, handshakeLimit atomic.Uint64
+	pendingEvicted                                 atomic.Uint64
+	noALPN                                         atomic.Uint64
 	streamsTotal                                   atomic.Uint64
 	refused                                        [6]atomic.Uint64 // by wire.Status
 	limitSessions, limitStreams, limitStreamRate   atomic.Uint64
@@ -292,16 +329,21 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.sessions)
 	s.mu.Unlock()
+	silent, hello, _ := s.pending.counts()
 	st := Stats{
-		HandshakesOK:     s.stats.handshakesOK.Load(),
-		HandshakesFailed: s.stats.handshakesFailed.Load(),
-		HandshakeLimit:   s.stats.handshakeLimit.Load(),
-		SessionsActive:   n,
-		StreamsActive:    s.activeStreams.Load(),
-		StreamsTotal:     s.stats.streamsTotal.Load(),
-		StreamsRefused:   make(map[string]uint64),
+		HandshakesOK:       s.stats.handshakesOK.Load(),
+		HandshakesFailed:   s.stats.handshakesFailed.Load(),
+		HandshakeLimit:     s.stats.handshakeLimit.Load(),
+		HandshakesInFlight: len(s.handshakes),
+		Pending:            map[string]int{stageSilent.String(): silent, stageHello.String(): hello},
+		Rejected:           make(map[string]uint64),
+		SessionsActive:     n,
+		StreamsActive:      s.activeStreams.Load(),
+		StreamsTotal:       s.stats.streamsTotal.Load(),
+		StreamsRefused:     make(map[string]uint64),
 		LimitHits: map[string]uint64{
 			"handshakes":            s.stats.handshakeLimit.Load(),
+			"pending":               s.stats.pendingEvicted.Load(),
 			"sessions_per_identity": s.stats.limitSessions.Load(),
 			"streams_per_session":   s.stats.limitStreams.Load(),
 			"stream_rate":           s.stats.limitStreamRate.Load(),
@@ -314,6 +356,12 @@ func (s *Server) Stats() Stats {
 		DialDuration:      s.stats.dialTime.snapshot(),
 		Routes:            s.stats.routes.snapshot(),
 	}
+	for _, r := range RejectReasons {
+		st.Rejected[r] = 0
+	}
+	maps.Copy(st.Rejected, s.cfg.Filter.Stats().Rejected)
+	st.Rejected[ReasonNoALPN] = s.stats.noALPN.Load()
+	st.Rejected[ReasonSessionLimit] = s.stats.limitSessions.Load()
 	for i := range s.stats.refused {
 		if i > 0 { // every refusal status, zero included
 			st.StreamsRefused[wire.Status(i).String()] = s.stats.refused[i].Load()

@@ -32,7 +32,7 @@ type testPKI struct {
 	otherTLS  *tls.Config // CN app2, same CA
 }
 
-func newTestPKI(t *testing.T) testPKI {
+func newTestPKI(t testing.TB) testPKI {
 	t.Helper()
 	ca, err := devpki.NewCA("test CA", devpki.Options{})
 	if err != nil {
@@ -352,26 +352,6 @@ func TestForcedShutdown(t *testing.T) {
 	}
 }
 
-func TestHandshakeLimit(t *testing.T) {
-	pki := newTestPKI(t)
-	r := startServer(t, pki, func(c *Config) { c.MaxHandshakes = 1 })
-	// One connection that never speaks holds the only handshake slot.
-	idle, err := net.Dial("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	waitFor(t, 5*time.Second, func() bool { return len(r.srv.handshakes) == 1 })
-	c, err := tls.Dial("tcp", r.addr, pki.clientTLS)
-	if err == nil {
-		c.Close()
-		t.Fatal("handshake succeeded past MaxHandshakes")
-	}
-	if got := r.srv.Stats().HandshakeLimit; got != 1 {
-		t.Fatalf("Stats().HandshakeLimit = %d, want 1", got)
-	}
-}
-
 func TestNewRejectsBadConfig(t *testing.T) {
 	pki := newTestPKI(t)
 	logger, _ := logtest.NewNullLogger()
@@ -386,14 +366,17 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Fatalf("New(good) = %v", err)
 	}
 	tests := map[string]func(*Config){
-		"no TLS":             func(c *Config) { c.TLS = nil },
-		"no filter":          func(c *Config) { c.Filter = nil },
-		"no log":             func(c *Config) { c.Log = nil },
-		"no routes":          func(c *Config) { c.Routes = nil },
-		"duplicate route":    func(c *Config) { c.Routes = append(c.Routes, c.Routes[0]) },
-		"bad route target":   func(c *Config) { c.Routes = []Route{{Name: "db", Target: "nope"}} },
-		"negative timeout":   func(c *Config) { c.DialTimeout = -time.Second },
-		"negative handshake": func(c *Config) { c.MaxHandshakes = -1 },
+		"no TLS":              func(c *Config) { c.TLS = nil },
+		"no filter":           func(c *Config) { c.Filter = nil },
+		"no log":              func(c *Config) { c.Log = nil },
+		"no routes":           func(c *Config) { c.Routes = nil },
+		"duplicate route":     func(c *Config) { c.Routes = append(c.Routes, c.Routes[0]) },
+		"bad route target":    func(c *Config) { c.Routes = []Route{{Name: "db", Target: "nope"}} },
+		"negative timeout":    func(c *Config) { c.DialTimeout = -time.Second },
+		"negative handshake":  func(c *Config) { c.MaxHandshakes = -1 },
+		"negative pending":    func(c *Config) { c.MaxPending = -1 },
+		"negative first byte": func(c *Config) { c.FirstByteTimeout = -time.Second },
+		"negative hello":      func(c *Config) { c.ClientHelloTimeout = -time.Second },
 	}
 	for name, mutate := range tests {
 		cfg := good

@@ -1,10 +1,8 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"net"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -22,41 +20,43 @@ func (s *Server) listen(ln net.Listener) net.Listener {
 	return s.cfg.Filter.WrapProxyListener(ln, s.cfg.ProxyProtocolFrom)
 }
 
-// admit is the step of handle that reads a trusted upstream's PROXY header
-// (under ProxyHeaderTimeout, or until ctx ends) and applies the allowlist to
-// the client address it names. It returns the connection to use from then
-// on, whose RemoteAddr is the client's, or false when c was refused (reset,
-// counted and logged by the filter) or was a health check. A connection
-// that is not from an upstream was filtered in Accept and passes unchanged.
-func (s *Server) admit(ctx context.Context, c net.Conn) (net.Conn, bool) {
+// admit is the prologue step that reads a trusted upstream's PROXY header
+// (under ProxyHeaderTimeout; the connection is pending meanwhile, as pc)
+// and applies the allowlist and the per-address cap to the client address it
+// names. It returns the connection to use from then on, whose RemoteAddr is
+// the client's, or c and false when c was refused (reset, counted and logged
+// by the filter), was a health check, or was evicted or shut down while it
+// waited. A connection that is not from an upstream was filtered in Accept
+// and passes unchanged.
+func (s *Server) admit(c net.Conn, pc *pendingConn) (net.Conn, bool) {
 	up, ok := c.(*netfilter.UpstreamConn)
 	if !ok {
 		return c, true
 	}
-	stop := context.AfterFunc(ctx, func() { up.SetReadDeadline(time.Now()) })
-	pc, err := up.ReadHeader(s.cfg.ProxyHeaderTimeout)
-	stop()
+	proxied, err := up.ReadHeader(s.cfg.ProxyHeaderTimeout)
 	switch {
+	case err != nil && s.pending.isGone(pc):
+		return c, false // evicted (logged by the evictor) or shut down
 	case errors.Is(err, netfilter.ErrUpstreamProbe):
 		s.log.WithFields(logrus.Fields{audit.Addr: c.RemoteAddr().String()}).Debug("upstream health check")
-		return nil, false
+		return c, false
 	case err != nil:
 		// The filter's rate-limited conn_rejected line is the audit event;
 		// this one adds the parse error for whoever debugs the balancer.
 		s.log.WithFields(logrus.Fields{audit.Addr: c.RemoteAddr().String(), audit.Error: err.Error()}).
 			Debug("no valid PROXY header from a trusted upstream")
 		s.cfg.Filter.Reject(c, up.Upstream(), netfilter.ReasonProxyHeader)
-		return nil, false
+		return c, false
 	}
-	ip, ok := netfilter.PeerAddr(pc.RemoteAddr())
+	ip, ok := netfilter.PeerAddr(proxied.RemoteAddr())
 	if !ok || !s.cfg.Filter.Allowed(ip) {
-		s.cfg.Filter.Reject(pc, ip, netfilter.ReasonIPNotAllowed)
-		return nil, false
+		s.cfg.Filter.Reject(proxied, ip, netfilter.ReasonIPNotAllowed)
+		return c, false
 	}
-	held, ok := s.cfg.Filter.Hold(pc, ip)
+	held, ok := s.cfg.Filter.Hold(proxied, ip)
 	if !ok {
-		s.cfg.Filter.Reject(pc, ip, netfilter.ReasonConnLimit)
-		return nil, false
+		s.cfg.Filter.Reject(proxied, ip, netfilter.ReasonConnLimit)
+		return c, false
 	}
 	return held, true
 }

@@ -115,6 +115,9 @@ func TestServerConfigErrors(t *testing.T) {
 		{"CA without cert", with("--ca", p("ca-key.pem")), "--ca"},
 		{"bad log format", with("--log-format", "xml"), "--log-format"},
 		{"negative timeout", with("--dial-timeout", "-1s"), "--dial-timeout"},
+		{"zero first byte", with("--first-byte-timeout", "0s"), "--first-byte-timeout"},
+		{"negative client hello", with("--client-hello-timeout", "-1s"), "--client-hello-timeout"},
+		{"zero pending", with("--max-pending", "0"), "--max-pending"},
 		{"unknown flag", with("--bogus", "1"), "bogus"},
 	}
 	for _, tt := range tests {

@@ -35,8 +35,11 @@ func serverCommand(stderr io.Writer) *cli.Command {
 		&cli.StringFlag{Name: "raw-route", EnvVars: []string{"TUNNEL_RAW_ROUTE"}, Usage: "route `NAME` for plain TLS clients that offer no ALPN (stunnel, openssl s_client); without it they are refused"},
 		&cli.StringSliceFlag{Name: "proxy-protocol-from", EnvVars: []string{"TUNNEL_PROXY_PROTOCOL_FROM"}, Usage: "load balancer `CIDR` whose connections must start with a PROXY v1/v2 header naming the client (repeatable)"},
 		&cli.DurationFlag{Name: "proxy-header-timeout", Value: netfilter.DefaultProxyHeaderTimeout, EnvVars: []string{"TUNNEL_PROXY_HEADER_TIMEOUT"}, Usage: "how long a --proxy-protocol-from upstream may take to send its PROXY header"},
-		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, EnvVars: []string{"TUNNEL_HANDSHAKE_TIMEOUT"}, Usage: "limit on one TLS handshake"},
-		&cli.IntFlag{Name: "max-handshakes", Value: server.DefaultMaxHandshakes(), EnvVars: []string{"TUNNEL_MAX_HANDSHAKES"}, Usage: "TLS handshakes in flight; more are reset (default 128 x GOMAXPROCS)"},
+		&cli.DurationFlag{Name: "first-byte-timeout", Value: server.DefaultFirstByteTimeout, EnvVars: []string{"TUNNEL_FIRST_BYTE_TIMEOUT"}, Usage: "how long a new connection may stay silent before it is reset; it holds no handshake slot meanwhile"},
+		&cli.DurationFlag{Name: "client-hello-timeout", Value: server.DefaultClientHelloTimeout, EnvVars: []string{"TUNNEL_CLIENT_HELLO_TIMEOUT"}, Usage: "how long the rest of a ClientHello may take after its first byte; it holds no handshake slot meanwhile"},
+		&cli.IntFlag{Name: "max-pending", Value: server.DefaultMaxPending, EnvVars: []string{"TUNNEL_MAX_PENDING"}, Usage: "connections waiting for their ClientHello; when full, the oldest silent one is reset to make room"},
+		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, EnvVars: []string{"TUNNEL_HANDSHAKE_TIMEOUT"}, Usage: "limit on one TLS handshake, from the complete ClientHello on"},
+		&cli.IntFlag{Name: "max-handshakes", Value: server.DefaultMaxHandshakes(), EnvVars: []string{"TUNNEL_MAX_HANDSHAKES"}, Usage: "TLS handshakes in flight, each counted from its complete ClientHello; more are reset (default 128 x GOMAXPROCS)"},
 		&cli.DurationFlag{Name: "dial-timeout", Value: server.DefaultDialTimeout, EnvVars: []string{"TUNNEL_DIAL_TIMEOUT"}, Usage: "limit on one backend dial"},
 		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"TUNNEL_IDLE_TIMEOUT"}, Usage: "close a stream idle this long both ways (0: never)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: server.DefaultShutdownTimeout, EnvVars: []string{"TUNNEL_SHUTDOWN_TIMEOUT"}, Usage: "on SIGINT/SIGTERM, how long open streams may finish"},
@@ -139,10 +142,15 @@ func loadServer(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*serverSetup
 			return nil, flagError("--"+d, "%v is negative", c.Duration(d))
 		}
 	}
+	for _, d := range []string{"first-byte-timeout", "client-hello-timeout"} {
+		if c.Duration(d) <= 0 { // every wait on a peer has a deadline
+			return nil, flagError("--"+d, "%v is not a positive duration", c.Duration(d))
+		}
+	}
 	if c.Duration("handshake-timeout") == 0 || c.Duration("dial-timeout") == 0 {
 		return nil, flagError("--handshake-timeout/--dial-timeout", "must be positive")
 	}
-	for _, n := range []string{"max-handshakes", "max-streams", "max-sessions-per-identity"} {
+	for _, n := range []string{"max-pending", "max-handshakes", "max-streams", "max-sessions-per-identity"} {
 		if c.Int(n) < 1 {
 			return nil, flagError("--"+n, "%d is not a positive number", c.Int(n))
 		}
@@ -177,6 +185,9 @@ func loadServer(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*serverSetup
 		RawRoute:               rawRoute,
 		ProxyProtocolFrom:      upstreams,
 		ProxyHeaderTimeout:     c.Duration("proxy-header-timeout"),
+		FirstByteTimeout:       c.Duration("first-byte-timeout"),
+		ClientHelloTimeout:     c.Duration("client-hello-timeout"),
+		MaxPending:             c.Int("max-pending"),
 		HandshakeTimeout:       c.Duration("handshake-timeout"),
 		MaxHandshakes:          c.Int("max-handshakes"),
 		DialTimeout:            c.Duration("dial-timeout"),

@@ -66,14 +66,16 @@ func ReloadCollector(counts func() (applied, rejected uint64)) prometheus.Collec
 // ServerCollector exports a server's and its filter's counters.
 func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector {
 	var (
-		rejected   = desc("connections_rejected_total", "Connections closed before TLS, by reason.", "reason")
+		rejected   = desc("connections_rejected_total", "Connections refused before a session began (conn_rejected), by reason.", "reason")
+		pending    = desc("pending_connections", "Connections before their handshake, by stage (silent, client_hello).", "stage")
+		inFlight   = desc("handshakes_in_flight", "TLS handshakes holding a slot now.")
 		handshakes = desc("handshakes_total", "TLS handshakes by result (ok, failed, limit).", "result")
 		sessions   = desc("sessions_active", "Client sessions open now.")
 		streamsAct = desc("streams_active", "Streams open now.")
 		streamsTot = desc("streams_total", "Streams accepted since start.")
 		refused    = desc("streams_refused_total", "Streams answered with a non-zero status, by status.", "status")
 		limits     = desc("limit_hits_total", "Limits hit, by limit.", "limit")
-		hsTime     = desc("handshake_duration_seconds", "Accept to finished TLS handshake, successful ones.")
+		hsTime     = desc("handshake_duration_seconds", "Complete ClientHello to finished TLS handshake, successful ones.")
 		dialTime   = desc("backend_dial_duration_seconds", "One successful backend dial.")
 		routeBytes = desc("route_bytes_total", "Bytes carried per route: in towards the backend, out back.", "route", "direction")
 		routeStr   = desc("route_streams_total", "Streams that reached a route's backend.", "route")
@@ -82,14 +84,18 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		memBudget  = desc("memory_budget_bytes", "The bound on memory_held_bytes (--memory-budget).")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{rejected, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
+		descs: []*prometheus.Desc{rejected, pending, inFlight, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
 			violations, memHeld, memBudget},
 		collect: func(ch chan<- prometheus.Metric) {
 			fst := f.Stats()
-			for reason, n := range fst.Rejected {
+			st := s.Stats() // its Rejected holds the filter's reasons too, each from zero
+			for reason, n := range st.Rejected {
 				counter(ch, rejected, n, reason)
 			}
-			st := s.Stats()
+			for stage, n := range st.Pending {
+				gauge(ch, pending, float64(n), stage)
+			}
+			gauge(ch, inFlight, float64(st.HandshakesInFlight))
 			for l, n := range st.LimitHits {
 				counter(ch, limits, n, l)
 			}
