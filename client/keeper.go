@@ -290,7 +290,8 @@ type readErrConn struct {
 
 func (c *readErrConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if err != nil {
+	if ne, ok := errors.AsType[net.Error](err); err != nil && !(ok && ne.Timeout()) { // the frame guard's wake-ups are timeouts
+
 		c.mu.Lock()
 		if c.readErr == nil {
 			c.readErr = err
