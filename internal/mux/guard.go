@@ -29,10 +29,18 @@ const (
 	// linger is how long a stream the application closed waits for the
 	// peer's FIN before it is reset, as TCP's FIN_WAIT_2 timeout does.
 	linger = 10 * time.Second
-	// minRTT floors the round-trip time that window tuning works with, so
-	// that scheduling noise on a loopback or LAN session does not read as a
-	// window too small.
-	minRTT = time.Millisecond
+	// rttFloor floors the round-trip time that window tuning works with:
+	// below it, on loopback and most LANs, scheduling noise is what the
+	// measurement shows, and 256 KiB of window already covers far more
+	// than the bandwidth-delay product.
+	rttFloor = 100 * time.Microsecond
+	// tuneEpoch is the shortest time over which window tuning measures
+	// what a stream's reader takes.
+	tuneEpoch = 2 * time.Millisecond
+	// rttSamples is how many recent round-trip samples the minimum is
+	// taken over: the minimum, not an average, because a ping queued behind
+	// a window of data measures the queue, not the path.
+	rttSamples = 6
 	// guardPingID is the opaque value of the guard's own ping, which
 	// measures the round trip at the start of a session. yamux numbers its
 	// pings from 0.
@@ -108,7 +116,7 @@ type gstream struct {
 	grown    int64  // window promised by the budget beyond initialWindow
 	pending  uint32 // credit granted whose window update is not written yet
 
-	epochAt   time.Time // window tuning: when the epoch began
+	epochAt   time.Time // window tuning: when the current epoch began
 	epochFrom uint64    // and consumed then
 
 	sendCredit uint64 // credit the peer granted us, minus what we sent
@@ -162,7 +170,9 @@ type guard struct {
 	opens        *rate.Limiter       // stream opens by the peer; nil: no rate limit
 	pings        *rate.Limiter
 	pingSent     map[uint32]time.Time // our pings in flight; guarded by mu
-	srtt         time.Duration        // smoothed round trip; 0 until measured; guarded by mu
+	rtts         [rttSamples]time.Duration // recent round trips, newest at rttNext-1; guarded by mu
+	rttNext      int                       // guarded by mu
+	rtt          time.Duration             // the least of rtts; 0 until measured; guarded by mu
 
 	started     bool          // start ran; set before any concurrent use
 	linger      time.Duration // see the constant; tests shorten it
@@ -597,11 +607,12 @@ func (g *guard) inboundPing(h header) error {
 }
 
 func (g *guard) sampleRTTLocked(d time.Duration) {
-	if g.srtt == 0 {
-		g.srtt = d
-		return
+	g.rtts[g.rttNext%rttSamples] = d
+	g.rttNext++
+	g.rtt = d
+	for _, r := range g.rtts[:min(g.rttNext, rttSamples)] {
+		g.rtt = min(g.rtt, r)
 	}
-	g.srtt = (7*g.srtt + d) / 8
 }
 
 // report hands the limit events of the last frame to Options.OnLimit,
@@ -813,24 +824,31 @@ func (g *guard) consumed(id uint32, n int) {
 	}
 }
 
-// tuneLocked grows st's window when the application reads half of it
-// within about two round trips: the window, not the reader, is then what
-// limits the stream (the auto-tuning of QUIC implementations). Growth is
-// promised by the budget; a stream whose reader is slow never grows.
+// tuneLocked sizes st's window to twice the bandwidth-delay product that
+// its reader shows: what it took in the last epoch, scaled to one round
+// trip. It grows, at most doubling an epoch, and never shrinks, as Linux
+// sizes a TCP receive buffer (tcp_rcv_space_adjust). Over a long path a
+// window-limited stream so doubles every round trip until it fills the path;
+// on loopback and LANs the product stays under the initial 256 KiB; a
+// stream whose reader is slow never grows. An epoch is a round trip, or
+// tuneEpoch if that is longer, so that a burst of reading after a pause
+// does not read as a fast path. Growth is promised by the budget.
 func (g *guard) tuneLocked(st *gstream) {
-	read := st.consumed - st.epochFrom
-	if read <= uint64(st.window)/2 {
+	if g.rtt == 0 || st.window >= g.opt.MaxWindow {
 		return
 	}
 	now := time.Now()
-	if rtt := max(g.srtt, minRTT); g.srtt > 0 && st.window < g.opt.MaxWindow {
-		fraction := float64(read) / float64(st.window)
-		if now.Sub(st.epochAt) < time.Duration(4*fraction*float64(rtt)) {
-			more := min(st.window, g.opt.MaxWindow-st.window)
-			if g.budget.grow(int64(more)) {
-				st.window += more
-				st.grown += int64(more)
-			}
+	rtt := max(g.rtt, rttFloor)
+	elapsed := now.Sub(st.epochAt)
+	if elapsed < max(rtt, tuneEpoch) {
+		return
+	}
+	bdp := float64(st.consumed-st.epochFrom) * float64(rtt) / float64(elapsed)
+	if want := uint64(2 * bdp); want > uint64(st.window) {
+		more := uint32(min(want, 2*uint64(st.window), uint64(g.opt.MaxWindow))) - st.window
+		if g.budget.grow(int64(more)) {
+			st.window += more
+			st.grown += int64(more)
 		}
 	}
 	st.epochAt, st.epochFrom = now, st.consumed

@@ -105,10 +105,10 @@ func (s *Session) RemoteAddr() net.Addr { return s.y.RemoteAddr() }
 // Budget returns the session's memory budget.
 func (s *Session) Budget() *Budget { return s.g.budget }
 
-// RTT returns the smoothed round trip the guard measured, or 0 before the
-// first measurement.
+// RTT returns the least round trip the guard measured recently (its own
+// ping at the start, then the keepalives'), or 0 before the first.
 func (s *Session) RTT() time.Duration {
 	s.g.mu.Lock()
 	defer s.g.mu.Unlock()
-	return s.g.srtt
+	return s.g.rtt
 }

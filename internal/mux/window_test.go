@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"net"
 	"io"
 	"testing"
 	"time"
@@ -57,9 +58,11 @@ func transfer(t *testing.T, cs, ss *Session, n int64, read func(*Stream) error) 
 	}
 }
 
-// A stream whose reader keeps up gets a window larger than the initial
-// one; a stream whose reader is slow keeps the initial window, so a stalled
-// backend costs no more than 256 KiB of the session's memory.
+// On loopback the bandwidth-delay product is tiny: a stream whose reader
+// keeps up stays near the initial 256 KiB window, so a loopback or LAN
+// session holds little memory (the path, not the rate, sizes the window); a
+// stream whose reader is slow keeps the initial window, so a stalled backend
+// costs no more than 256 KiB of the session's memory.
 func TestWindowTuning(t *testing.T) {
 	_, cs, ss := sessionPair(t)
 	waitFor(t, 5*time.Second, "the guard's round-trip measurement", func() bool { return ss.RTT() > 0 })
@@ -67,8 +70,8 @@ func TestWindowTuning(t *testing.T) {
 		_, err := io.Copy(io.Discard, st)
 		return err
 	})
-	if fast <= initialWindow {
-		t.Errorf("a reader that keeps up on loopback ended with a window of %d, want more than %d", fast, initialWindow)
+	if fast > 1<<20 {
+		t.Errorf("a reader that keeps up on loopback ended with a window of %d KiB, want at most 1 MiB", fast>>10)
 	}
 	slow := transfer(t, cs, ss, 4<<20, func(st *Stream) error {
 		buf := make([]byte, 16<<10)
@@ -88,12 +91,22 @@ func TestWindowTuning(t *testing.T) {
 }
 
 // Window growth comes out of the budget: with a 2 MiB session budget the
-// windows promised beyond the initial ones never pass 1 MiB.
+// windows promised beyond the initial ones never pass 1 MiB, however long
+// the path.
 func TestWindowGrowthWithinBudget(t *testing.T) {
 	b := NewBudget(2<<20, nil)
-	_, cs, ss := sessionPair(t, func(o *Options) { o.Budget = b })
+	a, c := delayedPair(t, 20*time.Millisecond)
+	cs, err := Client(a, Options{Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := Server(c, Options{Log: testLog(), MaxStreams: 4, Budget: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close(); ss.Close() })
 	waitFor(t, 5*time.Second, "the guard's round-trip measurement", func() bool { return ss.RTT() > 0 })
-	w := transfer(t, cs, ss, 64<<20, func(st *Stream) error {
+	w := transfer(t, cs, ss, 32<<20, func(st *Stream) error {
 		_, err := io.Copy(io.Discard, st)
 		return err
 	})
@@ -168,5 +181,71 @@ func TestLingerReset(t *testing.T) {
 	ss.g.mu.Unlock()
 	if n != 0 {
 		t.Errorf("the guard still tracks %d streams", n)
+	}
+}
+
+// delayedPair returns two connected conns whose bytes each arrive delay
+// after they were written, in order: a long path in a test.
+func delayedPair(t *testing.T, delay time.Duration) (net.Conn, net.Conn) {
+	t.Helper()
+	a, pa := tcpConns(t)
+	pb, b := tcpConns(t)
+	forward := func(from, to net.Conn) {
+		type chunk struct {
+			at time.Time
+			b  []byte
+		}
+		q := make(chan chunk, 4096)
+		go func() {
+			defer close(q)
+			for {
+				buf := make([]byte, 64<<10)
+				n, err := from.Read(buf)
+				if n > 0 {
+					q <- chunk{time.Now().Add(delay), buf[:n]}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			for c := range q {
+				time.Sleep(time.Until(c.at))
+				if _, err := to.Write(c.b); err != nil {
+					return
+				}
+			}
+			to.Close()
+		}()
+	}
+	forward(pa, pb)
+	forward(pb, pa)
+	return a, b
+}
+
+// Over a 40 ms round trip the window grows past what the path needs at
+// its rate, where the initial 256 KiB would cap the stream near 6 MB/s.
+func TestWindowGrowsOnALongPath(t *testing.T) {
+	a, b := delayedPair(t, 20*time.Millisecond)
+	cs, err := Client(a, Options{Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := Server(b, Options{Log: testLog(), MaxStreams: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close(); ss.Close() })
+	waitFor(t, 5*time.Second, "the guard's round-trip measurement", func() bool { return ss.RTT() > 0 })
+	began := time.Now()
+	w := transfer(t, cs, ss, 48<<20, func(st *Stream) error {
+		_, err := io.Copy(io.Discard, st)
+		return err
+	})
+	el := time.Since(began)
+	t.Logf("48 MiB over a %v round trip in %v (%.0f MB/s); window %d KiB", ss.RTT(), el, 48<<20/el.Seconds()/1e6, w>>10)
+	if w < 1<<20 {
+		t.Errorf("window %d KiB on a 40 ms path: it did not grow", w>>10)
 	}
 }
