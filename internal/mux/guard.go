@@ -169,7 +169,7 @@ type guard struct {
 	events       []LimitEvent        // to report once mu is released; guarded by mu
 	opens        *rate.Limiter       // stream opens by the peer; nil: no rate limit
 	pings        *rate.Limiter
-	pingSent     map[uint32]time.Time // our pings in flight; guarded by mu
+	pingSent     map[uint32]time.Time      // our pings in flight; guarded by mu
 	rtts         [rttSamples]time.Duration // recent round trips, newest at rttNext-1; guarded by mu
 	rttNext      int                       // guarded by mu
 	rtt          time.Duration             // the least of rtts; 0 until measured; guarded by mu

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
-	"net"
 	"io"
+	"net"
 	"testing"
 	"time"
 )
