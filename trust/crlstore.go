@@ -233,6 +233,23 @@ func (s *CRLStore) discover(cert, issuer *x509.Certificate, pin bool) (urls []st
 	return urls, unusable
 }
 
+// known returns the Distribution Points of cert that the store tracks now,
+// without registering others or marking any used: for re-checking live
+// sessions, which must not churn the store (a re-check after every CRL
+// update that re-tracked evicted URLs would fetch, update and re-check
+// again, round and round, whenever more URLs are in use than fit).
+func (s *CRLStore) known(cert *x509.Certificate) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var urls []string
+	for _, raw := range cert.CRLDistributionPoints {
+		if _, ok := s.entries[raw]; ok {
+			urls = append(urls, raw)
+		}
+	}
+	return urls
+}
+
 // pinOnly makes urls the only pinned URLs: after a reload, the CAs that
 // left the bundle no longer hold their URLs in the store.
 func (s *CRLStore) pinOnly(urls []string) {

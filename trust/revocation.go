@@ -373,8 +373,10 @@ func (r *RevocationChecker) CheckChains(chains [][]*x509.Certificate) error {
 }
 
 // Revoked returns the first certificate that a usable CRL lists as revoked
-// in every one of chains, or nil. Unlike CheckChains it never waits for a
-// fetch and logs nothing about unavailable CRLs: it is for re-checking live
+// in every one of chains, or nil. Chains are extended through the CA
+// bundle as in Check, so a revoked bundle intermediate is found. Unlike
+// CheckChains it never waits for a fetch, registers no Distribution Point
+// and logs nothing about unavailable CRLs: it is for re-checking live
 // sessions, often many at once, when the CRLs change.
 func (r *RevocationChecker) Revoked(chains [][]*x509.Certificate) *RevokedError {
 	if r.policy.Disabled || len(chains) == 0 {
@@ -400,8 +402,11 @@ func (r *RevocationChecker) revokedIn(m *Material, chain []*x509.Certificate) *R
 		n = min(n, 1)
 	}
 	for i := 0; i < n; i++ {
-		urls, unusable := r.discover(chain[i], chain[i+1], m.caIssuer(chain[i]) != nil)
-		if v, _, _, _ := r.evaluate(m, chain[i], chain[i+1], urls, unusable, time.Now()); v != nil {
+		var urls []string
+		if r.crls != nil {
+			urls = r.crls.known(chain[i]) // never registers: see known
+		}
+		if v, _, _, _ := r.evaluate(m, chain[i], chain[i+1], urls, nil, time.Now()); v != nil {
 			v.Depth = i
 			return v
 		}

@@ -567,3 +567,19 @@ func TestRevocationUnusableDistributionPoints(t *testing.T) {
 		t.Errorf("app1 with an ldap DP and a CRL file: %q, want revoked", got)
 	}
 }
+
+// TestRevokedRegistersNothing: re-checking live sessions never tracks a
+// Distribution Point, so a store with more URLs in use than fit does not
+// fetch, update and re-check round and round.
+func TestRevokedRegistersNothing(t *testing.T) {
+	p := newRevPKI(t, "http://crl.example/inter.crl")
+	m := material(t, p.server, p.root)
+	rc := trust.NewRevocationChecker(trust.DefaultRevocationPolicy(), trust.NewStore(m), nil)
+	defer rc.Close()
+	if re := rc.Revoked([][]*x509.Certificate{{p.app1.cert, p.inter.cert, p.root.cert}}); re != nil {
+		t.Fatal(re)
+	}
+	if st := rc.Stats().Store; st.Tracked != 0 {
+		t.Errorf("Revoked tracked %d URLs, want 0", st.Tracked)
+	}
+}
