@@ -33,7 +33,8 @@ func checkCommand(stdout, stderr io.Writer) *cli.Command {
 		Description: `Loads everything a start would (config file, certificates, keys, CA
    bundles, CRL files, CIDRs, routes and their rules) and prints a summary with
    warnings (a certificate that expires within 7 days, an allowlist that admits
-   every address), then exits 0. Otherwise it prints every problem found, one
+   every IPv4 or IPv6 address however written, a key file others can read, a
+   bundle intermediate whose revocation cannot be checked), then exits 0. Otherwise it prints every problem found, one
    per line with the file, line and key (or the flag) at fault, and exits 2.
    The role is the config file's (a file with routes or listen is a server's,
    one with forwards or server a client's); --role overrides the guess. Flags
