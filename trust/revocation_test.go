@@ -45,19 +45,7 @@ func newRevPKI(t *testing.T, cdp ...string) *revPKI {
 // and its checker, which the test closes.
 func (p *revPKI) serverWith(t *testing.T, policy trust.RevocationPolicy, log logrus.FieldLogger, crls ...[]byte) (*tls.Config, *trust.RevocationChecker) {
 	t.Helper()
-	src := sources(t, p.server, nil, p.root)
-	for i, c := range crls {
-		src.CRLFiles = append(src.CRLFiles, writeFile(t, filepath.Dir(src.CAFile), "crl"+string(rune('a'+i))+".pem", crlPEM(c)))
-	}
-	m, err := trust.Load(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := trust.NewStore(m)
-	rc := trust.NewRevocationChecker(policy, store, log)
-	t.Cleanup(rc.Close)
-	rc.Start(context.Background())
-	return trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)), rc
+	return p.serverBundle(t, policy, log, []*testCert{p.root}, crls...)
 }
 
 // client returns the config of a client holding leaf with the intermediate.
@@ -380,7 +368,8 @@ func TestRevokedForRecheck(t *testing.T) {
 	}
 }
 
-// serverBundle is serverWith with a CA bundle of cas.
+// serverBundle returns the server config trusting the CA bundle cas, with
+// crls as CRL files, and its started checker, which the test closes.
 func (p *revPKI) serverBundle(t *testing.T, policy trust.RevocationPolicy, log logrus.FieldLogger, cas []*testCert, crls ...[]byte) (*tls.Config, *trust.RevocationChecker) {
 	t.Helper()
 	src := sources(t, p.server, nil, cas...)
