@@ -142,15 +142,15 @@ type CRLStore struct {
 	caps CRLStoreLimits // cfg.Limits with defaults
 	log  logrus.FieldLogger
 
-	mu       sync.Mutex
-	entries  map[string]*crlEntry // tracked URLs; at most caps.TrackedURLs
-	refusedU *lru[string, string] // refused URL -> reason
-	hosts    map[string]int       // host -> number of tracked URLs
-	busy     map[string]bool      // hosts with a fetch in flight
-	active   int
-	winStart time.Time // the new-URL rate window
-	winCount int
-	closed   bool
+	mu          sync.Mutex
+	entries     map[string]*crlEntry // tracked URLs; at most caps.TrackedURLs
+	refusedURLs *lru[string, string] // refused URL -> its reason; forgets the least recently used
+	hosts       map[string]int       // host -> number of tracked URLs
+	busy        map[string]bool      // hosts with a fetch in flight
+	active      int
+	winStart    time.Time // the new-URL rate window
+	winCount    int
+	closed      bool
 
 	wake   chan struct{}
 	ctx    context.Context
@@ -188,7 +188,7 @@ func NewCRLStore(cfg CRLStoreConfig) *CRLStore {
 	caps := cfg.Limits.withDefaults()
 	return &CRLStore{
 		cfg: cfg, caps: caps, log: log.WithField(audit.Component, "crl"),
-		entries: map[string]*crlEntry{}, refusedU: newLRU[string, string](caps.RefusedURLs),
+		entries: map[string]*crlEntry{}, refusedURLs: newLRU[string, string](caps.RefusedURLs),
 		hosts: map[string]int{}, busy: map[string]bool{},
 		limitLog: &logthrottle.Throttle[string]{Interval: limitLogInterval, Max: 16},
 		wake:     make(chan struct{}, 1), ctx: ctx, cancel: cancel,
@@ -281,12 +281,12 @@ func (s *CRLStore) track(raw string, issuer *x509.Certificate, pin bool) (string
 	if s.closed {
 		return "", ReasonFetchDisabled
 	}
-	if reason, ok := s.refusedU.get(raw); ok {
+	if reason, ok := s.refusedURLs.get(raw); ok {
 		return "", reason
 	}
 	u, reason, err := s.cfg.Fetcher.precheck(raw)
 	if reason != "" {
-		if s.refusedU.add(raw, reason) {
+		if s.refusedURLs.add(raw, reason) {
 			s.limitHitLocked(LimitSeenURLs, raw, "refused Distribution Point forgotten to remember a new one")
 		}
 		if reason == ReasonURLRefused {

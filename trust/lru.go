@@ -49,6 +49,3 @@ func (l *lru[K, V]) add(k K, v V) (evicted bool) {
 	l.items[k] = l.order.PushFront(&lruItem[K, V]{key: k, val: v})
 	return evicted
 }
-
-// len returns the number of keys held.
-func (l *lru[K, V]) len() int { return l.order.Len() }
