@@ -128,8 +128,17 @@ func (p *proc) addLine(line string) {
 // process); on failure its last 50 log lines are logged.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startProcEnv(t, nil, args...)
+}
+
+// startProcEnv is startProc with extra environment variables ("K=V").
+func startProcEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: args[0], done: make(chan struct{})}
 	p.cmd = exec.CommandContext(t.Context(), tunnelBin, args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stderr = p
 	p.cmd.WaitDelay = 5 * time.Second
 	if err := p.cmd.Start(); err != nil {

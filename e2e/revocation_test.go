@@ -360,29 +360,12 @@ func TestRevokedSessionClosedOnCRLFileChange(t *testing.T) {
 	c2.waitEvent(t, waitTimeout, "app2 session", isEvent("session_opened"))
 
 	// Ten streams of app1, each proven open with an echoed byte.
-	var streams []*net.TCPConn
-	for i := range 10 {
-		c := dialLocal(t, c1.forwardAddr(t, "echo"))
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		if _, err := c.Write([]byte{byte(i)}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
-			t.Fatalf("stream %d: %v", i, err)
-		}
-		streams = append(streams, c)
-	}
+	streams := openStreams(t, c1.forwardAddr(t, "echo"), 10)
 	other := dialLocal(t, c2.forwardAddr(t, "echo"))
 
 	start := time.Now()
 	writeFileAtomic(t, crlFile, crl(t, p.inter, 0, app1.serial)) // the reload watcher sees it; no signal
-	for i, c := range streams {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if n, err := io.Copy(io.Discard, c); err != nil && isTimeout(err) {
-			t.Fatalf("stream %d still open 5 s after the CRL change (read %d bytes)", i, n)
-		}
-	}
-	elapsed := time.Since(start)
+	elapsed := waitStreamsClosed(t, streams, start, 5*time.Second)
 	t.Logf("10 streams of the revoked client closed %v after the CRL file changed", elapsed.Round(time.Millisecond))
 	srv.waitEvent(t, waitTimeout, "session_revoked", isEvent("session_revoked", "identity_cn", "app1"))
 	// The other client never noticed.

@@ -254,6 +254,22 @@ func (a *Allowlist) Contains(ip netip.Addr) bool {
 	return i < len(r) && r[i].lo.cmp(x) <= 0
 }
 
+// CoversAllIPv4 reports whether every IPv4 address is in the list, however
+// the prefixes say it: 0.0.0.0/0, 0.0.0.0/1 with 128.0.0.0/1,
+// ::ffff:0.0.0.0/96 (which ParseEntry reads as 0.0.0.0/0), or any other
+// set of prefixes whose union is the whole space. Safe on a nil *Allowlist.
+func (a *Allowlist) CoversAllIPv4() bool {
+	return a != nil && len(a.v4) == 1 && a.v4[0] == span4{0, math.MaxUint32}
+}
+
+// CoversAllIPv6 reports whether every IPv6 address is in the list, however
+// the prefixes say it (::/0, ::/1 with 8000::/1, ...). IPv4-mapped
+// addresses are tested against the IPv4 prefixes (see Contains), so this
+// says nothing about IPv4 clients. Safe on a nil *Allowlist.
+func (a *Allowlist) CoversAllIPv6() bool {
+	return a != nil && len(a.v6) == 1 && a.v6[0].lo == (u128{}) && a.v6[0].hi.isMax()
+}
+
 // Len returns the number of distinct prefixes in the list (duplicates
 // dropped, overlapping prefixes counted separately).
 func (a *Allowlist) Len() int {

@@ -413,3 +413,39 @@ func FuzzParseAllowlist(f *testing.F) {
 		}
 	})
 }
+
+// TestAllowlistCoversAll: coverage of a whole family is computed from the
+// union of the prefixes, not read off a /0.
+func TestAllowlistCoversAll(t *testing.T) {
+	for _, tt := range []struct {
+		entries []string
+		v4, v6  bool
+	}{
+		{[]string{"0.0.0.0/0"}, true, false},
+		{[]string{"0.0.0.0/1", "128.0.0.0/1"}, true, false},
+		{[]string{"::ffff:0.0.0.0/96"}, true, false},
+		{[]string{"0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/1", "10.0.0.0/8"}, true, false},
+		{[]string{"0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/3", "224.0.0.0/3"}, true, false},
+		{[]string{"0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/3"}, false, false},
+		{[]string{"0.0.0.0/1", "128.0.0.1/32"}, false, false},
+		{[]string{"::/0"}, false, true},
+		{[]string{"::/1", "8000::/1"}, false, true},
+		{[]string{"::/1", "8000::/2", "c000::/2"}, false, true},
+		{[]string{"::/1", "8000::/2"}, false, false},
+		{[]string{"::/1", "8000::/1", "0.0.0.0/1", "128.0.0.0/1"}, true, true},
+		{[]string{"10.0.0.0/8", "2001:db8::/32"}, false, false},
+		{nil, false, false},
+	} {
+		al, err := ParseAllowlist(tt.entries)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v4, v6 := al.CoversAllIPv4(), al.CoversAllIPv6(); v4 != tt.v4 || v6 != tt.v6 {
+			t.Errorf("%v: CoversAllIPv4 %v, CoversAllIPv6 %v; want %v, %v", tt.entries, v4, v6, tt.v4, tt.v6)
+		}
+	}
+	var nilList *Allowlist
+	if nilList.CoversAllIPv4() || nilList.CoversAllIPv6() {
+		t.Error("a nil list covers a family")
+	}
+}

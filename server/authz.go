@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,15 @@ import (
 const (
 	ReasonIdentityNotAllowed = "identity_not_allowed"
 	ReasonIPNotAllowed       = netfilter.ReasonIPNotAllowed
+	// ReasonMultipleCNs: a cn: rule names one of the leaf's common names,
+	// but the subject has several, so which one the rule means is not
+	// clear; no other rule matched.
+	ReasonMultipleCNs = "multiple_common_names"
+	// ReasonCNUnconstrained: a cn: rule names the leaf's common name, but a
+	// CA of its chain has name constraints and the leaf has no SAN of a
+	// kind they govern, so nothing the constraints checked backs the name;
+	// no other rule matched.
+	ReasonCNUnconstrained = "common_name_unconstrained"
 )
 
 // Access is the authorization of one route: which verified identities and
@@ -43,7 +53,9 @@ type Access struct {
 }
 
 // Decide returns "" if a admits p, or the reason it does not:
-// ReasonIPNotAllowed or ReasonIdentityNotAllowed. Safe on a nil *Access.
+// ReasonIPNotAllowed, ReasonIdentityNotAllowed, or, when the only rule that
+// named the peer was a cn: rule that may not decide, ReasonMultipleCNs or
+// ReasonCNUnconstrained. Safe on a nil *Access.
 func (a *Access) Decide(p Peer) string {
 	if a == nil {
 		return ""
@@ -54,12 +66,17 @@ func (a *Access) Decide(p Peer) string {
 	if len(a.Identities) == 0 {
 		return ""
 	}
+	reason := ReasonIdentityNotAllowed
 	for _, r := range a.Identities {
-		if r.Matches(p.Identity) {
+		ok, why := r.match(p.Identity)
+		if ok {
 			return ""
 		}
+		if why != "" {
+			reason = why
+		}
 	}
-	return ReasonIdentityNotAllowed
+	return reason
 }
 
 // String describes the rules for humans (`tunnel check`): "identities
@@ -86,7 +103,7 @@ func (a *Access) String() string {
 const (
 	KindCN     = "cn"     // subject common name, exact
 	KindOU     = "ou"     // one of the subject's organizational units, exact
-	KindDNS    = "dns"    // a DNS SAN; "*" stands for exactly one label
+	KindDNS    = "dns"    // a DNS SAN that is a valid host name; "*" stands for exactly one label
 	KindURI    = "uri"    // a URI SAN; "*" ends a path segment and matches within it
 	KindIP     = "ip"     // an IP SAN, equal to an address or inside a CIDR
 	KindSHA256 = "sha256" // the SHA-256 fingerprint of the leaf's DER, hex
@@ -101,13 +118,21 @@ type IdentityRule struct {
 }
 
 // ParseIdentityRule parses "KIND:PATTERN" where KIND is cn, ou, dns, uri, ip
-// or sha256. In dns patterns "*" must be a whole label and matches exactly
-// one label ("*.batch.corp" matches "a.batch.corp", not "a.b.batch.corp" nor
-// "batch.corp"). In uri patterns "*" may only end a path segment, matching
-// one or more characters of that segment and never a "/", "?" or "#"
-// ("spiffe://corp/payments/*" matches ".../payments/api", not
-// ".../payments/api/v2"). ip takes an address or a CIDR. sha256 takes 64 hex
-// digits, colons allowed. cn and ou match exactly and take no wildcard.
+// or sha256. The wildcard grammar (docs/CONFIG.md has it as a table of
+// examples, which the tests run): a dns pattern is a host name whose labels
+// are RFC 1123 labels or "*", and "*" matches exactly one label of a SAN
+// that is itself a valid host name ("*.batch.corp" matches "a.batch.corp",
+// not "a.b.batch.corp", "batch.corp" or "a b.batch.corp"). In a uri
+// pattern "*" may only end a path segment, never in the scheme or
+// authority, and matches one or more characters of that segment: URI path
+// characters only, never "/", "?" or "#", never making the segment "." or
+// "..", and never a percent-encoded "/", "." or "%" ("spiffe://corp/payments/*"
+// matches ".../payments/api", not ".../payments/api/v2", ".../payments/..",
+// ".../payments/%2e%2e" nor ".../payments/a%2Fadmin"). A uri pattern has no
+// "." or ".." segment itself. ip takes an address or a CIDR. sha256 takes 64
+// hex digits, colons allowed. cn and ou match exactly and take no wildcard;
+// a cn rule never matches a leaf with several common names, nor, under a
+// name-constrained CA, a leaf without a SAN the constraints govern.
 func ParseIdentityRule(s string) (IdentityRule, error) {
 	kind, pat, ok := strings.Cut(s, ":")
 	kind = strings.ToLower(strings.TrimSpace(kind))
@@ -129,13 +154,8 @@ func ParseIdentityRule(s string) (IdentityRule, error) {
 		}
 	case KindDNS:
 		r.pattern = strings.ToLower(strings.TrimSuffix(pat, "."))
-		for _, l := range strings.Split(r.pattern, ".") {
-			if l == "" {
-				return fail("empty DNS label")
-			}
-			if strings.Contains(l, "*") && l != "*" {
-				return fail("%q: a wildcard must be a whole label", l)
-			}
+		if err := checkDNSPattern(r.pattern); err != nil {
+			return fail("%v", err)
 		}
 	case KindURI:
 		if err := checkURIPattern(pat); err != nil {
@@ -163,50 +183,45 @@ func ParseIdentityRule(s string) (IdentityRule, error) {
 	return r, nil
 }
 
-// checkURIPattern allows "*" only at the end of a path segment.
-func checkURIPattern(pat string) error {
-	scheme, rest, ok := strings.Cut(pat, "://")
-	if !ok || scheme == "" {
-		return fmt.Errorf("%q is not an absolute URI (scheme://...)", pat)
-	}
-	authority, _, _ := strings.Cut(rest, "/")
-	if strings.Contains(scheme, "*") || strings.Contains(authority, "*") {
-		return fmt.Errorf("wildcards are allowed in the path only")
-	}
-	for _, seg := range strings.Split(rest, "/") {
-		if i := strings.IndexByte(seg, '*'); i >= 0 && i != len(seg)-1 {
-			return fmt.Errorf("segment %q: a wildcard may only end a path segment", seg)
-		}
-		if strings.ContainsAny(seg, "?#") && strings.Contains(seg, "*") {
-			return fmt.Errorf("segment %q: no wildcard next to a query or fragment", seg)
-		}
-	}
-	return nil
-}
-
 // String returns the rule as ParseIdentityRule reads it.
 func (r IdentityRule) String() string { return r.kind + ":" + r.pattern }
 
 // Matches reports whether the identity of a verified leaf satisfies r.
 func (r IdentityRule) Matches(id trust.Identity) bool {
+	ok, _ := r.match(id)
+	return ok
+}
+
+// match is Matches with, for a cn rule that names the leaf but may not
+// decide, the reason (ReasonMultipleCNs, ReasonCNUnconstrained).
+func (r IdentityRule) match(id trust.Identity) (bool, string) {
 	switch r.kind {
 	case KindCN:
-		return id.CommonName == r.pattern
+		if id.CommonName != r.pattern && !slices.Contains(id.CommonNames, r.pattern) {
+			return false, ""
+		}
+		if len(id.CommonNames) > 1 {
+			return false, ReasonMultipleCNs // crypto/x509 keeps the last; the CA may have meant another
+		}
+		if id.NameConstrained && !id.ConstrainedSAN {
+			return false, ReasonCNUnconstrained // name constraints never look at the CN
+		}
+		return true, ""
 	case KindOU:
-		return anyOf(id.OrgUnits, func(v string) bool { return v == r.pattern })
+		return anyOf(id.OrgUnits, func(v string) bool { return v == r.pattern }), ""
 	case KindDNS:
-		return anyOf(id.DNSNames, func(v string) bool { return matchDNS(r.pattern, v) })
+		return anyOf(id.DNSNames, func(v string) bool { return matchDNS(r.pattern, v) }), ""
 	case KindURI:
-		return anyOf(id.URIs, func(v string) bool { return matchURI(r.pattern, v) })
+		return anyOf(id.URIs, func(v string) bool { return matchURI(r.pattern, v) }), ""
 	case KindIP:
 		return anyOf(id.IPs, func(v string) bool {
 			a, err := netip.ParseAddr(v)
 			return err == nil && r.prefix.Contains(a.Unmap())
-		})
+		}), ""
 	case KindSHA256:
-		return id.Fingerprint == r.pattern
+		return id.Fingerprint == r.pattern, ""
 	}
-	return false // the zero rule matches nothing
+	return false, "" // the zero rule matches nothing
 }
 
 func anyOf(vals []string, f func(string) bool) bool {
@@ -216,47 +231,6 @@ func anyOf(vals []string, f func(string) bool) bool {
 		}
 	}
 	return false
-}
-
-// matchDNS matches a lowercased pattern against a DNS name label by label;
-// "*" matches exactly one non-empty label.
-func matchDNS(pat, name string) bool {
-	pl := strings.Split(pat, ".")
-	nl := strings.Split(strings.ToLower(strings.TrimSuffix(name, ".")), ".")
-	if len(pl) != len(nl) {
-		return false
-	}
-	for i := range pl {
-		if nl[i] == "" || (pl[i] != "*" && pl[i] != nl[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-// matchURI matches segment by segment (split at "/"): a segment ending in
-// "*" matches one that starts with the rest and has at least one more
-// character, none of them "?" or "#"; other segments match exactly.
-func matchURI(pat, uri string) bool {
-	ps := strings.Split(pat, "/")
-	us := strings.Split(uri, "/")
-	if len(ps) != len(us) {
-		return false
-	}
-	for i := range ps {
-		stem, wild := strings.CutSuffix(ps[i], "*")
-		if !wild {
-			if ps[i] != us[i] {
-				return false
-			}
-			continue
-		}
-		tail, ok := strings.CutPrefix(us[i], stem)
-		if !ok || tail == "" || strings.ContainsAny(tail, "?#") {
-			return false
-		}
-	}
-	return true
 }
 
 // routeUse counts a session's open streams per route, so that a reload can

@@ -38,6 +38,16 @@ func TestParseIdentityRule(t *testing.T) {
 		{"uri:spiffe://*/x", ""},
 		{"uri:spiffe://corp/a*b", ""},
 		{"uri:corp/payments/*", ""},
+		{"uri:spiffe://corp/a/../*", ""},
+		{"uri:spiffe://corp/./x", ""},
+		{"uri:spiffe://corp/a%*", ""},
+		{"uri:spiffe://corp/a%2*", ""},
+		{"uri:spiffe://corp/a%2Fb/*", "uri:spiffe://corp/a%2Fb/*"},
+		{"dns:a_b.corp", ""},
+		{"dns:-a.corp", ""},
+		{"dns:a b.corp", ""},
+		{"dns:" + strings.Repeat("a", 64) + ".corp", ""},
+		{"dns:" + strings.Repeat("a.", 127) + "corp", ""},
 		{"ip:10.0.0.300", ""},
 		{"ip:fe80::1%eth0", ""},
 		{"sha256:abcd", ""},
@@ -136,12 +146,35 @@ func TestAccessDecide(t *testing.T) {
 		{"address ok", &Access{Allow: allow}, peer("10.1.9.9", "x"), ""},
 		{"address refused", &Access{Allow: allow}, peer("10.2.0.1", "x"), ReasonIPNotAllowed},
 		{"both needed", &Access{Identities: []IdentityRule{app1}, Allow: allow}, peer("10.2.0.1", "app1"), ReasonIPNotAllowed},
+		{"two CNs, the rule names the last", &Access{Identities: []IdentityRule{app1}}, withID(peer("192.0.2.1", "app1"), func(i *trust.Identity) {
+			i.CommonNames = []string{"admin", "app1"}
+		}), ReasonMultipleCNs},
+		{"two CNs, the rule names the first", &Access{Identities: []IdentityRule{app1}}, withID(peer("192.0.2.1", "admin"), func(i *trust.Identity) {
+			i.CommonNames = []string{"app1", "admin"}
+		}), ReasonMultipleCNs},
+		{"two CNs, another rule decides", &Access{Identities: []IdentityRule{app1, mustRule(t, "dns:app1.corp")}}, withID(peer("192.0.2.1", "app1"), func(i *trust.Identity) {
+			i.CommonNames, i.DNSNames = []string{"admin", "app1"}, []string{"app1.corp"}
+		}), ""},
+		{"two CNs, neither named", &Access{Identities: []IdentityRule{app1}}, withID(peer("192.0.2.1", "b"), func(i *trust.Identity) {
+			i.CommonNames = []string{"a", "b"}
+		}), ReasonIdentityNotAllowed},
+		{"constrained CA, CN only", &Access{Identities: []IdentityRule{app1}}, withID(peer("192.0.2.1", "app1"), func(i *trust.Identity) {
+			i.NameConstrained = true
+		}), ReasonCNUnconstrained},
+		{"constrained CA, a governed SAN", &Access{Identities: []IdentityRule{app1}}, withID(peer("192.0.2.1", "app1"), func(i *trust.Identity) {
+			i.NameConstrained, i.ConstrainedSAN = true, true
+		}), ""},
 	}
 	for _, tt := range tests {
 		if got := tt.a.Decide(tt.p); got != tt.want {
 			t.Errorf("%s: Decide = %q, want %q", tt.name, got, tt.want)
 		}
 	}
+}
+
+func withID(p Peer, mut func(*trust.Identity)) Peer {
+	mut(&p.Identity)
+	return p
 }
 
 func mustRule(t *testing.T, s string) IdentityRule {

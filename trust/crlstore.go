@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,28 +17,83 @@ import (
 )
 
 // Refresh bounds and the caps of CRLStore. A peer chooses which
-// Distribution Points we see, so every table it can grow is capped; a cap
-// hit is logged (rate-limited) and counted, and the URL is dropped.
+// Distribution Points we see, so every table it can grow is capped. No cap
+// ever stops checking for good: the rate window moves on every minute, and
+// the tables forget their least recently used URL to make room for a new
+// one. A certificate whose Distribution Point a cap kept out counts as
+// having no usable CRL for it (see RevocationChecker.Check).
 const (
 	MinCRLRefresh        = 10 * time.Minute // shortest refresh derived from nextUpdate
 	MaxCRLRefresh        = 24 * time.Hour   // longest refresh derived from nextUpdate
 	maxConcurrentFetches = 4
-	maxNewURLsPerMinute  = 60
-	maxTrackedHosts      = 1024
-	maxSeenURLs          = 4096
-	maxCachedCRLs        = 1024
 	maxIssuersPerURL     = 4
 	fetchRetryMin        = 30 * time.Second
 	limitLogInterval     = time.Minute
 )
 
-// Names of the caps, as logged in crl_limit lines and counted in Stats.
+// Default CRL store caps; see CRLStoreLimits.
 const (
-	LimitFetchRate = "new_urls_per_minute"
-	LimitHosts     = "tracked_hosts"
-	LimitSeenURLs  = "seen_urls"
-	LimitCached    = "cached_crls"
+	DefaultNewURLsPerMinute = 60
+	DefaultTrackedURLs      = 1024
+	DefaultRefusedURLs      = 4096
 )
+
+// Names of the caps, as logged in crl_limit lines and counted in Stats. A
+// Distribution Point dropped by a cap gives the reason "limit_" + its name.
+const (
+	LimitFetchRate = "new_urls_per_minute" // new URLs tracked per minute
+	LimitCached    = "cached_crls"         // URLs tracked (and CRLs cached) at once; the LRU one is evicted
+	LimitSeenURLs  = "seen_urls"           // refused URLs remembered; the LRU one is forgotten
+)
+
+// Reasons a Distribution Point gives no usable CRL: the reason field of
+// crl_unavailable lines and UnavailableError.Why.
+const (
+	ReasonSchemeNotFetched = "scheme_not_fetched" // ldap://, file://, ...; or http:// under --crl-allow-http=false
+	ReasonURLRefused       = "url_refused"        // CheckCRLURL or the SSRF guard refused it before any request
+	ReasonFetchDisabled    = "fetch_disabled"     // --crl-fetch=false and no --crl file for the issuer
+	ReasonNotFetchedYet    = "not_fetched_yet"    // tracked; its first fetch has not ended
+	ReasonFetchFailed      = "fetch_failed"       // tracked; fetches failed and no CRL was ever verified
+	reasonLimitPrefix      = "limit_"             // + LimitFetchRate or LimitCached
+)
+
+// storeLimitDefaults are the caps used where CRLStoreLimits leaves a field
+// zero. Only the tunnel_testhooks build changes them (testhooks.go), so the
+// end-to-end tests can fill the caps in seconds.
+var storeLimitDefaults = CRLStoreLimits{
+	NewURLsPerMinute: DefaultNewURLsPerMinute,
+	TrackedURLs:      DefaultTrackedURLs,
+	RefusedURLs:      DefaultRefusedURLs,
+}
+
+// CRLStoreLimits are the caps of a CRLStore; a zero field takes its default.
+type CRLStoreLimits struct {
+	// NewURLsPerMinute caps how many URLs never seen before are tracked
+	// per minute (DefaultNewURLsPerMinute). URLs of the CA bundle are not
+	// counted. One over it is dropped for now; a later handshake brings
+	// it again.
+	NewURLsPerMinute int
+	// TrackedURLs caps the URLs tracked, and so the CRLs cached, at once
+	// (DefaultTrackedURLs). When it is reached, the least recently used
+	// URL that is not a CA bundle's and has no fetch in flight is evicted.
+	TrackedURLs int
+	// RefusedURLs caps the refused URLs remembered, so that each is logged
+	// once (DefaultRefusedURLs); the least recently used is forgotten.
+	RefusedURLs int
+}
+
+func (l CRLStoreLimits) withDefaults() CRLStoreLimits {
+	if l.NewURLsPerMinute <= 0 {
+		l.NewURLsPerMinute = storeLimitDefaults.NewURLsPerMinute
+	}
+	if l.TrackedURLs <= 0 {
+		l.TrackedURLs = storeLimitDefaults.TrackedURLs
+	}
+	if l.RefusedURLs <= 0 {
+		l.RefusedURLs = storeLimitDefaults.RefusedURLs
+	}
+	return l
+}
 
 // CRLStoreConfig configures a CRLStore.
 type CRLStoreConfig struct {
@@ -48,7 +102,11 @@ type CRLStoreConfig struct {
 	// Otherwise each is refetched shortly before its nextUpdate, clamped to
 	// [MinCRLRefresh, MaxCRLRefresh].
 	RefreshInterval time.Duration
+	Limits          CRLStoreLimits
 	Log             logrus.FieldLogger
+	// Now is the clock of the new-URL rate window and of the LRU order;
+	// nil means time.Now.
+	Now func() time.Time
 	// OnUpdate, if set, runs after a fetch brought a CRL that differs from
 	// the one cached for its URL (or the first one). It runs on the store's
 	// goroutine and must not block for long.
@@ -59,10 +117,17 @@ type CRLStoreConfig struct {
 type CRLStoreStats struct {
 	FetchesOK     uint64
 	FetchesFailed uint64 // network, HTTP, size, parse or signature failures
-	URLsRefused   uint64 // refused by CheckCRLURL (never fetched)
+	URLsRefused   uint64 // refused by CheckCRLURL or the SSRF guard (never fetched)
 	LimitHits     map[string]uint64
 	Cached        int // URLs holding a verified CRL
 	Tracked       int // URLs being fetched or refreshed
+}
+
+// UnusableDP is a Distribution Point of a certificate that gives no CRL,
+// and why (one of the Reason* values, or "limit_" and a Limit* name).
+type UnusableDP struct {
+	URL    string
+	Reason string
 }
 
 // CRLStore caches CRLs fetched from Distribution Point URLs, keyed by URL.
@@ -73,18 +138,19 @@ type CRLStoreStats struct {
 // an issuer that discovered its URL and is not older than the one it
 // replaces; on any failure the previous CRL stays. Safe for concurrent use.
 type CRLStore struct {
-	cfg CRLStoreConfig
-	log logrus.FieldLogger
+	cfg  CRLStoreConfig
+	caps CRLStoreLimits // cfg.Limits with defaults
+	log  logrus.FieldLogger
 
-	mu       sync.Mutex
-	entries  map[string]*crlEntry
-	seen     map[string]struct{} // every URL ever considered, refused ones too
-	hosts    map[string]int      // host -> number of tracked URLs
-	busy     map[string]bool     // hosts with a fetch in flight
-	active   int
-	winStart time.Time // the new-URL rate window
-	winCount int
-	closed   bool
+	mu          sync.Mutex
+	entries     map[string]*crlEntry // tracked URLs; at most caps.TrackedURLs
+	refusedURLs *lru[string, string] // refused URL -> its reason; forgets the least recently used
+	hosts       map[string]int       // host -> number of tracked URLs
+	busy        map[string]bool      // hosts with a fetch in flight
+	active      int
+	winStart    time.Time // the new-URL rate window
+	winCount    int
+	closed      bool
 
 	wake   chan struct{}
 	ctx    context.Context
@@ -92,7 +158,7 @@ type CRLStore struct {
 	wg     sync.WaitGroup
 
 	fetchOK, fetchFailed, refused atomic.Uint64
-	limits                        sync.Map // limit name -> *atomic.Uint64
+	limitHits                     sync.Map // limit name -> *atomic.Uint64
 	limitLog                      *logthrottle.Throttle[string]
 }
 
@@ -103,9 +169,11 @@ type crlEntry struct {
 	crl       *CRL                // the last verified CRL, or nil
 	fetchedAt time.Time
 	next      time.Time // when to fetch next
+	used      time.Time // when a certificate last named it; the LRU order
+	pinned    bool      // named by a CA bundle certificate: never evicted
 	failures  int       // consecutive failed fetches
 	inflight  bool
-	attempted chan struct{} // closed when the first fetch attempt ends
+	attempted chan struct{} // closed when the first fetch attempt ends, or the entry is evicted
 }
 
 // NewCRLStore returns a store; Start launches its refresher.
@@ -117,9 +185,10 @@ func NewCRLStore(cfg CRLStoreConfig) *CRLStore {
 		log = l
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	caps := cfg.Limits.withDefaults()
 	return &CRLStore{
-		cfg: cfg, log: log.WithField(audit.Component, "crl"),
-		entries: map[string]*crlEntry{}, seen: map[string]struct{}{},
+		cfg: cfg, caps: caps, log: log.WithField(audit.Component, "crl"),
+		entries: map[string]*crlEntry{}, refusedURLs: newLRU[string, string](caps.RefusedURLs),
 		hosts: map[string]int{}, busy: map[string]bool{},
 		limitLog: &logthrottle.Throttle[string]{Interval: limitLogInterval, Max: 16},
 		wake:     make(chan struct{}, 1), ctx: ctx, cancel: cancel,
@@ -142,71 +211,146 @@ func (s *CRLStore) Close() {
 	s.cfg.Fetcher.Close()
 }
 
-// Discover registers the http(s) Distribution Points of cert, issued by
-// issuer, for fetching, and returns the URLs it tracks for cert (new and
-// known ones; refused and capped ones are left out). It never blocks on the
-// network.
-func (s *CRLStore) Discover(cert, issuer *x509.Certificate) []string {
+// Discover registers the Distribution Points of cert, issued by issuer, for
+// fetching. It returns the URLs it tracks for cert (new and known ones) and
+// those that give no CRL, with the reason: a scheme it does not fetch, a URL
+// refused before any request, or a cap that kept a new URL out. It never
+// blocks on the network.
+func (s *CRLStore) Discover(cert, issuer *x509.Certificate) (urls []string, unusable []UnusableDP) {
+	return s.discover(cert, issuer, false)
+}
+
+// discover is Discover; pin marks the URLs as a CA bundle certificate's:
+// outside the new-URL rate and never evicted.
+func (s *CRLStore) discover(cert, issuer *x509.Certificate, pin bool) (urls []string, unusable []UnusableDP) {
+	for _, raw := range cert.CRLDistributionPoints {
+		if u, reason := s.track(raw, issuer, pin); reason == "" {
+			urls = append(urls, u)
+		} else {
+			unusable = append(unusable, UnusableDP{URL: raw, Reason: reason})
+		}
+	}
+	return urls, unusable
+}
+
+// known returns the Distribution Points of cert that the store tracks now,
+// without registering others or marking any used: for re-checking live
+// sessions, which must not churn the store (a re-check after every CRL
+// update that re-tracked evicted URLs would fetch, update and re-check
+// again, round and round, whenever more URLs are in use than fit).
+func (s *CRLStore) known(cert *x509.Certificate) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var urls []string
 	for _, raw := range cert.CRLDistributionPoints {
-		if u := s.track(raw, issuer); u != "" {
-			urls = append(urls, u)
+		if _, ok := s.entries[raw]; ok {
+			urls = append(urls, raw)
 		}
 	}
 	return urls
 }
 
-// track registers one URL and returns it, or "" if it is refused or a cap
-// is hit.
-func (s *CRLStore) track(raw string, issuer *x509.Certificate) string {
+// pinOnly makes urls the only pinned URLs: after a reload, the CAs that
+// left the bundle no longer hold their URLs in the store.
+func (s *CRLStore) pinOnly(urls []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	keep := make(map[string]bool, len(urls))
+	for _, u := range urls {
+		keep[u] = true
+	}
+	for u, e := range s.entries {
+		e.pinned = keep[u]
+	}
+}
+
+// track registers one URL and returns it, or the reason it gives no CRL.
+func (s *CRLStore) track(raw string, issuer *x509.Certificate, pin bool) (string, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	if s.cfg.Now != nil {
+		now = s.cfg.Now()
+	}
 	if e, ok := s.entries[raw]; ok {
 		e.addIssuer(issuer)
-		return raw
+		e.used = now
+		e.pinned = e.pinned || pin
+		return raw, ""
 	}
-	if _, ok := s.seen[raw]; ok || s.closed {
-		return "" // refused before, or capped by hosts/cache, or dropped
+	if s.closed {
+		return "", ReasonFetchDisabled
 	}
-	if isLDAPURL(raw) {
-		return "" // legal in certificates and common in AD CS; we fetch only http(s)
+	if reason, ok := s.refusedURLs.get(raw); ok {
+		return "", reason
 	}
-	if len(s.seen) >= maxSeenURLs {
-		s.limitHitLocked(LimitSeenURLs, raw)
-		return ""
+	u, reason, err := s.cfg.Fetcher.precheck(raw)
+	if reason != "" {
+		if s.refusedURLs.add(raw, reason) {
+			s.limitHitLocked(LimitSeenURLs, raw, "refused Distribution Point forgotten to remember a new one")
+		}
+		if reason == ReasonURLRefused {
+			s.refused.Add(1)
+			s.log.WithFields(logrus.Fields{audit.Event: audit.CRLUnavailable, audit.URL: truncate(raw, 200),
+				audit.Reason: reason, audit.Error: err.Error()}).Warn("CRL Distribution Point refused; it will not be fetched")
+		} else {
+			// Legal in certificates (ldap:// is common in AD CS); we fetch
+			// only http(s). The certificate needs a CRL from elsewhere.
+			s.log.WithFields(logrus.Fields{audit.URL: truncate(raw, 200), audit.Reason: reason}).
+				Info("CRL Distribution Point has a scheme that is not fetched")
+		}
+		return "", reason
 	}
-	now := time.Now()
-	if now.Sub(s.winStart) >= time.Minute {
-		s.winStart, s.winCount = now, 0
+	if !pin {
+		if now.Sub(s.winStart) >= time.Minute {
+			s.winStart, s.winCount = now, 0
+		}
+		if s.winCount >= s.caps.NewURLsPerMinute {
+			// Not remembered: a later handshake may bring it again.
+			s.limitHitLocked(LimitFetchRate, raw, "CRL store limit reached; Distribution Point dropped for now")
+			return "", reasonLimitPrefix + LimitFetchRate
+		}
+		s.winCount++
 	}
-	if s.winCount >= maxNewURLsPerMinute {
-		s.limitHitLocked(LimitFetchRate, raw) // not marked seen: a later handshake may bring it again
-		return ""
-	}
-	s.winCount++
-	s.seen[raw] = struct{}{}
-	u, err := CheckCRLURL(raw, s.cfg.Fetcher.opts.AllowHTTP)
-	if err != nil {
-		s.refused.Add(1)
-		s.log.WithFields(logrus.Fields{audit.Event: audit.CRLUnavailable, audit.URL: truncate(raw, 200),
-			audit.Reason: "url_refused", audit.Error: err.Error()}).Warn("CRL Distribution Point refused; it will not be fetched")
-		return ""
+	if len(s.entries) >= s.caps.TrackedURLs && !s.evictLocked() {
+		s.limitHitLocked(LimitCached, raw, "CRL store limit reached and nothing can be evicted; Distribution Point dropped for now")
+		return "", reasonLimitPrefix + LimitCached
 	}
 	host := u.Host
-	if _, ok := s.hosts[host]; !ok && len(s.hosts) >= maxTrackedHosts {
-		s.limitHitLocked(LimitHosts, raw)
-		return ""
-	}
-	if len(s.entries) >= maxCachedCRLs {
-		s.limitHitLocked(LimitCached, raw)
-		return ""
-	}
 	s.hosts[host]++
-	e := &crlEntry{url: raw, host: host, next: now, attempted: make(chan struct{})}
+	e := &crlEntry{url: raw, host: host, next: now, used: now, pinned: pin, attempted: make(chan struct{})}
 	e.addIssuer(issuer)
 	s.entries[raw] = e
 	s.kick()
-	return raw
+	return raw, ""
+}
+
+// evictLocked drops the least recently used entry that is not pinned and
+// has no fetch in flight, and reports whether it found one.
+func (s *CRLStore) evictLocked() bool {
+	var victim *crlEntry
+	for _, e := range s.entries {
+		if e.pinned || e.inflight {
+			continue
+		}
+		if victim == nil || e.used.Before(victim.used) {
+			victim = e
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(s.entries, victim.url)
+	if s.hosts[victim.host]--; s.hosts[victim.host] <= 0 {
+		delete(s.hosts, victim.host)
+	}
+	select {
+	case <-victim.attempted:
+	default:
+		close(victim.attempted) // nobody waits for a fetch that will not happen
+	}
+	s.limitHitLocked(LimitCached, victim.url, "CRL store full; least recently used Distribution Point evicted")
+	return true
 }
 
 func (e *crlEntry) addIssuer(issuer *x509.Certificate) {
@@ -221,15 +365,15 @@ func (e *crlEntry) addIssuer(issuer *x509.Certificate) {
 	e.issuers = append(e.issuers, issuer)
 }
 
-// limitHitLocked counts a cap hit and logs it at most once a minute per cap.
-func (s *CRLStore) limitHitLocked(limit, raw string) {
-	v, _ := s.limits.LoadOrStore(limit, new(atomic.Uint64))
+// limitHitLocked counts a cap hit and logs msg at most once a minute per cap.
+func (s *CRLStore) limitHitLocked(limit, raw, msg string) {
+	v, _ := s.limitHits.LoadOrStore(limit, new(atomic.Uint64))
 	n := v.(*atomic.Uint64).Add(1)
 	if _, _, ok := s.limitLog.Hit(limit); !ok {
 		return
 	}
 	s.log.WithFields(logrus.Fields{audit.Event: audit.CRLLimit, audit.Limit: limit, audit.URL: truncate(raw, 200),
-		audit.Count: n}).Warn("CRL store limit reached; Distribution Point dropped")
+		audit.Count: n}).Warn(msg)
 }
 
 // CRL returns the verified CRL cached for url, or nil.
@@ -306,7 +450,7 @@ func (s *CRLStore) RefreshAll() {
 func (s *CRLStore) Stats() CRLStoreStats {
 	st := CRLStoreStats{FetchesOK: s.fetchOK.Load(), FetchesFailed: s.fetchFailed.Load(),
 		URLsRefused: s.refused.Load(), LimitHits: map[string]uint64{}}
-	s.limits.Range(func(k, v any) bool {
+	s.limitHits.Range(func(k, v any) bool {
 		st.LimitHits[k.(string)] = v.(*atomic.Uint64).Load()
 		return true
 	})
@@ -482,11 +626,6 @@ func (s *CRLStore) retryAfter(n int) time.Duration {
 	}
 	d := fetchRetryMin << min(n-1, 16)
 	return min(d, ceiling)
-}
-
-func isLDAPURL(raw string) bool {
-	u, err := url.Parse(raw)
-	return err == nil && (u.Scheme == "ldap" || u.Scheme == "ldaps")
 }
 
 // discard is an io.Writer that drops everything, for a silent logger.

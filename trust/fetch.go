@@ -61,14 +61,26 @@ type CRLFetcher struct {
 	client *http.Client
 }
 
+// dialFunc is how a fetcher connects; tests replace the dialer to see what
+// would be dialled without sending anything.
+type dialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
 // NewCRLFetcher returns a fetcher with opts.
 func NewCRLFetcher(opts FetchOptions) *CRLFetcher {
+	return newCRLFetcher(opts, nil)
+}
+
+// newCRLFetcher returns a fetcher that connects with dial, or with a
+// net.Dialer whose Control hook is the SSRF guard if dial is nil.
+func newCRLFetcher(opts FetchOptions, dial dialFunc) *CRLFetcher {
 	f := &CRLFetcher{opts: opts, guard: ssrf.New(ssrf.WithAnyPort()), allow: testAllowPrefixes}
-	dialer := &net.Dialer{Timeout: opts.Timeout, Control: f.control}
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: opts.Timeout, Control: f.control}).DialContext
+	}
 	f.client = &http.Client{
 		Transport: &http.Transport{
 			Proxy:                  nil, // a proxy would be what the guard sees, not the target
-			DialContext:            dialer.DialContext,
+			DialContext:            dial,
 			TLSHandshakeTimeout:    crlFetchTLSHandshakeMax,
 			ResponseHeaderTimeout:  opts.Timeout,
 			MaxResponseHeaderBytes: crlFetchHeaderBytes,
@@ -83,9 +95,13 @@ func NewCRLFetcher(opts FetchOptions) *CRLFetcher {
 }
 
 // TestAllowanceActive reports whether this binary was built with the
-// test-only allowance that lets the fetcher reach refused addresses. The
+// test-only hooks and they are in use: the allowance that lets the fetcher
+// reach refused addresses, or CRL store caps other than the defaults. The
 // server logs a loud warning when it is.
-func TestAllowanceActive() bool { return len(testAllowPrefixes) > 0 }
+func TestAllowanceActive() bool {
+	return len(testAllowPrefixes) > 0 || storeLimitDefaults != CRLStoreLimits{
+		NewURLsPerMinute: DefaultNewURLsPerMinute, TrackedURLs: DefaultTrackedURLs, RefusedURLs: DefaultRefusedURLs}
+}
 
 // control is the dialer's Control hook: it sees the resolved address just
 // before connect.
@@ -115,15 +131,9 @@ func (f *CRLFetcher) Close() { f.client.CloseIdleConnections() }
 // Fetch downloads the CRL at rawURL and returns the body. Errors name the
 // URL's problem: refused URL or address, timeout, status, redirect, size.
 func (f *CRLFetcher) Fetch(ctx context.Context, rawURL string) ([]byte, error) {
-	u, err := CheckCRLURL(rawURL, f.opts.AllowHTTP)
+	u, _, err := f.precheck(rawURL)
 	if err != nil {
 		return nil, err
-	}
-	if a, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]")); err == nil && !f.allowed(a) {
-		// An IP literal is refused here, before any packet.
-		if err := f.guard.Safe("tcp", netip.AddrPortFrom(a, 443).String(), nil); err != nil {
-			return nil, fmt.Errorf("%w: address %s: %v", ErrURLRefused, a, err)
-		}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
@@ -153,6 +163,48 @@ func (f *CRLFetcher) Fetch(ctx context.Context, rawURL string) ([]byte, error) {
 		return nil, fmt.Errorf("response exceeds the cap of %d bytes; aborted", f.opts.MaxBytes)
 	}
 	return body, nil
+}
+
+// precheck is every check of rawURL that needs no network: CheckCRLURL,
+// then, for an IP literal, the SSRF guard's verdict on the address and
+// port, so a refused literal is refused before any packet. It returns the
+// URL, or the reason it is not fetched (ReasonSchemeNotFetched for a scheme
+// other than http(s), or http under AllowHTTP false; ReasonURLRefused for
+// anything else) with an error wrapping ErrURLRefused.
+func (f *CRLFetcher) precheck(rawURL string) (*url.URL, string, error) {
+	if p, err := url.Parse(rawURL); err == nil && p.Scheme != "" {
+		switch p.Scheme { // url.Parse lowercases it
+		case "https":
+		case "http":
+			if !f.opts.AllowHTTP {
+				return nil, ReasonSchemeNotFetched, fmt.Errorf("%w: %q: plain http is disabled (--crl-allow-http=false)", ErrURLRefused, truncate(rawURL, 120))
+			}
+		default:
+			return nil, ReasonSchemeNotFetched, fmt.Errorf("%w: %q: scheme %q is not fetched (http and https only)", ErrURLRefused, truncate(rawURL, 120), truncate(p.Scheme, 20))
+		}
+	}
+	u, err := CheckCRLURL(rawURL, f.opts.AllowHTTP)
+	if err != nil {
+		return nil, ReasonURLRefused, err
+	}
+	a, err := netip.ParseAddr(u.Hostname())
+	if err != nil || f.allowed(a) {
+		return u, "", nil // a name: its addresses are checked when dialled
+	}
+	port := uint16(80)
+	if u.Scheme == "https" {
+		port = 443
+	}
+	if p := u.Port(); p != "" {
+		n, _ := strconv.Atoi(p) // CheckCRLURL checked it is 1..65535
+		port = uint16(n)
+	}
+	// SafeAddrPort, not Safe: Safe wants the network name tcp4 or tcp6 and
+	// refuses "tcp", which once refused every literal, public ones too.
+	if err := f.guard.SafeAddrPort(netip.AddrPortFrom(a, port)); err != nil {
+		return nil, ReasonURLRefused, fmt.Errorf("%w: address %s: %v", ErrURLRefused, a, err)
+	}
+	return u, "", nil
 }
 
 // CheckCRLURL parses a Distribution Point URL and refuses, before any

@@ -5,10 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -203,27 +206,141 @@ func TestFetcherTimeout(t *testing.T) {
 
 func TestCRLStoreCaps(t *testing.T) {
 	ca := newCA(t, "Caps CA")
-	// ldap is skipped quietly; the hostile URL is refused and counts
-	// towards the rate of new URLs, as every new URL does.
+	// ldap is not fetched and the hostile URL is refused: both give no
+	// CRL, and neither counts towards the rate of new URLs.
 	cdps := []string{"ldap://ldap.example/cn=crl", "http://0x7f.1/ca.crl"}
 	for i := range 70 {
 		cdps = append(cdps, fmt.Sprintf("http://h%d.crl.example/ca.crl", i))
 	}
 	leaf := newLeaf(t, ca, "caps", x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) { c.CRLDistributionPoints = cdps })
+	now := time.Now()
 	// Not started: nothing is fetched, only tracked.
-	s := trust.NewCRLStore(trust.CRLStoreConfig{Fetcher: trust.NewCRLFetcher(trust.DefaultFetchOptions())})
+	s := trust.NewCRLStore(trust.CRLStoreConfig{Fetcher: trust.NewCRLFetcher(trust.DefaultFetchOptions()), Now: func() time.Time { return now }})
 	defer s.Close()
-	got := s.Discover(leaf.cert, ca.cert)
+	got, unusable := s.Discover(leaf.cert, ca.cert)
 	st := s.Stats()
-	if len(got) != 59 || st.Tracked != 59 || st.URLsRefused != 1 {
-		t.Errorf("tracked %d (returned %d), refused %d; want 59 and 1 under the 60-per-minute cap", st.Tracked, len(got), st.URLsRefused)
+	if len(got) != 60 || st.Tracked != 60 || st.URLsRefused != 1 {
+		t.Errorf("tracked %d (returned %d), refused %d; want 60 and 1 under the 60-per-minute cap", st.Tracked, len(got), st.URLsRefused)
 	}
-	if st.LimitHits[trust.LimitFetchRate] != 11 {
-		t.Errorf("rate cap hits = %d, want 11", st.LimitHits[trust.LimitFetchRate])
+	if st.LimitHits[trust.LimitFetchRate] != 10 {
+		t.Errorf("rate cap hits = %d, want 10", st.LimitHits[trust.LimitFetchRate])
+	}
+	reasons := map[string]int{}
+	for _, u := range unusable {
+		reasons[u.Reason]++
+	}
+	if want := map[string]int{trust.ReasonSchemeNotFetched: 1, trust.ReasonURLRefused: 1, "limit_" + trust.LimitFetchRate: 10}; !maps.Equal(reasons, want) {
+		t.Errorf("unusable Distribution Points by reason = %v, want %v", reasons, want)
 	}
 	// Known URLs are returned again without counting as new.
-	if again := s.Discover(leaf.cert, ca.cert); len(again) != 59 {
+	if again, _ := s.Discover(leaf.cert, ca.cert); len(again) != 60 {
 		t.Errorf("second Discover returned %d URLs", len(again))
+	}
+	// A minute later the window has moved on: the ten dropped ones get in.
+	now = now.Add(time.Minute)
+	if later, unusable := s.Discover(leaf.cert, ca.cert); len(later) != 70 || len(unusable) != 2 {
+		t.Errorf("a minute later: %d tracked, %d unusable; want 70 and 2", len(later), len(unusable))
+	}
+}
+
+// TestCRLStoreEvictsLeastRecentlyUsed: a full store makes room for a new
+// URL by forgetting the one used longest ago, never a CA bundle's, so a
+// filled cap never stops tracking new Distribution Points.
+func TestCRLStoreEvictsLeastRecentlyUsed(t *testing.T) {
+	ca := newCA(t, "LRU CA")
+	cert := func(urls ...string) *x509.Certificate {
+		return newLeaf(t, ca, "lru", x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) { c.CRLDistributionPoints = urls }).cert
+	}
+	now := time.Now()
+	s := trust.NewCRLStore(trust.CRLStoreConfig{Fetcher: trust.NewCRLFetcher(trust.DefaultFetchOptions()),
+		Limits: trust.CRLStoreLimits{TrackedURLs: 3, RefusedURLs: 2}, Now: func() time.Time { return now }})
+	defer s.Close()
+	tick := func() { now = now.Add(time.Second) }
+	a, b, c, d := cert("http://a.example/1.crl"), cert("http://b.example/1.crl"), cert("http://c.example/1.crl"), cert("http://d.example/1.crl")
+	for _, x := range []*x509.Certificate{a, b, c} {
+		if got, _ := s.Discover(x, ca.cert); len(got) != 1 {
+			t.Fatalf("Discover(%v) = %v", x.CRLDistributionPoints, got)
+		}
+		tick()
+	}
+	s.Discover(a, ca.cert) // a is used again: b is now the oldest
+	tick()
+	if got, un := s.Discover(d, ca.cert); len(got) != 1 || len(un) != 0 {
+		t.Fatalf("a new URL in a full store: tracked %v, unusable %v; want it tracked", got, un)
+	}
+	if st := s.Stats(); st.Tracked != 3 || st.LimitHits[trust.LimitCached] != 1 {
+		t.Errorf("after one eviction: %d tracked, %d cached_crls hits; want 3 and 1", st.Tracked, st.LimitHits[trust.LimitCached])
+	}
+	// b was evicted: it comes back as a new URL, evicting c.
+	tick()
+	if got, _ := s.Discover(b, ca.cert); len(got) != 1 {
+		t.Errorf("the evicted URL is not tracked again: %v", got)
+	}
+	if st := s.Stats(); st.LimitHits[trust.LimitCached] != 2 {
+		t.Errorf("cached_crls hits = %d, want 2", st.LimitHits[trust.LimitCached])
+	}
+	// Refused URLs are remembered in a table of their own, which forgets
+	// its oldest entry too; each comes back refused, never silently passed.
+	for i := range 5 {
+		u := fmt.Sprintf("ldap://l%d.example/cn=crl", i)
+		if _, un := s.Discover(cert(u), ca.cert); len(un) != 1 || un[0].Reason != trust.ReasonSchemeNotFetched {
+			t.Fatalf("%s: unusable %v", u, un)
+		}
+	}
+	if _, un := s.Discover(cert("ldap://l0.example/cn=crl"), ca.cert); len(un) != 1 || un[0].Reason != trust.ReasonSchemeNotFetched {
+		t.Errorf("a forgotten refused URL: %v, want refused again", un)
+	}
+	if st := s.Stats(); st.LimitHits[trust.LimitSeenURLs] < 3 {
+		t.Errorf("seen_urls hits = %d, want at least 3", st.LimitHits[trust.LimitSeenURLs])
+	}
+}
+
+// TestFetcherIPLiterals: an IP literal the SSRF guard allows is dialled; a
+// private, loopback or metadata one is refused before any dial. The dialer
+// is a stub that records and refuses, so nothing leaves the machine.
+func TestFetcherIPLiterals(t *testing.T) {
+	var dialled []string
+	var mu sync.Mutex
+	stub := func(_ context.Context, network, address string) (net.Conn, error) {
+		mu.Lock()
+		dialled = append(dialled, address)
+		mu.Unlock()
+		return nil, errors.New("stub dialer: nothing is sent")
+	}
+	f := trust.NewCRLFetcherDialer(trust.DefaultFetchOptions(), stub)
+	defer f.Close()
+	for _, tt := range []struct {
+		url  string
+		dial string // "" if it must be refused before dialling
+	}{
+		{"http://8.8.8.8/ca.crl", "8.8.8.8:80"},
+		{"https://1.1.1.1/ca.crl", "1.1.1.1:443"},
+		{"http://9.9.9.9:8080/ca.crl", "9.9.9.9:8080"},
+		{"http://[2606:4700:4700::1111]/ca.crl", "[2606:4700:4700::1111]:80"},
+		{"http://10.0.0.1/ca.crl", ""},
+		{"http://192.168.1.1/ca.crl", ""},
+		{"http://127.0.0.1/ca.crl", ""},
+		{"http://169.254.169.254/latest/meta-data", ""},
+		{"http://100.64.0.1/ca.crl", ""},
+		{"http://[fd00::1]/ca.crl", ""},
+		{"http://[::ffff:10.0.0.1]/ca.crl", ""},
+		{"http://203.0.113.7/ca.crl", ""}, // documentation range: the guard refuses it
+	} {
+		mu.Lock()
+		dialled = nil
+		mu.Unlock()
+		_, err := f.Fetch(context.Background(), tt.url)
+		mu.Lock()
+		got := slices.Clone(dialled)
+		mu.Unlock()
+		switch {
+		case err == nil:
+			t.Errorf("%s: fetched through a dialer that always fails", tt.url)
+		case tt.dial == "" && (len(got) > 0 || !errors.Is(err, trust.ErrURLRefused)):
+			t.Errorf("%s: dialled %v, error %v; want refused before any dial", tt.url, got, err)
+		case tt.dial != "" && (errors.Is(err, trust.ErrURLRefused) || !slices.Contains(got, tt.dial)):
+			t.Errorf("%s: dialled %v, error %v; want a dial of %s", tt.url, got, err, tt.dial)
+		}
 	}
 }
 

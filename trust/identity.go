@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -21,21 +22,44 @@ const maxFieldLen = 256
 // Identity is what logs, authorization and metrics see of a verified peer:
 // names and fingerprints, never certificate contents. It is a plain value.
 type Identity struct {
-	CommonName  string
+	CommonName string // the subject's last common name, as crypto/x509 picks it
+	// CommonNames are all the subject's common names, in order; more than
+	// one makes a cn: rule refuse rather than guess.
+	CommonNames []string
 	OrgUnits    []string
 	DNSNames    []string
 	URIs        []string
 	IPs         []string
 	Serial      string // lowercase hex of the serial number
 	Fingerprint string // lowercase hex SHA-256 of the leaf's DER
+
+	// NameConstrained is set by PeerIdentity when a CA of a verified
+	// chain carries name constraints, and ConstrainedSAN when, for every
+	// such chain, the leaf also has a SAN of a kind its constraints govern
+	// (DNS, IP, URI or email), which crypto/x509 then checked against them. Name
+	// constraints never look at the subject's CN, so a CN-only leaf under
+	// a constrained CA has ConstrainedSAN false. IdentityOf sets neither.
+	NameConstrained bool
+	ConstrainedSAN  bool
 }
+
+// oidCommonName is the attribute type of a subject common name.
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
 // IdentityOf returns the identity of leaf. Values are copied as the
 // certificate holds them, uncapped; Fields and String cap them.
 func IdentityOf(leaf *x509.Certificate) Identity {
 	sum := sha256.Sum256(leaf.Raw)
+	var cns []string
+	for _, a := range leaf.Subject.Names {
+		if a.Type.Equal(oidCommonName) {
+			v, _ := a.Value.(string)
+			cns = append(cns, v)
+		}
+	}
 	id := Identity{
 		CommonName:  leaf.Subject.CommonName,
+		CommonNames: cns,
 		OrgUnits:    slices.Clone(leaf.Subject.OrganizationalUnit),
 		DNSNames:    slices.Clone(leaf.DNSNames),
 		Fingerprint: hex.EncodeToString(sum[:]),
@@ -95,13 +119,32 @@ func (id Identity) String() string {
 
 // PeerIdentity returns the identity of the peer's leaf in a completed
 // handshake: the leaf of the first verified chain, falling back to the first
-// presented certificate. ok is false if the peer presented none.
+// presented certificate, with NameConstrained and ConstrainedSAN from the
+// verified chains. ok is false if the peer presented none.
 func PeerIdentity(cs tls.ConnectionState) (Identity, bool) {
 	leaf := peerLeaf(cs)
 	if leaf == nil {
 		return Identity{}, false
 	}
-	return IdentityOf(leaf), true
+	id := IdentityOf(leaf)
+	backed := true // every constrained chain has a SAN of a kind it governs
+	for _, chain := range cs.VerifiedChains {
+		dns, ip, uri, email := false, false, false, false
+		for _, ca := range chain[1:] {
+			dns = dns || len(ca.PermittedDNSDomains) > 0 || len(ca.ExcludedDNSDomains) > 0
+			ip = ip || len(ca.PermittedIPRanges) > 0 || len(ca.ExcludedIPRanges) > 0
+			uri = uri || len(ca.PermittedURIDomains) > 0 || len(ca.ExcludedURIDomains) > 0
+			email = email || len(ca.PermittedEmailAddresses) > 0 || len(ca.ExcludedEmailAddresses) > 0
+		}
+		if !dns && !ip && !uri && !email {
+			continue
+		}
+		id.NameConstrained = true
+		backed = backed && (dns && len(leaf.DNSNames) > 0 || ip && len(leaf.IPAddresses) > 0 ||
+			uri && len(leaf.URIs) > 0 || email && len(leaf.EmailAddresses) > 0)
+	}
+	id.ConstrainedSAN = id.NameConstrained && backed
+	return id, true
 }
 
 // truncate cuts s to at most n bytes on a rune boundary, marking a cut with "...".

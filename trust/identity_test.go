@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"math/big"
 	"net"
@@ -31,6 +32,7 @@ func TestIdentityOf(t *testing.T) {
 	fp := hex.EncodeToString(sum[:])
 	want := trust.Identity{
 		CommonName:  "app1",
+		CommonNames: []string{"app1"},
 		OrgUnits:    []string{"db", "ops"}, // DER sorts a SET OF
 		DNSNames:    []string{"a.test", "b.test"},
 		URIs:        []string{"spiffe://example.org/app1"},
@@ -102,5 +104,52 @@ func TestPeerIdentity(t *testing.T) {
 				t.Errorf("PeerIdentity = %q, %v; want %q, %v", id.CommonName, ok, tt.wantCN, tt.wantOK)
 			}
 		})
+	}
+}
+
+// TestIdentityCommonNames: every CN of the subject is kept, in order;
+// CommonName is the last, as crypto/x509 picks it.
+func TestIdentityCommonNames(t *testing.T) {
+	ca := newCA(t, "CA")
+	leaf := newLeaf(t, ca, "x", x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) {
+		c.Subject = pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+			{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "admin"},
+			{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "app1"},
+		}}
+	})
+	id := trust.IdentityOf(leaf.cert)
+	if !reflect.DeepEqual(id.CommonNames, []string{"admin", "app1"}) || id.CommonName != "app1" {
+		t.Errorf("CommonNames = %q, CommonName = %q; want [admin app1] and app1", id.CommonNames, id.CommonName)
+	}
+}
+
+// TestPeerIdentityNameConstraints: under a CA with name constraints, the
+// identity says whether the leaf has a SAN those constraints governed.
+func TestPeerIdentityNameConstraints(t *testing.T) {
+	root := newCA(t, "Root")
+	constrained := sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "Constrained"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, PermittedDNSDomains: []string{"corp"}}, newECKey(t), root)
+	cnOnly := newLeaf(t, constrained, "admin", x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) { c.DNSNames = nil })
+	withSAN := newLeaf(t, constrained, "app1.corp", x509.ExtKeyUsageClientAuth, nil)
+	uriOnly := newLeaf(t, constrained, "admin", x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) {
+		c.DNSNames = nil
+		u, _ := url.Parse("spiffe://corp/admin")
+		c.URIs = []*url.URL{u}
+	})
+	free := newLeaf(t, root, "admin", x509.ExtKeyUsageClientAuth, func(c *x509.Certificate) { c.DNSNames = nil })
+	for _, tt := range []struct {
+		name                  string
+		chain                 []*x509.Certificate
+		constrained, backedBy bool
+	}{
+		{"CN only under constraints", []*x509.Certificate{cnOnly.cert, constrained.cert, root.cert}, true, false},
+		{"DNS SAN under DNS constraints", []*x509.Certificate{withSAN.cert, constrained.cert, root.cert}, true, true},
+		{"URI SAN under DNS constraints", []*x509.Certificate{uriOnly.cert, constrained.cert, root.cert}, true, false},
+		{"no constraints", []*x509.Certificate{free.cert, root.cert}, false, false},
+	} {
+		id, _ := trust.PeerIdentity(tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{tt.chain}})
+		if id.NameConstrained != tt.constrained || id.ConstrainedSAN != tt.backedBy {
+			t.Errorf("%s: NameConstrained %v, ConstrainedSAN %v; want %v, %v", tt.name, id.NameConstrained, id.ConstrainedSAN, tt.constrained, tt.backedBy)
+		}
 	}
 }

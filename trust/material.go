@@ -12,7 +12,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"slices"
 )
 
 // Sources names the files a role loads its TLS material from. The first
@@ -33,6 +35,14 @@ type Material struct {
 	CACerts     []*x509.Certificate
 	CRLs        []*CRL  // parsed from Sources.CRLFiles; signatures are checked when used
 	Sources     Sources // the files this was loaded from
+
+	// issuers maps each non-self-signed certificate of CACerts (by its
+	// DER) to the certificate of CACerts that issued it. Every certificate
+	// in CAPool is a root to crypto/x509, so a verified chain ends at the
+	// first bundle certificate it reaches; this is how revocation checking
+	// walks on from there to the bundle's real roots. Built by Load; nil
+	// in a Material built by hand, which then builds it on use.
+	issuers map[string]*x509.Certificate
 }
 
 // Errors wrapped in a *LoadError's Err, for errors.Is.
@@ -111,7 +121,67 @@ func Load(src Sources) (*Material, error) {
 		CACerts:     cas,
 		CRLs:        crls,
 		Sources:     src,
+		issuers:     bundleIssuers(cas),
 	}, nil
+}
+
+// bundleIssuers maps each non-self-signed certificate of cas to its issuer
+// among cas, if there is one.
+func bundleIssuers(cas []*x509.Certificate) map[string]*x509.Certificate {
+	out := make(map[string]*x509.Certificate)
+	for _, c := range cas {
+		if is := findIssuer(c, cas); is != nil {
+			out[string(c.Raw)] = is
+		}
+	}
+	return out
+}
+
+// caIssuer returns the certificate of m's CA bundle that issued c, or nil
+// if c is not a bundle certificate, is self-signed, or its issuer is not in
+// the bundle.
+func (m *Material) caIssuer(c *x509.Certificate) *x509.Certificate {
+	if m == nil {
+		return nil
+	}
+	issuers := m.issuers
+	if issuers == nil {
+		issuers = bundleIssuers(m.CACerts)
+	}
+	return issuers[string(c.Raw)]
+}
+
+// UncheckedCAs returns the certificates of CACerts that are not self-signed
+// and whose issuer is not in CACerts: intermediates whose revocation cannot
+// be checked, since the CRL that would list them is signed by a CA the
+// bundle does not hold. Start-up and `tunnel check` warn about them.
+func (m *Material) UncheckedCAs() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range m.CACerts {
+		if !selfSigned(c) && m.caIssuer(c) == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// extendChain returns chain with the bundle issuers of its last certificate
+// appended, up to a certificate that has none (a self-signed root, or one
+// whose issuer is not in the bundle). The caller's slice is never modified.
+func (m *Material) extendChain(chain []*x509.Certificate) []*x509.Certificate {
+	if m == nil || len(chain) == 0 {
+		return chain
+	}
+	out := chain
+	for last := chain[len(chain)-1]; len(out) <= len(chain)+len(m.CACerts); {
+		is := m.caIssuer(last)
+		if is == nil || slices.ContainsFunc(out, is.Equal) {
+			break // the end, or a loop of cross-signed CAs
+		}
+		out = append(slices.Clip(out), is)
+		last = is
+	}
+	return out
 }
 
 // readCerts returns every CERTIFICATE block of the PEM file at path, in
@@ -185,6 +255,19 @@ func readKey(path string) (crypto.Signer, error) {
 			return fail(fmt.Errorf("%w %T", ErrUnsupportedKey, key))
 		}
 	}
+}
+
+// LooseKeyFile reports the mode of the file at path (through symlinks) and
+// whether its group or others have any access to it (mode & 0o077), which
+// ssh refuses for a private key. Start-up and `tunnel check` warn about it;
+// it is not an error, since a key that works still works. An unreadable
+// path reports false: Load names that problem.
+func LooseKeyFile(path string) (fs.FileMode, bool) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, false
+	}
+	return fi.Mode().Perm(), fi.Mode().Perm()&0o077 != 0
 }
 
 // publicKeysEqual reports whether a and b are the same public key.

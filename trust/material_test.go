@@ -256,3 +256,22 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func TestLooseKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		mode  os.FileMode
+		loose bool
+	}{{0o600, false}, {0o400, false}, {0o640, true}, {0o644, true}, {0o604, true}, {0o620, true}} {
+		p := writeFile(t, dir, "key.pem", []byte("k"))
+		if err := os.Chmod(p, tt.mode); err != nil {
+			t.Fatal(err)
+		}
+		if mode, loose := trust.LooseKeyFile(p); mode != tt.mode || loose != tt.loose {
+			t.Errorf("mode %o: LooseKeyFile = %o, %v; want %v", tt.mode, mode, loose, tt.loose)
+		}
+	}
+	if _, loose := trust.LooseKeyFile(dir + "/missing"); loose {
+		t.Error("a missing file reported loose")
+	}
+}

@@ -103,6 +103,9 @@ type RevocationStats struct {
 	// CRLAges is, for each CRL in use (file path or URL), how long ago
 	// its thisUpdate was.
 	CRLAges map[string]time.Duration
+	// CARevoked is how many CA certificates of the bundle a usable CRL
+	// lists as revoked, as of the last look (start-up, reload, CRL change).
+	CARevoked int
 }
 
 // RevocationChecker checks certificate chains against CRLs: those loaded from
@@ -118,8 +121,13 @@ type RevocationChecker struct {
 
 	warnings *logthrottle.Throttle[string] // crl_unavailable and crl_rejected lines
 
-	mu        sync.Mutex
-	audited   *Material // the last material whose CRL files were audited
+	mu      sync.Mutex
+	audited *Material // the last material whose CRL files were audited
+
+	bundleMu     sync.Mutex        // serialises checkBundle
+	bundleStatus map[string]string // bundle CA (DER) -> its last logged status; guarded by bundleMu
+	caRevoked    atomic.Int64      // bundle CAs found revoked by the last checkBundle
+
 	checked   atomic.Uint64
 	revoked   atomic.Uint64
 	unavail   atomic.Uint64
@@ -155,7 +163,10 @@ func (r *RevocationChecker) Policy() RevocationPolicy { return r.policy }
 // CRL files re-checks them itself, after swapping the material.
 func (r *RevocationChecker) OnUpdate(fn func()) { r.onUpdate.Store(&fn) }
 
+// notify runs when a fetch brought a new CRL: the bundle's CAs are looked
+// at again, then the caller's hook re-checks live sessions.
 func (r *RevocationChecker) notify() {
+	r.checkBundle(r.store.Material())
 	if fn := r.onUpdate.Load(); fn != nil {
 		(*fn)()
 	}
@@ -163,45 +174,150 @@ func (r *RevocationChecker) notify() {
 
 // Start launches fetching, registers the Distribution Points of the current
 // material's CA certificates, and waits until each has had one fetch attempt
-// or the bootstrap timeout (or ctx) ends. It logs what it found; it never
-// fails: a CRL that cannot be fetched now is handled by the policy later.
+// or the bootstrap timeout (or ctx) ends. Then it logs the revocation status
+// of every intermediate of the CA bundle (ca_revoked for a revoked one), and
+// one ca_unchecked warning naming those whose issuer is not in the bundle.
+// It never fails: a CRL that cannot be fetched now is handled by the policy
+// later.
 func (r *RevocationChecker) Start(ctx context.Context) {
 	if r.policy.Disabled {
 		r.log.WithField(audit.Event, audit.RevocationOff).Warn("revocation checking is DISABLED (--crl-disable): revoked certificates are accepted")
 		return
 	}
 	if TestAllowanceActive() {
-		r.log.Warn("TEST BUILD: the CRL fetcher may reach addresses the SSRF guard refuses (TUNNEL_TEST_CRL_ALLOW); never run this binary in production")
+		r.log.Warn("TEST BUILD: the CRL fetcher may reach addresses the SSRF guard refuses or has test-sized CRL store caps (TUNNEL_TEST_CRL_ALLOW, TUNNEL_TEST_CRL_CAPS); never run this binary in production")
 	}
 	m := r.store.Material()
-	if m != nil {
-		r.auditFiles(m)
-	}
-	if r.crls == nil {
+	if m == nil {
 		return
 	}
-	r.startOnce.Do(r.crls.Start)
-	var urls []string
-	if m != nil {
-		for _, ca := range m.CACerts {
-			if issuer := findIssuer(ca, m.CACerts); issuer != nil {
-				urls = append(urls, r.crls.Discover(ca, issuer)...)
-			}
+	r.auditFiles(m)
+	r.warnUnchecked(m)
+	if r.crls != nil {
+		r.startOnce.Do(r.crls.Start)
+	}
+	if urls := r.discoverBundle(m); len(urls) > 0 {
+		ctx, cancel := context.WithTimeout(ctx, r.policy.BootstrapTimeout)
+		start := time.Now()
+		err := r.crls.Wait(ctx, urls)
+		cancel()
+		entry := r.log.WithFields(logrus.Fields{"urls": len(urls), audit.DurationMS: time.Since(start).Milliseconds()})
+		if err != nil {
+			entry.Warn("CRL bootstrap deadline reached; fetching goes on in the background")
+		} else {
+			entry.Info("CRL bootstrap done")
 		}
 	}
-	if len(urls) == 0 {
+	r.checkBundle(m)
+}
+
+// Reloaded takes in the material a reload just swapped into the store: it
+// audits its CRL files, registers the Distribution Points of its CA
+// certificates, warns about intermediates it cannot check, and logs the
+// status of every bundle intermediate, as Start does, without waiting for
+// any fetch (a fetch that brings a CRL later looks at the bundle again). The
+// caller re-checks live sessions afterwards.
+func (r *RevocationChecker) Reloaded() {
+	m := r.store.Material()
+	if r.policy.Disabled || m == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.policy.BootstrapTimeout)
-	defer cancel()
-	start := time.Now()
-	err := r.crls.Wait(ctx, urls)
-	entry := r.log.WithFields(logrus.Fields{"urls": len(urls), audit.DurationMS: time.Since(start).Milliseconds()})
-	if err != nil {
-		entry.Warn("CRL bootstrap deadline reached; fetching goes on in the background")
+	if r.needAudit(m) {
+		r.auditFiles(m)
+	}
+	r.warnUnchecked(m)
+	r.discoverBundle(m)
+	r.checkBundle(m)
+}
+
+// discoverBundle registers, pinned, the Distribution Points of every CA
+// certificate of m that has its issuer in m, and returns them.
+func (r *RevocationChecker) discoverBundle(m *Material) []string {
+	if r.crls == nil || m == nil || r.policy.EndEntityOnly {
+		return nil
+	}
+	var urls []string
+	for _, ca := range m.CACerts {
+		if issuer := m.caIssuer(ca); issuer != nil {
+			u, _ := r.crls.discover(ca, issuer, true)
+			urls = append(urls, u...)
+		}
+	}
+	r.crls.pinOnly(urls)
+	return urls
+}
+
+// warnUnchecked logs one ca_unchecked line naming the intermediates of m
+// whose issuer is not in m.
+func (r *RevocationChecker) warnUnchecked(m *Material) {
+	cs := m.UncheckedCAs()
+	if len(cs) == 0 || r.policy.EndEntityOnly {
 		return
 	}
-	entry.Info("CRL bootstrap done")
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = fmt.Sprintf("%s (serial %s)", truncate(c.Subject.String(), 100), serialText(c.SerialNumber))
+	}
+	r.log.WithFields(logrus.Fields{audit.Event: audit.CAUnchecked, "ca_certs": truncate(strings.Join(names, "; "), 1000)}).
+		Warn("the CA bundle holds intermediate CA certificates whose issuer it does not hold: their revocation cannot be checked (add the issuing CA to the bundle)")
+}
+
+// checkBundle looks at every CA certificate of m whose issuer is in m with
+// the CRLs in hand, and logs what changed since it last looked: a revoked
+// one at error level (ca_revoked: every chain through it is refused, and
+// the caller's re-check closes live sessions through it), one that needs a
+// CRL and has none usable at warning level (crl_unavailable), and one that
+// is usable again at info level (ca_reinstated). It never waits for a fetch.
+func (r *RevocationChecker) checkBundle(m *Material) {
+	if m == nil || r.policy.Disabled || r.policy.EndEntityOnly {
+		return
+	}
+	r.bundleMu.Lock()
+	defer r.bundleMu.Unlock()
+	now := time.Now()
+	status := make(map[string]string)
+	var revoked int64
+	for _, ca := range m.CACerts {
+		issuer := m.caIssuer(ca)
+		if issuer == nil {
+			continue
+		}
+		urls, unusable := r.discover(ca, issuer, true)
+		v, usable, needs, why := r.evaluate(m, ca, issuer, urls, unusable, now)
+		st := "ok"
+		switch {
+		case v != nil:
+			st, revoked = "revoked", revoked+1
+		case needs && !usable:
+			st = "unavailable:" + why
+		}
+		key := string(ca.Raw)
+		status[key] = st
+		prev, seen := r.bundleStatus[key]
+		if prev == st || !seen && st == "ok" {
+			continue
+		}
+		log := r.log.WithFields(logrus.Fields{audit.Serial: serialText(ca.SerialNumber), audit.Subject: truncate(ca.Subject.String(), 200),
+			audit.Issuer: truncate(issuer.Subject.String(), 200)})
+		switch {
+		case v != nil:
+			log.WithFields(logrus.Fields{audit.Event: audit.CARevoked, audit.Source: truncate(v.Source, 200),
+				"revoked_at": v.RevokedAt.UTC().Format(time.RFC3339)}).
+				Error("a CA certificate of the CA bundle is revoked: every chain through it is refused and live sessions through it are closed")
+		case st != "ok":
+			action := "chains through it are admitted (fail-open)"
+			if r.policy.DenyOnUnavailable {
+				action = "chains through it are refused (--crl-deny-on-unavailable)"
+			}
+			log.WithFields(logrus.Fields{audit.Event: audit.CRLUnavailable, audit.Reason: why,
+				audit.Source: truncate(strings.Join(sourcesOf(m, issuer, urls, unusable), ", "), 300)}).
+				Warn("no usable CRL for a CA certificate of the CA bundle; " + action)
+		default:
+			log.WithField(audit.Event, audit.CAReinstated).Info("a CA certificate of the CA bundle has a usable CRL that does not list it")
+		}
+	}
+	r.bundleStatus = status
+	r.caRevoked.Store(revoked)
 }
 
 // Close stops fetching and waits for fetches in flight.
@@ -222,7 +338,7 @@ func (r *RevocationChecker) Refresh() {
 // Stats returns the checker's counters.
 func (r *RevocationChecker) Stats() RevocationStats {
 	st := RevocationStats{Checked: r.checked.Load(), Revoked: r.revoked.Load(), Unavailable: r.unavail.Load(),
-		CRLAges: map[string]time.Duration{}}
+		CRLAges: map[string]time.Duration{}, CARevoked: int(r.caRevoked.Load())}
 	now := time.Now()
 	if m := r.store.Material(); m != nil {
 		for _, c := range m.CRLs {
@@ -257,8 +373,10 @@ func (r *RevocationChecker) CheckChains(chains [][]*x509.Certificate) error {
 }
 
 // Revoked returns the first certificate that a usable CRL lists as revoked
-// in every one of chains, or nil. Unlike CheckChains it never waits for a
-// fetch and logs nothing about unavailable CRLs: it is for re-checking live
+// in every one of chains, or nil. Chains are extended through the CA
+// bundle as in Check, so a revoked bundle intermediate is found. Unlike
+// CheckChains it never waits for a fetch, registers no Distribution Point
+// and logs nothing about unavailable CRLs: it is for re-checking live
 // sessions, often many at once, when the CRLs change.
 func (r *RevocationChecker) Revoked(chains [][]*x509.Certificate) *RevokedError {
 	if r.policy.Disabled || len(chains) == 0 {
@@ -267,7 +385,7 @@ func (r *RevocationChecker) Revoked(chains [][]*x509.Certificate) *RevokedError 
 	m := r.store.Material()
 	var first *RevokedError
 	for _, chain := range chains {
-		found := r.revokedIn(m, chain)
+		found := r.revokedIn(m, m.extendChain(chain))
 		if found == nil {
 			return nil // one clean path is enough, as in CheckChains
 		}
@@ -286,9 +404,9 @@ func (r *RevocationChecker) revokedIn(m *Material, chain []*x509.Certificate) *R
 	for i := 0; i < n; i++ {
 		var urls []string
 		if r.crls != nil {
-			urls = r.crls.Discover(chain[i], chain[i+1])
+			urls = r.crls.known(chain[i]) // never registers: see known
 		}
-		if v, _, _, _ := r.evaluate(m, chain[i], chain[i+1], urls, time.Now()); v != nil {
+		if v, _, _, _ := r.evaluate(m, chain[i], chain[i+1], urls, nil, time.Now()); v != nil {
 			v.Depth = i
 			return v
 		}
@@ -296,22 +414,32 @@ func (r *RevocationChecker) revokedIn(m *Material, chain []*x509.Certificate) *R
 	return nil
 }
 
-// Check checks one verified chain, leaf first, ending at the trust anchor
-// (which is not checked). For each certificate (or the leaf only, by
-// policy) it looks for usable CRLs issued by the next certificate: files of
-// the current material and CRLs fetched from the certificate's Distribution
-// Points, which it registers for fetching if new. A usable CRL verifies
-// against the issuer and is fresh, or stale within the grace period. If a
-// usable CRL lists the certificate, Check returns a *RevokedError. If a
-// certificate needs a CRL (it has an http(s) Distribution Point, or a CRL
-// file names its issuer) and none is usable, Check logs crl_unavailable and
-// returns nil (fail-open) or an *UnavailableError (fail-closed).
+// Check checks one verified chain, leaf first. crypto/x509 ends a chain at
+// the first certificate of the CA bundle it reaches, even an intermediate,
+// so Check first extends the chain with that certificate's issuers from the
+// bundle, up to a self-signed root or one whose issuer the bundle lacks
+// (the trust anchor, which is not checked). For each certificate (or the
+// leaf only, by policy) it looks for usable CRLs issued by the next
+// certificate: files of the current material and CRLs fetched from the
+// certificate's Distribution Points, which it registers for fetching if
+// new. A usable CRL verifies against the issuer and is fresh, or stale
+// within the grace period. If a usable CRL lists the certificate, Check
+// returns a *RevokedError. A certificate needs a CRL if it has any
+// Distribution Point (of any scheme) or a CRL file names its issuer; if it
+// needs one and none is usable (a scheme we do not fetch, a URL refused
+// before any request, a URL kept out by a cap, fetching off, a failed or
+// pending fetch, a bad, expired or future CRL), Check logs crl_unavailable
+// and returns nil (fail-open) or an *UnavailableError (fail-closed).
 func (r *RevocationChecker) Check(chain []*x509.Certificate) error {
-	if r.policy.Disabled || len(chain) < 2 {
+	if r.policy.Disabled || len(chain) == 0 {
+		return nil
+	}
+	m := r.store.Material()
+	chain = m.extendChain(chain)
+	if len(chain) < 2 {
 		return nil
 	}
 	r.checked.Add(1)
-	m := r.store.Material()
 	if m != nil && r.needAudit(m) {
 		r.auditFiles(m)
 	}
@@ -327,14 +455,25 @@ func (r *RevocationChecker) Check(chain []*x509.Certificate) error {
 	return nil
 }
 
+// discover returns the tracked and the unusable Distribution Points of
+// cert. With fetching off every one is unusable. pin marks a CA bundle
+// certificate's.
+func (r *RevocationChecker) discover(cert, issuer *x509.Certificate, pin bool) ([]string, []UnusableDP) {
+	if r.crls == nil {
+		var un []UnusableDP
+		for _, u := range cert.CRLDistributionPoints {
+			un = append(un, UnusableDP{URL: u, Reason: ReasonFetchDisabled})
+		}
+		return nil, un
+	}
+	return r.crls.discover(cert, issuer, pin)
+}
+
 // checkCert checks cert, issued by issuer, at depth in its chain.
 func (r *RevocationChecker) checkCert(m *Material, cert, issuer *x509.Certificate, depth int) error {
 	now := time.Now()
-	var urls []string
-	if r.crls != nil {
-		urls = r.crls.Discover(cert, issuer)
-	}
-	verdict, usable, needs, why := r.evaluate(m, cert, issuer, urls, now)
+	urls, unusable := r.discover(cert, issuer, m.caIssuer(cert) != nil)
+	verdict, usable, needs, why := r.evaluate(m, cert, issuer, urls, unusable, now)
 	if verdict != nil {
 		r.revoked.Add(1)
 		verdict.Depth = depth
@@ -344,7 +483,7 @@ func (r *RevocationChecker) checkCert(m *Material, cert, issuer *x509.Certificat
 		return nil
 	}
 	if r.policy.DenyOnUnavailable && r.crls != nil && r.waitFirstFetch(urls) {
-		verdict, usable, _, why = r.evaluate(m, cert, issuer, urls, time.Now())
+		verdict, usable, _, why = r.evaluate(m, cert, issuer, urls, unusable, time.Now())
 		if verdict != nil {
 			r.revoked.Add(1)
 			verdict.Depth = depth
@@ -355,16 +494,13 @@ func (r *RevocationChecker) checkCert(m *Material, cert, issuer *x509.Certificat
 		}
 	}
 	r.unavail.Add(1)
-	sources := append([]string(nil), urls...)
-	for _, c := range m.filesFor(issuer) {
-		sources = append(sources, c.Source)
-	}
+	sources := sourcesOf(m, issuer, urls, unusable)
 	serial := serialText(cert.SerialNumber)
 	action := "allowing (fail-open)"
 	if r.policy.DenyOnUnavailable {
 		action = "refusing (--crl-deny-on-unavailable)"
 	}
-	r.warn("unavailable|"+strings.Join(sources, "|"), logrus.Fields{
+	r.warn("unavailable|"+why+"|"+strings.Join(sources, "|"), logrus.Fields{
 		audit.Event: audit.CRLUnavailable, audit.Reason: why, audit.Serial: serial,
 		audit.Source: truncate(strings.Join(sources, ", "), 300),
 	}, "no usable CRL for a certificate that needs one; "+action)
@@ -374,18 +510,37 @@ func (r *RevocationChecker) checkCert(m *Material, cert, issuer *x509.Certificat
 	return nil
 }
 
-// evaluate looks at every candidate CRL for cert. It returns a revocation
-// verdict, whether any usable CRL was found, whether cert needs one, and
-// why none was usable.
-func (r *RevocationChecker) evaluate(m *Material, cert, issuer *x509.Certificate, urls []string, now time.Time) (verdict *RevokedError, usable, needs bool, why string) {
+// sourcesOf names where a CRL for a certificate of issuer was looked for:
+// its Distribution Points, usable or not, and the CRL files naming issuer.
+func sourcesOf(m *Material, issuer *x509.Certificate, urls []string, unusable []UnusableDP) []string {
+	sources := append([]string(nil), urls...)
+	for _, u := range unusable {
+		sources = append(sources, u.URL)
+	}
+	for _, c := range m.filesFor(issuer) {
+		sources = append(sources, c.Source)
+	}
+	return sources
+}
+
+// evaluate looks at every candidate CRL for cert: the CRL files naming
+// issuer and the CRLs cached for urls. It returns a revocation verdict,
+// whether any usable CRL was found, whether cert needs one (it has a
+// Distribution Point, whatever its fate, or a CRL file names its issuer),
+// and why none was usable.
+func (r *RevocationChecker) evaluate(m *Material, cert, issuer *x509.Certificate, urls []string, unusable []UnusableDP, now time.Time) (verdict *RevokedError, usable, needs bool, why string) {
 	candidates := m.filesFor(issuer)
-	needs = len(candidates) > 0 || len(urls) > 0
-	why = "not_fetched_yet"
+	needs = len(candidates) > 0 || len(cert.CRLDistributionPoints) > 0
+	if len(unusable) > 0 {
+		why = unusable[0].Reason
+	}
 	for _, u := range urls {
 		if c := r.crls.CRL(u); c != nil {
 			candidates = append(candidates, c)
 		} else if r.crls.Attempted(u) {
-			why = "fetch_failed"
+			why = ReasonFetchFailed
+		} else if why == "" {
+			why = ReasonNotFetchedYet
 		}
 	}
 	for _, c := range candidates {
@@ -409,6 +564,9 @@ func (r *RevocationChecker) evaluate(m *Material, cert, issuer *x509.Certificate
 			return &RevokedError{Serial: serialText(cert.SerialNumber), Subject: cert.Subject.String(),
 				Source: c.Source, RevokedAt: e.RevocationTime}, true, needs, ""
 		}
+	}
+	if why == "" {
+		why = ReasonNotFetchedYet
 	}
 	return nil, usable, needs, why
 }
@@ -515,7 +673,7 @@ func (r *RevocationChecker) warn(key string, fields logrus.Fields, msg string) {
 // findIssuer returns the certificate among cas that issued c, or nil; a
 // self-signed c has no issuer to check it.
 func findIssuer(c *x509.Certificate, cas []*x509.Certificate) *x509.Certificate {
-	if bytes.Equal(c.RawIssuer, c.RawSubject) {
+	if selfSigned(c) {
 		return nil
 	}
 	for _, ca := range cas {
@@ -525,3 +683,7 @@ func findIssuer(c *x509.Certificate, cas []*x509.Certificate) *x509.Certificate 
 	}
 	return nil
 }
+
+// selfSigned reports whether c names itself as its issuer: a root, whose
+// revocation no CRL can state.
+func selfSigned(c *x509.Certificate) bool { return bytes.Equal(c.RawIssuer, c.RawSubject) }

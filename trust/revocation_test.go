@@ -45,19 +45,7 @@ func newRevPKI(t *testing.T, cdp ...string) *revPKI {
 // and its checker, which the test closes.
 func (p *revPKI) serverWith(t *testing.T, policy trust.RevocationPolicy, log logrus.FieldLogger, crls ...[]byte) (*tls.Config, *trust.RevocationChecker) {
 	t.Helper()
-	src := sources(t, p.server, nil, p.root)
-	for i, c := range crls {
-		src.CRLFiles = append(src.CRLFiles, writeFile(t, filepath.Dir(src.CAFile), "crl"+string(rune('a'+i))+".pem", crlPEM(c)))
-	}
-	m, err := trust.Load(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := trust.NewStore(m)
-	rc := trust.NewRevocationChecker(policy, store, log)
-	t.Cleanup(rc.Close)
-	rc.Start(context.Background())
-	return trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)), rc
+	return p.serverBundle(t, policy, log, []*testCert{p.root}, crls...)
 }
 
 // client returns the config of a client holding leaf with the intermediate.
@@ -377,5 +365,210 @@ func TestRevokedForRecheck(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Revoked took %v: it must not wait for fetches", d)
+	}
+}
+
+// serverBundle returns the server config trusting the CA bundle cas, with
+// crls as CRL files, and its started checker, which the test closes.
+func (p *revPKI) serverBundle(t *testing.T, policy trust.RevocationPolicy, log logrus.FieldLogger, cas []*testCert, crls ...[]byte) (*tls.Config, *trust.RevocationChecker) {
+	t.Helper()
+	src := sources(t, p.server, nil, cas...)
+	for i, c := range crls {
+		src.CRLFiles = append(src.CRLFiles, writeFile(t, filepath.Dir(src.CAFile), "crl"+string(rune('a'+i))+".pem", crlPEM(c)))
+	}
+	m, err := trust.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := trust.NewStore(m)
+	rc := trust.NewRevocationChecker(policy, store, log)
+	t.Cleanup(rc.Close)
+	rc.Start(context.Background())
+	return trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)), rc
+}
+
+// outcomeBare is outcome for a client that presents its leaf alone.
+func (p *revPKI) outcomeBare(t *testing.T, srv *tls.Config, leaf *testCert) string {
+	t.Helper()
+	m, err := trust.Load(sources(t, leaf, nil, p.serverCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := handshake(t, srv, trust.ClientConfig(trust.NewStore(m), "server.test", []string{trust.ALPNTunnel}))
+	return trust.FailureReason(s.err)
+}
+
+// TestRevocationBundleIntermediate: an intermediate in the CA bundle is a
+// root to crypto/x509, so verified chains end at it. It is checked against
+// its issuer's CRL all the same, whether the client sends it or not, from a
+// CRL file or from its Distribution Point, at the handshake and for live
+// sessions (Revoked).
+func TestRevocationBundleIntermediate(t *testing.T) {
+	allowLoopback(t)
+	p := newRevPKI(t)
+	bundle := []*testCert{p.root, p.inter}
+	revokesInter := func() []byte { return makeCRL(t, p.root, crlOpts{revoked: []*big.Int{p.inter.cert.SerialNumber}}) }
+	def := trust.DefaultRevocationPolicy()
+
+	t.Run("CRL file", func(t *testing.T) {
+		log, hook := logtest.NewNullLogger()
+		srv, rc := p.serverBundle(t, def, log, bundle, revokesInter())
+		if got := p.outcomeBare(t, srv, p.app1); got != "revoked" {
+			t.Errorf("leaf alone: %q, want revoked", got)
+		}
+		if got := p.outcome(t, srv, p.app2); got != "revoked" {
+			t.Errorf("leaf with the intermediate: %q, want revoked", got)
+		}
+		if !hasEvent(hook, audit.CARevoked) || rc.Stats().CARevoked != 1 {
+			t.Errorf("ca_revoked logged %v, CARevoked = %d; want both at start-up", hasEvent(hook, audit.CARevoked), rc.Stats().CARevoked)
+		}
+		// A live session's chain as crypto/x509 builds it: it ends at the
+		// intermediate of the bundle.
+		re := rc.Revoked([][]*x509.Certificate{{p.app1.cert, p.inter.cert}})
+		if re == nil || re.Depth != 1 || re.Serial != p.inter.cert.SerialNumber.Text(16) {
+			t.Errorf("Revoked(leaf, bundle intermediate) = %+v, want the intermediate at depth 1", re)
+		}
+	})
+	t.Run("CRL file, end-entity only", func(t *testing.T) {
+		pol := def
+		pol.EndEntityOnly = true
+		srv, _ := p.serverBundle(t, pol, nil, bundle, revokesInter())
+		if got := p.outcomeBare(t, srv, p.app1); got != "" {
+			t.Errorf("leaf alone: %q, want accepted (only leaves are checked)", got)
+		}
+	})
+	t.Run("no CRL: the sibling root passes", func(t *testing.T) {
+		srv, rc := p.serverBundle(t, def, nil, bundle, makeCRL(t, p.root, crlOpts{}))
+		if got := p.outcomeBare(t, srv, p.app1); got != "" {
+			t.Errorf("leaf alone: %q, want accepted", got)
+		}
+		if rc.Stats().CARevoked != 0 {
+			t.Error("CARevoked != 0 with an empty root CRL")
+		}
+	})
+	t.Run("fetched from the intermediate's Distribution Point", func(t *testing.T) {
+		cs := newCRLServer(t)
+		cs.set(makeCRL(t, p.root, crlOpts{}))
+		inter := sign(t, &x509.Certificate{Subject: p.inter.cert.Subject, IsCA: true, BasicConstraintsValid: true,
+			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, CRLDistributionPoints: []string{cs.URL + "/root.crl"}}, p.inter.key, p.root)
+		log, hook := logtest.NewNullLogger()
+		srv, rc := p.serverBundle(t, def, log, []*testCert{p.root, inter})
+		wait := updates(t, rc)
+		if got := p.outcomeBare(t, srv, p.app1); got != "" {
+			t.Fatalf("before the revocation: %q, want accepted", got)
+		}
+		live := [][]*x509.Certificate{{p.app1.cert, inter.cert}}
+		if re := rc.Revoked(live); re != nil {
+			t.Fatalf("Revoked before the revocation: %v", re)
+		}
+		cs.set(makeCRL(t, p.root, crlOpts{revoked: []*big.Int{inter.cert.SerialNumber}}))
+		rc.Refresh()
+		wait()
+		if got := p.outcomeBare(t, srv, p.app1); got != "revoked" {
+			t.Errorf("after the refresh: %q, want revoked", got)
+		}
+		if re := rc.Revoked(live); re == nil || re.Depth != 1 {
+			t.Errorf("Revoked after the refresh = %v, want the intermediate", re)
+		}
+		if !hasEvent(hook, audit.CARevoked) || rc.Stats().CARevoked != 1 {
+			t.Error("no ca_revoked after the refresh brought the CRL")
+		}
+	})
+	t.Run("issuer not in the bundle", func(t *testing.T) {
+		log, hook := logtest.NewNullLogger()
+		srv, _ := p.serverBundle(t, def, log, []*testCert{p.inter})
+		if got := p.outcomeBare(t, srv, p.app1); got != "" {
+			t.Errorf("leaf alone: %q, want accepted (nothing can be checked)", got)
+		}
+		m := material(t, p.server, p.inter)
+		if un := m.UncheckedCAs(); len(un) != 1 || !un[0].Equal(p.inter.cert) {
+			t.Errorf("UncheckedCAs = %v, want the intermediate", un)
+		}
+		n := 0
+		for _, e := range hook.AllEntries() {
+			if e.Data[audit.Event] == audit.CAUnchecked {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d ca_unchecked lines at start-up, want 1", n)
+		}
+	})
+}
+
+// TestRevocationUnusableDistributionPoints: a certificate whose only
+// Distribution Point cannot be used has no usable CRL: refused in
+// fail-closed mode, admitted with crl_unavailable in fail-open mode. Never
+// "nothing to check".
+func TestRevocationUnusableDistributionPoints(t *testing.T) {
+	for _, tt := range []struct {
+		name, dp, reason string
+		fetch            bool
+	}{
+		{"ldap", "ldap://ldap.example/cn=CRL,o=corp?certificateRevocationList", trust.ReasonSchemeNotFetched, true},
+		{"file", "file:///etc/pki/inter.crl", trust.ReasonSchemeNotFetched, true},
+		{"hex IP literal", "http://0x7f000001/inter.crl", trust.ReasonURLRefused, true},
+		{"trailing-dot localhost", "http://localhost.:8080/inter.crl", trust.ReasonURLRefused, true},
+		{"private IP literal", "http://10.1.2.3/inter.crl", trust.ReasonURLRefused, true},
+		{"metadata IP literal", "http://169.254.169.254/inter.crl", trust.ReasonURLRefused, true},
+		{"userinfo", "http://user@crl.example/inter.crl", trust.ReasonURLRefused, true},
+		{"fetching off", "http://crl.example/inter.crl", trust.ReasonFetchDisabled, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newRevPKI(t, tt.dp)
+			for _, deny := range []bool{false, true} {
+				pol := trust.DefaultRevocationPolicy()
+				pol.Fetch, pol.DenyOnUnavailable = tt.fetch, deny
+				log, hook := logtest.NewNullLogger()
+				srv, rc := p.serverWith(t, pol, log)
+				want := ""
+				if deny {
+					want = "crl_unavailable"
+				}
+				if got := p.outcome(t, srv, p.app1); got != want {
+					t.Errorf("deny=%v: %q, want %q", deny, got, want)
+				}
+				if rc.Stats().Unavailable == 0 {
+					t.Errorf("deny=%v: not counted as crl_unavailable", deny)
+				}
+				found := false
+				for _, e := range hook.AllEntries() {
+					if e.Data[audit.Event] == audit.CRLUnavailable && e.Data[audit.Reason] == tt.reason && e.Data[audit.Serial] != nil {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("deny=%v: no crl_unavailable line with reason %s", deny, tt.reason)
+				}
+			}
+		})
+	}
+	// A usable CRL file for the issuer is enough, whatever the
+	// Distribution Points.
+	p := newRevPKI(t, "ldap://ldap.example/cn=crl")
+	pol := trust.DefaultRevocationPolicy()
+	pol.DenyOnUnavailable = true
+	srv, _ := p.serverWith(t, pol, nil, makeCRL(t, p.inter, crlOpts{revoked: []*big.Int{p.app1.cert.SerialNumber}}))
+	if got := p.outcome(t, srv, p.app2); got != "" {
+		t.Errorf("app2 with an ldap DP and a CRL file: %q, want accepted", got)
+	}
+	if got := p.outcome(t, srv, p.app1); got != "revoked" {
+		t.Errorf("app1 with an ldap DP and a CRL file: %q, want revoked", got)
+	}
+}
+
+// TestRevokedRegistersNothing: re-checking live sessions never tracks a
+// Distribution Point, so a store with more URLs in use than fit does not
+// fetch, update and re-check round and round.
+func TestRevokedRegistersNothing(t *testing.T) {
+	p := newRevPKI(t, "http://crl.example/inter.crl")
+	m := material(t, p.server, p.root)
+	rc := trust.NewRevocationChecker(trust.DefaultRevocationPolicy(), trust.NewStore(m), nil)
+	defer rc.Close()
+	if re := rc.Revoked([][]*x509.Certificate{{p.app1.cert, p.inter.cert, p.root.cert}}); re != nil {
+		t.Fatal(re)
+	}
+	if st := rc.Stats().Store; st.Tracked != 0 {
+		t.Errorf("Revoked tracked %d URLs, want 0", st.Tracked)
 	}
 }

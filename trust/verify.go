@@ -19,11 +19,12 @@ import (
 const (
 	ReasonBadKeyUsage = "bad_key_usage"
 	ReasonBadEKU      = "bad_eku"
+	ReasonCALeaf      = "ca_certificate" // a CA certificate presented as a client certificate
 )
 
 // UsageError is returned by CheckLeaf when a leaf may not be used as asked.
 type UsageError struct {
-	Reason string // ReasonBadKeyUsage or ReasonBadEKU
+	Reason string // ReasonBadKeyUsage, ReasonBadEKU or ReasonCALeaf
 	Detail string // a few words on what the leaf carries, never its contents
 }
 
@@ -35,11 +36,16 @@ func (e *UsageError) Error() string {
 // KeyUsage digitalSignature, and an extended key usage extension that names
 // usage explicitly. A leaf without the EKU extension (which Verify accepts as
 // any usage) is refused, and so is one whose only EKU is
-// x509.ExtKeyUsageAny. Errors are *UsageError; a nil leaf is refused as
-// no certificate.
+// x509.ExtKeyUsageAny. A client certificate (usage clientAuth) must not be
+// a CA certificate (basic constraints CA:TRUE): a CA's key signs
+// certificates, and a client that holds one is not an end entity. Errors
+// are *UsageError; a nil leaf is refused as no certificate.
 func CheckLeaf(leaf *x509.Certificate, usage x509.ExtKeyUsage) error {
 	if leaf == nil {
 		return errNoPeerCertificate
+	}
+	if usage == x509.ExtKeyUsageClientAuth && leaf.BasicConstraintsValid && leaf.IsCA {
+		return &UsageError{Reason: ReasonCALeaf, Detail: "a CA certificate (basic constraints CA:TRUE) is not a client certificate"}
 	}
 	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return &UsageError{Reason: ReasonBadKeyUsage, Detail: "key usage lacks digitalSignature"}
@@ -71,6 +77,7 @@ func ekuName(u x509.ExtKeyUsage) string {
 // "unknown_authority", "expired_or_not_yet_valid", "bad_chain" (the chain is
 // otherwise invalid: CA not allowed to sign, name constraints, unhandled
 // critical extension, insecure algorithm), "bad_key_usage", "bad_eku",
+// "ca_certificate" (a CA certificate presented as a client certificate),
 // "name_mismatch", "revoked", "crl_unavailable", "no_client_certificate", "protocol_version",
 // "no_common_alpn", "eof", "not_tls", "peer_alert_<alert>" (the peer refused
 // us with that TLS alert, e.g. "peer_alert_bad_certificate",

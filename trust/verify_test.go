@@ -48,6 +48,18 @@ func TestCheckLeaf(t *testing.T) {
 		{name: "key encipherment only", usage: x509.ExtKeyUsageClientAuth, reason: trust.ReasonBadKeyUsage, mod: func(c *x509.Certificate) {
 			c.KeyUsage = x509.KeyUsageKeyEncipherment
 		}},
+		{name: "CA as a client", usage: x509.ExtKeyUsageClientAuth, reason: trust.ReasonCALeaf, mod: func(c *x509.Certificate) {
+			c.IsCA, c.BasicConstraintsValid = true, true
+			c.KeyUsage |= x509.KeyUsageCertSign
+		}},
+		{name: "CA:FALSE client", usage: x509.ExtKeyUsageClientAuth, mod: func(c *x509.Certificate) {
+			c.IsCA, c.BasicConstraintsValid = false, true
+		}},
+		{name: "CA as a server is not this check's business", usage: x509.ExtKeyUsageServerAuth, mod: func(c *x509.Certificate) {
+			c.IsCA, c.BasicConstraintsValid = true, true
+			c.KeyUsage |= x509.KeyUsageCertSign
+			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

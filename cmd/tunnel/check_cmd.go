@@ -33,7 +33,8 @@ func checkCommand(stdout, stderr io.Writer) *cli.Command {
 		Description: `Loads everything a start would (config file, certificates, keys, CA
    bundles, CRL files, CIDRs, routes and their rules) and prints a summary with
    warnings (a certificate that expires within 7 days, an allowlist that admits
-   every address), then exits 0. Otherwise it prints every problem found, one
+   every IPv4 or IPv6 address however written, a key file others can read, a
+   bundle intermediate whose revocation cannot be checked), then exits 0. Otherwise it prints every problem found, one
    per line with the file, line and key (or the flag) at fault, and exits 2.
    The role is the config file's (a file with routes or listen is a server's,
    one with forwards or server a client's); --role overrides the guess. Flags
@@ -242,11 +243,7 @@ func checkServer(c *cli.Context, stdout, stderr io.Writer) error {
 	w.line("listen", setup.listen)
 	al := setup.cfg.Filter.Allowlist()
 	w.line("allow", fmt.Sprintf("%d prefix(es): %s", al.Len(), al.String()))
-	for _, p := range al.Prefixes() {
-		if p.Bits() == 0 {
-			w.warn(w.key("allow"), fmt.Sprintf("%s admits every %s address", p, map[bool]string{true: "IPv4", false: "IPv6"}[p.Addr().Is4()]))
-		}
-	}
+	w.warnings(allowWarnings(al))
 	for _, r := range setup.cfg.Routes {
 		opts := ""
 		if r.ProxyV2 {
@@ -266,7 +263,8 @@ func checkServer(c *cli.Context, stdout, stderr io.Writer) error {
 	if fc != nil && fc.ruled && fc.access == nil {
 		w.warn("--route", "replaces the config file's routes and their allow_identities/allow rules")
 	}
-	w.trust(m)
+	w.trust(m, setup.rc.Policy())
+	w.warnings(keyFileWarnings(rc))
 	return nil
 }
 
@@ -314,7 +312,8 @@ func checkClient(c *cli.Context, stdout, stderr io.Writer) error {
 	for _, f := range setup.cfg.Forwards {
 		w.line("forward", f.Listen+" -> route "+f.Route)
 	}
-	w.trust(m)
+	w.trust(m, setup.rc.Policy())
+	w.warnings(keyFileWarnings(rc))
 	return nil
 }
 
@@ -379,6 +378,13 @@ func (s *summary) line(what, v string) { fmt.Fprintf(s.out, "  %-12s %s\n", what
 
 func (s *summary) warn(where, msg string) { fmt.Fprintf(s.out, "warning: %s: %s\n", where, msg) }
 
+// warnings prints each configWarning where its flag's value came from.
+func (s *summary) warnings(ws []configWarning) {
+	for _, w := range ws {
+		s.warn(s.key(w.flag), w.msg)
+	}
+}
+
 // key names where a flag's value came from: its key path or the flag.
 func (s *summary) key(flag string) string {
 	if s.fc != nil && s.layers.fromFile(s.fc, flag) {
@@ -388,8 +394,9 @@ func (s *summary) key(flag string) string {
 }
 
 // trust lists the certificates with their expiry, warning about those that
-// expire within expiryWarning.
-func (s *summary) trust(m *trust.Material) {
+// expire within expiryWarning and about intermediates of the CA bundle
+// whose revocation p cannot check.
+func (s *summary) trust(m *trust.Material, p trust.RevocationPolicy) {
 	cert := func(what, key string, c *x509.Certificate) {
 		s.line(what, fmt.Sprintf("%s, serial %s, expires %s", c.Subject, c.SerialNumber.Text(16), c.NotAfter.UTC().Format(time.RFC3339)))
 		switch left := time.Until(c.NotAfter); {
@@ -402,6 +409,9 @@ func (s *summary) trust(m *trust.Material) {
 	cert("certificate", s.key("cert"), m.Certificate.Leaf)
 	for _, ca := range m.CACerts {
 		cert("ca", s.key("ca"), ca)
+	}
+	for _, msg := range uncheckedCAWarnings(m, p) {
+		s.warn(s.key("ca"), msg)
 	}
 	if n := len(m.CRLs); n > 0 {
 		s.line("crl files", fmt.Sprintf("%d CRL(s) from %s", n, strings.Join(m.Sources.CRLFiles, ", ")))

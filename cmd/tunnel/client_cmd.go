@@ -155,6 +155,10 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 		return &configError{err: errors.New(fc.flagProblem(err).String())}
 	}
 	cfg, src, store := setup.cfg, setup.src, setup.store
+	token, err := newAdminToken(c)
+	if err != nil {
+		return err
+	}
 	cl, err := client.New(cfg)
 	if err != nil {
 		return &configError{err: err}
@@ -168,16 +172,17 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 	}
 	defer setup.rc.Close()
 	var reloads reloadStats
-	reloader := &clientReloader{layers: layers, running: c, log: log, cl: cl, store: store, rc: setup.rc}
-	stopReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers), reloader.apply, &reloads)
+	reloader := &clientReloader{layers: layers, running: c, log: log, cl: cl, store: store, rc: setup.rc, token: token}
+	stopReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers, token), reloader.apply, &reloads)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
 	defer stopReload()
 	logTrust(log, store.Material())
+	logWarnings(log, keyFileWarnings(c))
 	log.WithField("revocation", revocationSummary(setup.rc.Policy(), len(src.CRLFiles))).Info("revocation checking of the server's chain")
 	setup.rc.Start(c.Context)
-	stopAdmin, err := startAdmin(c, log, admin.Config{
+	stopAdmin, err := startAdmin(c, log, token, admin.Config{
 		Ready: func() error {
 			if !cl.Stats().SessionUp && !setup.cfg.Raw { // --raw keeps no session
 				return errors.New("no session to the server")

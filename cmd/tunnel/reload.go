@@ -108,12 +108,14 @@ func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration
 	}, nil
 }
 
-// watchPaths are the files a configuration depends on: its TLS files and
-// its config file.
-func watchPaths(src trust.Sources, l *flagLayers) []string {
+// watchPaths are the files a configuration depends on: its TLS files, its
+// config file and the admin token file.
+func watchPaths(src trust.Sources, l *flagLayers, token *adminToken) []string {
 	p := src.Paths()
-	if l.cfgPath != "" && !slices.Contains(p, l.cfgPath) {
-		p = append(p, l.cfgPath)
+	for _, f := range []string{l.cfgPath, token.path} {
+		if f != "" && !slices.Contains(p, f) {
+			p = append(p, f)
+		}
 	}
 	return p
 }
@@ -161,6 +163,7 @@ type serverReloader struct {
 	store   *trust.Store
 	filter  *netfilter.Filter
 	rc      *trust.RevocationChecker
+	token   *adminToken
 }
 
 // serverReloadable are the server flags a reload applies.
@@ -172,7 +175,7 @@ func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, l
 		return nil, nil, err
 	}
 	src, _ := tlsSources(c)
-	paths := watchPaths(src, r.layers)
+	paths := watchPaths(src, r.layers, r.token)
 	// The whole start-up load, so a reload refuses exactly what a start
 	// would; the checker it builds is never started.
 	setup, err := loadServer(c, fc, r.log)
@@ -180,6 +183,10 @@ func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, l
 		return paths, nil, reloadError(err, fc)
 	}
 	setup.rc.Close()
+	applyToken, err := r.token.reload()
+	if err != nil {
+		return paths, nil, err
+	}
 	m, al := setup.store.Material(), setup.cfg.Filter.Allowlist()
 	admit := server.JoinChecks(server.TrustCheck(m), func(p server.Peer) string {
 		if !al.Contains(p.Addr) {
@@ -194,11 +201,15 @@ func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, l
 		return paths, nil, err
 	}
 	r.store.Swap(m)
+	applyToken()
 	if err := r.filter.SetAllowlist(al); err != nil {
 		return paths, nil, err // unreachable: al is never nil
 	}
-	// CRL files come with the material: re-check live sessions against them.
+	// CRL files and the CA bundle come with the material: look at the
+	// bundle's intermediates, then re-check live sessions against both.
+	r.rc.Reloaded()
 	closed += r.srv.Recheck(audit.SessionRevoked, server.RevocationCheck(r.rc))
+	logWarnings(r.log, append(allowWarnings(al), keyFileWarnings(c)...))
 	if trigger == triggerSIGHUP {
 		r.rc.Refresh()
 	}
@@ -226,6 +237,7 @@ type clientReloader struct {
 	cl      *client.Client
 	store   *trust.Store
 	rc      *trust.RevocationChecker
+	token   *adminToken
 }
 
 // clientReloadable are the client flags a reload applies.
@@ -237,17 +249,24 @@ func (r *clientReloader) apply(ctx context.Context, trigger string) ([]string, l
 		return nil, nil, err
 	}
 	src, _ := tlsSources(c)
-	paths := watchPaths(src, r.layers)
+	paths := watchPaths(src, r.layers, r.token)
 	setup, err := loadClient(c, fc, r.log)
 	if err != nil {
 		return paths, nil, reloadError(err, fc)
 	}
 	setup.rc.Close()
+	applyToken, err := r.token.reload()
+	if err != nil {
+		return paths, nil, err
+	}
 	if err := r.cl.SetForwards(ctx, setup.cfg.Forwards); err != nil {
 		return paths, nil, err
 	}
 	m := setup.store.Material()
 	r.store.Swap(m) // the next dial presents the new certificate
+	applyToken()
+	r.rc.Reloaded()
+	logWarnings(r.log, keyFileWarnings(c))
 	if trigger == triggerSIGHUP {
 		r.rc.Refresh()
 	}

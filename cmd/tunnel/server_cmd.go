@@ -227,6 +227,10 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	if err != nil {
 		return &configError{err: errors.New(fc.flagProblem(err).String())}
 	}
+	token, err := newAdminToken(c)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(setup.cfg)
 	if err != nil {
 		return &configError{err: err}
@@ -246,16 +250,17 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	recheck := func() { srv.Recheck(audit.SessionRevoked, server.RevocationCheck(rc)) }
 	rc.OnUpdate(recheck)
 	var reloads reloadStats
-	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc}
-	stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers), reloader.apply, &reloads)
+	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc, token: token}
+	stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers, token), reloader.apply, &reloads)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
 	defer stopReload()
 	logTrust(log, setup.store.Material())
+	logWarnings(log, append(allowWarnings(setup.cfg.Filter.Allowlist()), keyFileWarnings(c)...))
 	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
 	rc.Start(ctx)
-	stopAdmin, err := startAdmin(c, log, admin.Config{
+	stopAdmin, err := startAdmin(c, log, token, admin.Config{
 		Ready: func() error {
 			if setup.store.Material() == nil {
 				return errors.New("no TLS material loaded")

@@ -1,5 +1,5 @@
 // Package admin owns the admin listener: Prometheus metrics, /healthz,
-// /readyz, and the reload and CRL-refresh endpoints.
+// /readyz, and the reload and CRL-refresh endpoints, and who may call them.
 package admin
 
 import (
@@ -17,6 +17,16 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/logthrottle"
+)
+
+// Defaults of Config.Spacing for each action: POST /reload runs a reload at
+// most once a second, POST /crl/refresh refetches every CRL at most once
+// every five (each refetch is a request to every CA's CRL server).
+const (
+	DefaultReloadSpacing  = time.Second
+	DefaultRefreshSpacing = 5 * time.Second
+	refusalLogInterval    = time.Minute
 )
 
 // Config configures the admin listener.
@@ -30,15 +40,43 @@ type Config struct {
 	Reload func()
 	// RefreshCRLs, if set, serves POST /crl/refresh.
 	RefreshCRLs func()
+	// Token, if set, returns the bearer token that every request but
+	// GET /healthz and GET /readyz must carry (Authorization: Bearer), or
+	// nil for none. It is called for each request, so the token may change
+	// (a reload re-reads its file).
+	Token func() []byte
+	// Spacing, if positive, is the least time between two runs of Reload
+	// or of RefreshCRLs, instead of DefaultReloadSpacing and
+	// DefaultRefreshSpacing. Requests in between join one run at its end.
+	Spacing time.Duration
 	// Collectors are registered besides the Go runtime and process ones.
 	Collectors []prometheus.Collector
 	Log        logrus.FieldLogger
 }
 
-// Handler returns the admin HTTP handler for cfg. It registers the
+// Handler is the admin HTTP handler. Before any endpoint it refuses, with
+// 403, a request whose Host is not the listener that accepted it (its
+// port, and its address, a loopback address or "localhost"), unless it
+// carries the token, and a request a browser sent for another origin (an
+// Origin that is not the listener, or Sec-Fetch-Site cross-site or
+// same-site). With a token, every endpoint but /healthz and /readyz
+// answers 401 without it. /reload and /crl/refresh take POST only (405
+// otherwise), and requests that come faster than Config.Spacing coalesce
+// into one run. Close cancels a coalesced run not yet started. It is safe
+// for concurrent use.
+type Handler struct {
+	cfg     Config
+	mux     *http.ServeMux
+	actions []*coalescer
+	refusal *logthrottle.Throttle[string]
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// NewHandler returns the admin handler for cfg. It registers the
 // collectors in a registry of its own; a collector that fails to register
 // (a duplicate metric) is an error.
-func Handler(cfg Config) (http.Handler, error) {
+func NewHandler(cfg Config) (*Handler, error) {
 	reg := prometheus.NewRegistry()
 	cs := append([]prometheus.Collector{
 		collectors.NewGoCollector(),
@@ -49,12 +87,12 @@ func Handler(cfg Config) (http.Handler, error) {
 			return nil, fmt.Errorf("admin: registering metrics: %w", err)
 		}
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: nil}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), refusal: &logthrottle.Throttle[string]{Interval: refusalLogInterval, Max: 16}}
+	h.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: nil}))
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	h.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if cfg.Ready != nil {
 			if err := cfg.Ready(); err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
@@ -63,28 +101,95 @@ func Handler(cfg Config) (http.Handler, error) {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	action := func(name string, fn func()) {
-		mux.HandleFunc("POST "+name, func(w http.ResponseWriter, r *http.Request) {
-			if fn == nil {
-				http.Error(w, name+" is not available in this role", http.StatusNotFound)
-				return
-			}
-			if cfg.Log != nil {
-				cfg.Log.WithFields(logrus.Fields{audit.Event: "admin_request", "path": name, audit.Addr: r.RemoteAddr}).Info("admin request")
+	h.action("/reload", cfg.Reload, DefaultReloadSpacing)
+	h.action("/crl/refresh", cfg.RefreshCRLs, DefaultRefreshSpacing)
+	return h, nil
+}
+
+// action serves POST name by running fn through a coalescer.
+func (h *Handler) action(name string, fn func(), spacing time.Duration) {
+	if h.cfg.Spacing > 0 {
+		spacing = h.cfg.Spacing
+	}
+	var c *coalescer
+	if fn != nil {
+		c = &coalescer{spacing: spacing, run: func(n int) {
+			if h.cfg.Log != nil {
+				entry := h.cfg.Log.WithFields(logrus.Fields{audit.Event: audit.AdminRequest, audit.Path: name})
+				if n > 1 {
+					entry = entry.WithField(audit.Count, n)
+				}
+				entry.Info("admin request: running")
 			}
 			fn()
-			w.WriteHeader(http.StatusAccepted)
-			fmt.Fprintln(w, "accepted; the outcome is in the log")
-		})
+		}}
+		h.actions = append(h.actions, c)
 	}
-	action("/reload", cfg.Reload)
-	action("/crl/refresh", cfg.RefreshCRLs)
-	return mux, nil
+	h.mux.HandleFunc("POST "+name, func(w http.ResponseWriter, r *http.Request) {
+		if c == nil {
+			http.Error(w, name+" is not available in this role", http.StatusNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		if c.request() {
+			fmt.Fprintln(w, "accepted; joins a run already due; the outcome is in the log")
+			return
+		}
+		fmt.Fprintln(w, "accepted; the outcome is in the log")
+	})
+}
+
+// ServeHTTP checks the request's Host, Origin and token, then serves it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	local := localAddr(r)
+	var token []byte
+	if h.cfg.Token != nil {
+		token = h.cfg.Token()
+	}
+	authed := len(token) > 0 && tokenOK(r, token)
+	if !allowedHost(r.Host, local) && !authed {
+		h.refuse(w, r, http.StatusForbidden, refusedHost, fmt.Sprintf("Host %q is not this listener", truncate(r.Host, 100)))
+		return
+	}
+	if err := checkOrigin(r, local); err != nil {
+		h.refuse(w, r, http.StatusForbidden, refusedOrigin, err.Error())
+		return
+	}
+	if len(token) > 0 && !authed && r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="tunnel admin"`)
+		h.refuse(w, r, http.StatusUnauthorized, refusedToken, "a bearer token is required")
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// refuse answers code and logs an admin_refused line, at most one a minute
+// per reason, with the number of refusals it stands for.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, reason, why string) {
+	http.Error(w, http.StatusText(code)+": "+why, code)
+	if h.cfg.Log == nil {
+		return
+	}
+	n, _, ok := h.refusal.Hit(reason)
+	if !ok {
+		return
+	}
+	h.cfg.Log.WithFields(logrus.Fields{audit.Event: audit.AdminRefused, audit.Reason: reason, audit.Path: truncate(r.URL.Path, 100),
+		audit.Addr: r.RemoteAddr, audit.Count: n, audit.Error: why}).Warn("admin request refused")
+}
+
+// Close cancels coalesced runs not yet started and waits for one that is
+// starting. Requests after Close are answered but run nothing.
+func (h *Handler) Close() {
+	for _, c := range h.actions {
+		c.stop()
+	}
 }
 
 // CheckAddr refuses an admin address that is not a loopback IP literal
 // unless allowRemote: metrics and the reload endpoint are for the host's
-// own operator, and an unauthenticated POST /reload must not face a network.
+// own operator, and a POST /reload must not face a network unless a token
+// guards it (the CLI requires one with allowRemote).
 func CheckAddr(addr string, allowRemote bool) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

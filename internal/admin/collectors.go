@@ -161,9 +161,10 @@ func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
 		tracked = desc("crl_tracked", "Distribution Points being fetched or refreshed.")
 		limits  = desc("crl_limit_hits_total", "CRL store caps hit, by cap.", "limit")
 		age     = desc("crl_age_seconds", "Age of each CRL in use: now minus its thisUpdate.", "source")
+		caRev   = desc("ca_revoked", "CA certificates of the bundle that a usable CRL lists as revoked.")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{checks, revoked, unavail, fetches, refused, cached, tracked, limits, age},
+		descs: []*prometheus.Desc{checks, revoked, unavail, fetches, refused, cached, tracked, limits, age, caRev},
 		collect: func(ch chan<- prometheus.Metric) {
 			st := rc.Stats()
 			counter(ch, checks, st.Checked)
@@ -180,6 +181,7 @@ func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
 			for src, a := range st.CRLAges {
 				gauge(ch, age, a.Seconds(), src)
 			}
+			gauge(ch, caRev, float64(st.CARevoked))
 		},
 	}
 }

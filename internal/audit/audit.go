@@ -28,6 +28,13 @@ const (
 	CRLRejected    = "crl_rejected"     // a CRL does not verify against its issuer and is ignored (source)
 	CRLLimit       = "crl_limit"        // a CRL store cap was hit (limit, url)
 	RevocationOff  = "revocation_disabled"
+	CARevoked      = "ca_revoked"    // a CA certificate of the bundle is revoked; chains through it are refused (serial, subject, source)
+	CAReinstated   = "ca_reinstated" // a bundle CA that was revoked or had no usable CRL is usable again (serial, subject)
+	CAUnchecked    = "ca_unchecked"  // bundle intermediates whose issuer is not in the bundle: revocation cannot be checked
+
+	ConfigWarning = "config_warning" // a configuration that works but is probably not what was meant (warning)
+	AdminRequest  = "admin_request"  // an admin endpoint that changes state was called (path, addr)
+	AdminRefused  = "admin_refused"  // an admin request was refused (reason, path, addr)
 )
 
 // Field names. Values that come from a peer are capped in length by the
@@ -54,6 +61,9 @@ const (
 	RuleSet    = "rule_set"    // the per-route rules that refused a stream or closed a session ("routes.db")
 	Trigger    = "trigger"     // what started a reload: sighup, file_changed or poll
 	Kind       = "kind"        // which protocol violation
+	Subject    = "subject"     // a certificate's subject
+	Warning    = "warning"     // what a config_warning is about: allow_covers_all, key_file_mode
+	Path       = "path"        // an admin endpoint's path, or a file
 
 	IdentityCN          = "identity_cn"
 	IdentitySANs        = "identity_sans"
