@@ -117,10 +117,13 @@ func (s *Server) refuse(ss *session, st *mux.Stream, route string, code wire.Sta
 	s.refusedLine(ss, code, fields, "stream refused: "+code.String())
 }
 
-// refusalKey is what stream refusal lines are throttled by in a session.
+// refusalKey is what stream refusal lines are throttled by in a session:
+// status, reason and configured route (an unknown route's name is the
+// client's to choose, so it is not part of the key).
 type refusalKey struct {
 	status wire.Status
 	reason string
+	route  string
 	reset  bool // a stream_reset line rather than stream_refused
 }
 
@@ -129,8 +132,12 @@ type refusalKey struct {
 // stands for: a client can refuse itself streams at will. What the
 // throttle held back is logged when the session ends (flushRefusals).
 func (s *Server) refusedLine(ss *session, code wire.Status, fields logrus.Fields, msg string) {
-	reason, _ := fields[audit.Reason].(string)
-	n, _, ok := ss.refuseLog.Hit(refusalKey{status: code, reason: reason})
+	key := refusalKey{status: code}
+	key.reason, _ = fields[audit.Reason].(string)
+	if code != wire.StatusUnknownRoute {
+		key.route, _ = fields[audit.Route].(string)
+	}
+	n, _, ok := ss.refuseLog.Hit(key)
 	if !ok {
 		return
 	}
@@ -180,6 +187,9 @@ func (s *Server) flushRefusals(ss *session) {
 		}
 		if k.reason != "" {
 			fields[audit.Reason] = k.reason
+		}
+		if k.route != "" {
+			fields[audit.Route] = k.route
 		}
 		ss.log.WithFields(fields).Warn("session ended: refusals not logged one by one since the last line")
 	})

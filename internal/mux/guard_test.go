@@ -391,9 +391,13 @@ func TestGuardRefusedStreamsHoldNothing(t *testing.T) {
 func TestGuardControlBacklog(t *testing.T) {
 	p := newRawPeer(t, false, func(o *Options) { o.MaxStreams = 0 })
 	go func() {
-		for id := uint32(1); id < 1<<21; id += 2 {
-			if p.send(syn(id, 0)) != nil {
-				return
+		batch := make([]header, 0, 1024)
+		for id := uint32(1); id < 1<<24; id += 2 {
+			if batch = append(batch, syn(id, 0)); len(batch) == cap(batch) {
+				if p.send(batch...) != nil {
+					return
+				}
+				batch = batch[:0]
 			}
 		}
 	}()
