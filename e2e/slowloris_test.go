@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,24 +96,32 @@ var trickled = append([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xf
 // hold starts n holders spread over the source addresses srcs; with
 // trickle, each writes one byte every 100 to 500 ms. At most 64 first dials
 // run at once; hold returns once every holder's first dial is done.
-func (a *attack) hold(n int, srcs []string, trickle bool) {
+func (a *attack) hold(n int, srcs []string, trickle bool) { a.start(n, srcs, nil, trickle) }
+
+// stall starts n holders spread over srcs that each send hello whole as
+// soon as they are connected, then nothing: a complete ClientHello whose
+// sender never sends its second flight. It returns once every holder's
+// first dial is done.
+func (a *attack) stall(n int, srcs []string, hello []byte) { a.start(n, srcs, hello, false) }
+
+func (a *attack) start(n int, srcs []string, first []byte, trickle bool) {
 	sem := make(chan struct{}, 64)
 	for i := range n {
 		src := srcs[i%len(srcs)]
 		a.dials.Add(1)
 		sem <- struct{}{}
 		a.wg.Go(func() {
-			first := true
+			once := true
 			for {
 				c, err := dialFrom(src, a.addr)
-				if first {
-					first = false
+				if once {
+					once = false
 					a.dials.Done()
 					<-sem
 				}
 				if err == nil {
 					a.open.Add(1)
-					a.ride(c, trickle)
+					a.ride(c, first, trickle)
 					a.open.Add(-1)
 				}
 				select {
@@ -126,14 +135,21 @@ func (a *attack) hold(n int, srcs []string, trickle bool) {
 	a.dials.Wait()
 }
 
-// ride keeps c until the server closes it or the attack stops.
-func (a *attack) ride(c *net.TCPConn, trickle bool) {
+// ride sends first on c, then keeps c (trickling, or silent) until the
+// server closes it or the attack stops.
+func (a *attack) ride(c *net.TCPConn, first []byte, trickle bool) {
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
 		io.Copy(io.Discard, c) // returns when the server closes or resets c
 	}()
 	defer func() { c.Close(); <-closed }()
+	if len(first) > 0 {
+		if _, err := c.Write(first); err != nil {
+			a.dropped.Add(1)
+			return
+		}
+	}
 	for i := 0; ; i++ {
 		wait := time.Hour
 		if trickle {
@@ -323,12 +339,14 @@ func TestPendingEvictsOldest(t *testing.T) {
 }
 
 // TestHandshakeSlotMemory: ClientHellos that complete and then stall each
-// hold a handshake slot until --handshake-timeout; past --max-handshakes
-// they are reset, so the memory they hold is bounded. It reports the
+// hold a handshake slot, with the server's key exchange and signature done,
+// until --handshake-timeout or until a newcomer finds every slot taken;
+// past --max-handshakes the oldest of them are reset to make room
+// (handshake_evicted), so the memory they hold is bounded. It reports the
 // server's memory per handshake in flight.
 func TestHandshakeSlotMemory(t *testing.T) {
 	t.Parallel()
-	const slots = 256
+	const slots, more = 256, 16
 	pk := pkiDir(t)
 	srv := startProc(t, append(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)),
 		"--max-handshakes", strconv.Itoa(slots), "--max-conns-per-addr", "0", "--admin", "127.0.0.1:0", "--log-level", "info")...)
@@ -336,7 +354,7 @@ func TestHandshakeSlotMemory(t *testing.T) {
 	hello := clientHelloBytes(t)
 	rss0 := rssKiB(t, srv.cmd.Process.Pid)
 	var conns []*net.TCPConn
-	for range slots + 16 {
+	dial := func() {
 		c, err := dialFrom("127.0.0.1", addr)
 		if err != nil {
 			t.Fatal(err)
@@ -345,12 +363,131 @@ func TestHandshakeSlotMemory(t *testing.T) {
 		c.Write(hello)
 		conns = append(conns, c)
 	}
-	waitMetrics(t, admin, fmt.Sprintf("tunnel_handshakes_in_flight %d", slots), `tunnel_handshakes_total{result="limit"} 16`)
+	for range slots {
+		dial()
+	}
+	waitMetrics(t, admin, fmt.Sprintf("tunnel_handshakes_in_flight %d", slots), fmt.Sprintf("tunnel_handshakes_waiting %d", slots))
 	rss1 := rssKiB(t, srv.cmd.Process.Pid)
-	t.Logf("server RSS %d KiB before, %d KiB with %d stalled handshakes in flight: %.1f KiB each; 16 more were reset",
-		rss0, rss1, slots, float64(rss1-rss0)/slots)
+	for range more {
+		dial()
+	}
+	waitMetrics(t, admin, fmt.Sprintf("tunnel_handshakes_in_flight %d", slots),
+		fmt.Sprintf(`tunnel_handshakes_total{result="evicted"} %d`, more), `tunnel_handshakes_total{result="limit"} 0`,
+		fmt.Sprintf(`tunnel_connections_rejected_total{reason="handshake_evicted"} %d`, more))
+	t.Logf("server RSS %d KiB before, %d KiB with %d stalled handshakes in flight: %.1f KiB each; %d more evicted the oldest",
+		rss0, rss1, slots, float64(rss1-rss0)/slots, more)
 	if rss1-rss0 > slots*256 {
 		t.Errorf("%d KiB for %d handshakes in flight: not bounded", rss1-rss0, slots)
+	}
+	// The server orders slots by when it took them, which may differ a
+	// little from the order of the dials: the reset ones are among the
+	// older half.
+	var (
+		mu    sync.Mutex
+		reset []int
+		wg    sync.WaitGroup
+	)
+	for i, c := range conns[:slots] {
+		wg.Go(func() {
+			if resetWithin(c, 2*time.Second) {
+				mu.Lock()
+				reset = append(reset, i)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(reset)
+	t.Logf("stalled handshakes reset, by order of dial: %v", reset)
+	if len(reset) != more || reset[len(reset)-1] >= slots/2 {
+		t.Errorf("%d stalled handshakes reset (%v), want the %d oldest", len(reset), reset, more)
+	}
+	for i, c := range conns[slots:] {
+		if !aliveFor(c, 100*time.Millisecond) {
+			t.Errorf("newcomer %d was closed: the slots went to someone else", i)
+		}
+	}
+}
+
+// TestStalledHandshakeFlood (issue 13): twice --max-handshakes
+// connections from 16 allowlisted addresses, each within the per-address
+// cap, send a complete ClientHello (a real crypto/tls client's) and never
+// their second flight, and redial as the server closes them. They keep
+// every handshake slot taken, yet a real client's session is up and echoing
+// at once: a full set of slots makes room for the newcomer by resetting its
+// oldest handshake that waits on its peer (handshake_evicted). Before, the
+// stalled handshakes held the slots until --handshake-timeout (10 s) and
+// the client was reset (handshake_limit) meanwhile.
+func TestStalledHandshakeFlood(t *testing.T) {
+	t.Parallel()
+	const slots, stallN = 128, 2 * 128
+	raiseNoFile(t, 4096)
+	pk := pkiDir(t)
+	args := withFlag(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)), "--allow", "127.0.0.0/8")
+	srv := startProc(t, append(args, "--max-handshakes", strconv.Itoa(slots), "--admin", "127.0.0.1:0", "--log-level", "info")...)
+	addr, admin := srv.addr(t), "http://"+srv.adminAddr(t)
+	for _, series := range []string{
+		`tunnel_connections_rejected_total{reason="handshake_evicted"}`, `tunnel_handshakes_total{result="evicted"}`,
+		`tunnel_handshakes_waiting`,
+	} {
+		if v := metric(t, admin, series); v != 0 {
+			t.Errorf("%s = %v at start, want 0 (present)", series, v)
+		}
+	}
+	count := func(series string) float64 { return max(metric(t, admin, series), 0) }
+	evicted := func() float64 { return count(`tunnel_connections_rejected_total{reason="handshake_evicted"}`) }
+	refused := func() float64 { return count(`tunnel_connections_rejected_total{reason="handshake_limit"}`) }
+	inFlight := func() int { return int(metric(t, admin, "tunnel_handshakes_in_flight")) }
+	rss0 := rssKiB(t, srv.cmd.Process.Pid)
+
+	srcs := sources(100, 16) // 16 connections each
+	a := newAttack(t, addr)
+	start := time.Now()
+	a.stall(stallN, srcs, clientHelloBytes(t))
+	// Held: every slot taken, and as many again turned away or evicted.
+	if !waitUntil(10*time.Second, func() bool { return inFlight() == slots && evicted()+refused() >= slots }) {
+		t.Fatalf("after %v: %d of %d slots taken, %v evicted, %v refused (%d open at the attacker)",
+			time.Since(start), inFlight(), slots, evicted(), refused(), a.open.Load())
+	}
+	rss1 := rssKiB(t, srv.cmd.Process.Pid)
+	e0, r0, t0 := evicted(), refused(), time.Now()
+	t.Logf("attack held after %v: %d slots taken, %v evicted and %v refused so far, %d open at the attacker; server RSS %d KiB before, %d KiB now",
+		time.Since(start).Round(time.Millisecond), inFlight(), e0, r0, a.open.Load(), rss0, rss1)
+
+	// A real client from another address, while they are held. It is
+	// waited for past the handshake deadline, so the figure is known when
+	// it fails.
+	began := time.Now()
+	cli := startProc(t, append(clientArgs(pk, addr, "echo"), "--source", "127.0.0.2")...)
+	if !waitUntil(15*time.Second, func() bool { return len(cli.matching(isEvent("session_opened"))) > 0 }) {
+		t.Fatalf("the real client had no session %v after it started (%d session_failed), %d slots taken",
+			time.Since(began).Round(time.Millisecond), len(cli.matching(isEvent("session_failed"))), inFlight())
+	}
+	up := time.Since(began)
+	echoCheck(t, cli.forwardAddr(t, "echo"), 132, 1<<20)
+	took := time.Since(began)
+	held := inFlight()
+	rate := (evicted() - e0 + refused() - r0) / time.Since(t0).Seconds()
+	t.Logf("a real client's session was up %v after its process started and had echoed 1 MiB after %v (%d session_failed first), with %d of %d slots taken and %.0f stalled ClientHellos a second evicted or refused",
+		up.Round(time.Millisecond), took.Round(time.Millisecond), len(cli.matching(isEvent("session_failed"))), held, slots, rate)
+	if took > 5*time.Second {
+		t.Errorf("the real client took %v to echo, want about a second", took)
+	}
+	if held < slots*9/10 {
+		t.Errorf("only %d of %d slots taken when the client was served: the attack was not held", held, slots)
+	}
+	if e := evicted(); e == 0 {
+		t.Error("no handshake_evicted: the stalled handshakes were not the ones to make room")
+	}
+	if rss := rssKiB(t, srv.cmd.Process.Pid); rss-rss0 > 48<<10 {
+		t.Errorf("server RSS grew by %d KiB under the flood, want it bounded by --max-handshakes", rss-rss0)
+	}
+	// One line per address and reason per 10 s.
+	lines := len(srv.matching(isEvent("conn_rejected", "reason", "handshake_evicted")))
+	t.Logf("%d stalled connections reset by the server in %v; %d conn_rejected handshake_evicted lines",
+		a.dropped.Load(), time.Since(start).Round(time.Millisecond), lines)
+	if lines > 3*len(srcs) {
+		t.Errorf("%d handshake_evicted lines, want them throttled per address", lines)
 	}
 }
 
@@ -381,6 +518,15 @@ func resetWithin(c *net.TCPConn, d time.Duration) bool {
 	c.SetReadDeadline(time.Now().Add(d))
 	_, err := io.Copy(io.Discard, c)
 	return errors.Is(err, syscall.ECONNRESET)
+}
+
+// aliveFor reports whether c stays open for d, whatever the server sends.
+func aliveFor(c *net.TCPConn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
+	_, err := io.Copy(io.Discard, c)
+	ne, ok := errors.AsType[net.Error](err)
+	c.SetReadDeadline(time.Time{})
+	return ok && ne.Timeout()
 }
 
 // openFor reports whether c stays open, with nothing to read, for d.

@@ -84,8 +84,11 @@ type Config struct {
 
 	// MaxHandshakes caps handshakes in flight. A connection takes a slot
 	// once its whole ClientHello is in and holds it until the handshake
-	// ends; a connection past the cap is reset (reason handshake_limit).
-	// Zero means DefaultMaxHandshakes().
+	// ends. When every slot is taken, a newcomer makes room by resetting
+	// the oldest handshake waiting for its peer's next flight (reason
+	// handshake_evicted); only when none is waiting, every one working,
+	// is the newcomer reset (reason handshake_limit). Zero means
+	// DefaultMaxHandshakes().
 	MaxHandshakes int
 
 	// DialTimeout bounds a backend dial; zero means DefaultDialTimeout.

@@ -21,7 +21,9 @@ import (
 //
 // A handshake slot is then taken by a peer whose whole ClientHello is in,
 // so the slot bounds handshake work: the server's first flight needs
-// nothing more from the peer.
+// nothing more from the peer. Once that flight is written, the handshake
+// waits on its peer and gives its slot up to a newcomer when the set is
+// full (slots.go).
 
 // Reasons of the conn_rejected events of the prologue.
 const (
@@ -230,9 +232,16 @@ func readTo(r io.Reader, buf []byte, n int, grew func(int)) ([]byte, error) {
 // Read returns them first, then reads the connection. It stays under the
 // session's TLS connection, a pass-through once they are read. SetLinger,
 // CloseWrite and NetConn reach the socket, as the other wrappers' do.
+//
+// During the handshake it also tells the handshake's slot when the
+// handshake waits on its peer: after crypto/tls wrote to the connection, a
+// Read of the connection means nothing is buffered above it (the
+// Transport's buffer is empty, the prologue's bytes are used up), so the
+// handshake can go no further until the peer sends.
 type helloConn struct {
 	net.Conn
-	hello []byte // not yet read; used by the reader only
+	hello []byte         // not yet read; used by the reader only
+	slot  *handshakeSlot // during the handshake only; set and cleared by its owner around it
 }
 
 var _ net.Conn = (*helloConn)(nil)
@@ -240,6 +249,11 @@ var _ net.Conn = (*helloConn)(nil)
 // Read returns the prologue's bytes first.
 func (h *helloConn) Read(p []byte) (int, error) {
 	if len(h.hello) == 0 {
+		if h.slot == nil {
+			return h.Conn.Read(p)
+		}
+		h.slot.readingPeer(true)
+		defer h.slot.readingPeer(false)
 		return h.Conn.Read(p)
 	}
 	n := copy(p, h.hello)
@@ -248,6 +262,16 @@ func (h *helloConn) Read(p []byte) (int, error) {
 		h.hello = nil // let the buffer go
 	}
 	return n, nil
+}
+
+// Write writes to the connection and, during the handshake, tells the slot
+// that the server has spoken.
+func (h *helloConn) Write(p []byte) (int, error) {
+	n, err := h.Conn.Write(p)
+	if h.slot != nil && n > 0 {
+		h.slot.wroteToPeer()
+	}
+	return n, err
 }
 
 // SetLinger forwards to the connection, for Filter.Reject and abortive

@@ -358,27 +358,6 @@ func TestSilentConnsHoldNoHandshakeSlot(t *testing.T) {
 	}
 }
 
-// A connection takes its slot once its whole ClientHello is in: one that
-// sends a complete ClientHello and stalls holds the only slot.
-func TestHandshakeLimit(t *testing.T) {
-	pki := newTestPKI(t)
-	r := startServer(t, pki, func(c *Config) { c.MaxHandshakes = 1 })
-	stall := dialSilent(t, r.addr, 1)[0]
-	if _, err := stall.Write(clientHello(t, pki.clientTLS)); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().HandshakesInFlight == 1 })
-	c, err := tls.Dial("tcp", r.addr, pki.clientTLS)
-	if err == nil {
-		c.Close()
-		t.Fatal("handshake succeeded past MaxHandshakes")
-	}
-	st := r.srv.Stats()
-	if st.HandshakeLimit != 1 || st.Rejected[ReasonHandshakeLimit] != 1 {
-		t.Fatalf("Stats = limit %d, rejected %d; want 1, 1", st.HandshakeLimit, st.Rejected[ReasonHandshakeLimit])
-	}
-}
-
 // The prologue's deadlines reset a connection that sends nothing, and one
 // whose ClientHello does not complete, each under its own reason.
 func TestPrologueDeadlines(t *testing.T) {

@@ -37,11 +37,11 @@ var ErrShutdownForced = errors.New("server: shutdown timeout: open streams were 
 // Server serves tunnel clients. Create it with New; it is safe for
 // concurrent use, and Serve may be called once.
 type Server struct {
-	cfg        Config
-	log        *logrus.Entry
-	policy     atomic.Pointer[policy] // routes and rules; replaced whole by Apply
-	handshakes chan struct{}          // one token per handshake in flight
-	pending    *pendingSet            // connections in their prologue
+	cfg     Config
+	log     *logrus.Entry
+	policy  atomic.Pointer[policy] // routes and rules; replaced whole by Apply
+	slots   *slotSet               // handshakes in flight
+	pending *pendingSet            // connections in their prologue
 
 	mu         sync.Mutex
 	sessions   map[*session]struct{} // guarded by mu
@@ -70,7 +70,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:        cfg,
 		log:        cfg.Log,
-		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		slots:      &slotSet{max: cfg.MaxHandshakes},
 		pending:    &pendingSet{max: cfg.MaxPending},
 		sessions:   make(map[*session]struct{}),
 		identities: make(map[string]int),
@@ -161,17 +161,24 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 		return
 	}
 	ip, _ := netfilter.PeerAddr(c.RemoteAddr())
-	select {
-	case s.handshakes <- struct{}{}:
-	default:
+	sl, v := s.slots.take(c, ip)
+	if v != nil {
+		s.stats.handshakesEvicted.Add(1)
+		s.cfg.Filter.Reject(v.conn, v.ip, ReasonHandshakeEvicted)
+	}
+	if sl == nil { // every slot is working
 		s.stats.handshakeLimit.Add(1)
 		s.cfg.Filter.Reject(c, ip, ReasonHandshakeLimit)
 		return
 	}
 	addr := c.RemoteAddr().String()
 	began := time.Now()
-	tc, err := s.handshake(ctx, &helloConn{Conn: c, hello: hello})
-	<-s.handshakes
+	hc := &helloConn{Conn: c, hello: hello, slot: sl}
+	tc, err := s.handshake(ctx, hc)
+	hc.slot = nil // nothing reads or writes hc meanwhile: the session starts below
+	if !s.slots.release(sl) {
+		return // evicted while it waited on its peer: logged and counted by the evictor
+	}
 	if err != nil {
 		s.stats.handshakesFailed.Add(1)
 		s.handshakeFailed(c, addr, handshakeReason(ctx, err), err)
@@ -264,9 +271,14 @@ func (s *Server) untrack(ss *session) {
 
 // Stats is a snapshot of the server's counters.
 type Stats struct {
-	HandshakesOK, HandshakesFailed, HandshakeLimit uint64
-	// HandshakesInFlight are the handshakes holding a slot now.
-	HandshakesInFlight int
+	// HandshakeLimit counts connections refused because every handshake
+	// slot was working; HandshakesEvicted, handshakes reset to make room
+	// for a newcomer because they were the oldest waiting on their peer.
+	HandshakesOK, HandshakesFailed, HandshakeLimit, HandshakesEvicted uint64
+	// HandshakesInFlight are the handshakes holding a slot now, and
+	// HandshakesWaiting those of them waiting for their peer's next
+	// flight (the server's is written).
+	HandshakesInFlight, HandshakesWaiting int
 	// Pending are the connections in their prologue now, by stage:
 	// "silent" (waiting for a PROXY header or a first byte) and
 	// "client_hello" (a ClientHello begun, not complete). Both keys are
@@ -274,16 +286,17 @@ type Stats struct {
 	Pending map[string]int
 	// Rejected counts the conn_rejected events by reason: those before
 	// TLS, which the Filter counts (ip_not_allowed, conn_limit,
-	// proxy_header, handshake_limit, pending_evicted, first_byte_timeout,
-	// client_hello_timeout, bad_client_hello), and those after the
-	// handshake (no_alpn, session_limit). Every reason in RejectReasons is
-	// present, zero or not.
+	// proxy_header, handshake_limit, handshake_evicted, pending_evicted,
+	// first_byte_timeout, client_hello_timeout, bad_client_hello), and
+	// those after the handshake (no_alpn, session_limit). Every reason in
+	// RejectReasons is present, zero or not.
 	Rejected       map[string]uint64
 	SessionsActive int
 	StreamsActive  int64
 	StreamsTotal   uint64
 	StreamsRefused map[string]uint64 // by status name, every refusal status present
-	// LimitHits counts the limits hit, by name: "handshakes", "pending"
+	// LimitHits counts the limits hit, by name: "handshakes" (a newcomer
+	// found every slot taken: refused, or let in by an eviction), "pending"
 	// (evictions from a full pending set), "sessions_per_identity",
 	// "streams_per_session", "stream_rate", "memory_budget" (streams
 	// refused or reset for the budget). (The per-address connection cap is
@@ -308,11 +321,12 @@ type Stats struct {
 var RejectReasons = []string{
 	netfilter.ReasonIPNotAllowed, netfilter.ReasonConnLimit, netfilter.ReasonProxyHeader,
 	ReasonPendingEvicted, ReasonFirstByteTimeout, ReasonClientHelloTimeout, ReasonBadClientHello,
-	ReasonHandshakeLimit, ReasonNoALPN, ReasonSessionLimit,
+	ReasonHandshakeLimit, ReasonHandshakeEvicted, ReasonNoALPN, ReasonSessionLimit,
 }
 
 type counters struct {
 	handshakesOK, handshakesFailed, handshakeLimit atomic.Uint64
+	handshakesEvicted                              atomic.Uint64
 	pendingEvicted                                 atomic.Uint64
 	noALPN                                         atomic.Uint64
 	streamsTotal                                   atomic.Uint64
@@ -330,11 +344,14 @@ func (s *Server) Stats() Stats {
 	n := len(s.sessions)
 	s.mu.Unlock()
 	silent, hello, _ := s.pending.counts()
+	inFlight, waiting := s.slots.counts()
 	st := Stats{
 		HandshakesOK:       s.stats.handshakesOK.Load(),
 		HandshakesFailed:   s.stats.handshakesFailed.Load(),
 		HandshakeLimit:     s.stats.handshakeLimit.Load(),
-		HandshakesInFlight: len(s.handshakes),
+		HandshakesEvicted:  s.stats.handshakesEvicted.Load(),
+		HandshakesInFlight: inFlight,
+		HandshakesWaiting:  waiting,
 		Pending:            map[string]int{stageSilent.String(): silent, stageHello.String(): hello},
 		Rejected:           make(map[string]uint64),
 		SessionsActive:     n,
@@ -342,7 +359,7 @@ func (s *Server) Stats() Stats {
 		StreamsTotal:       s.stats.streamsTotal.Load(),
 		StreamsRefused:     make(map[string]uint64),
 		LimitHits: map[string]uint64{
-			"handshakes":            s.stats.handshakeLimit.Load(),
+			"handshakes":            s.stats.handshakeLimit.Load() + s.stats.handshakesEvicted.Load(),
 			"pending":               s.stats.pendingEvicted.Load(),
 			"sessions_per_identity": s.stats.limitSessions.Load(),
 			"streams_per_session":   s.stats.limitStreams.Load(),

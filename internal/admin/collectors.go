@@ -69,7 +69,8 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		rejected   = desc("connections_rejected_total", "Connections refused before a session began (conn_rejected), by reason.", "reason")
 		pending    = desc("pending_connections", "Connections before their handshake, by stage (silent, client_hello).", "stage")
 		inFlight   = desc("handshakes_in_flight", "TLS handshakes holding a slot now.")
-		handshakes = desc("handshakes_total", "TLS handshakes by result (ok, failed, limit).", "result")
+		hsWaiting  = desc("handshakes_waiting", "TLS handshakes holding a slot and waiting for the peer's next flight now.")
+		handshakes = desc("handshakes_total", "TLS handshakes by result (ok, failed, limit, evicted).", "result")
 		sessions   = desc("sessions_active", "Client sessions open now.")
 		streamsAct = desc("streams_active", "Streams open now.")
 		streamsTot = desc("streams_total", "Streams accepted since start.")
@@ -84,7 +85,7 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		memBudget  = desc("memory_budget_bytes", "The bound on memory_held_bytes (--memory-budget).")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{rejected, pending, inFlight, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
+		descs: []*prometheus.Desc{rejected, pending, inFlight, hsWaiting, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
 			violations, memHeld, memBudget},
 		collect: func(ch chan<- prometheus.Metric) {
 			fst := f.Stats()
@@ -96,6 +97,7 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 				gauge(ch, pending, float64(n), stage)
 			}
 			gauge(ch, inFlight, float64(st.HandshakesInFlight))
+			gauge(ch, hsWaiting, float64(st.HandshakesWaiting))
 			for l, n := range st.LimitHits {
 				counter(ch, limits, n, l)
 			}
@@ -110,6 +112,7 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 			counter(ch, handshakes, st.HandshakesOK, "ok")
 			counter(ch, handshakes, st.HandshakesFailed, "failed")
 			counter(ch, handshakes, st.HandshakeLimit, "limit")
+			counter(ch, handshakes, st.HandshakesEvicted, "evicted")
 			gauge(ch, sessions, float64(st.SessionsActive))
 			gauge(ch, streamsAct, float64(st.StreamsActive))
 			counter(ch, streamsTot, st.StreamsTotal)
