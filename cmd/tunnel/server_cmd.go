@@ -39,7 +39,7 @@ func serverCommand(stderr io.Writer) *cli.Command {
 		&cli.DurationFlag{Name: "client-hello-timeout", Value: server.DefaultClientHelloTimeout, EnvVars: []string{"TUNNEL_CLIENT_HELLO_TIMEOUT"}, Usage: "how long the rest of a ClientHello may take after its first byte; it holds no handshake slot meanwhile"},
 		&cli.IntFlag{Name: "max-pending", Value: server.DefaultMaxPending, EnvVars: []string{"TUNNEL_MAX_PENDING"}, Usage: "connections waiting for their ClientHello; when full, the oldest silent one is reset to make room"},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, EnvVars: []string{"TUNNEL_HANDSHAKE_TIMEOUT"}, Usage: "limit on one TLS handshake, from the complete ClientHello on"},
-		&cli.IntFlag{Name: "max-handshakes", Value: server.DefaultMaxHandshakes(), EnvVars: []string{"TUNNEL_MAX_HANDSHAKES"}, Usage: "TLS handshakes in flight, each counted from its complete ClientHello; more are reset (default 128 x GOMAXPROCS)"},
+		&cli.IntFlag{Name: "max-handshakes", Value: server.DefaultMaxHandshakes(), EnvVars: []string{"TUNNEL_MAX_HANDSHAKES"}, Usage: "TLS handshakes in flight, each counted from its complete ClientHello; when all are taken the oldest one waiting on its peer is reset to make room (default 128 x GOMAXPROCS)"},
 		&cli.DurationFlag{Name: "dial-timeout", Value: server.DefaultDialTimeout, EnvVars: []string{"TUNNEL_DIAL_TIMEOUT"}, Usage: "limit on one backend dial"},
 		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"TUNNEL_IDLE_TIMEOUT"}, Usage: "close a stream idle this long both ways (0: never)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: server.DefaultShutdownTimeout, EnvVars: []string{"TUNNEL_SHUTDOWN_TIMEOUT"}, Usage: "on SIGINT/SIGTERM, how long open streams may finish"},
