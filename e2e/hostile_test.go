@@ -149,9 +149,16 @@ type hostileWorld struct {
 func startHostileWorld(t *testing.T, extra ...string) *hostileWorld {
 	t.Helper()
 	pk := pkiDir(t)
+	// A backend that accepts and never reads, with a small receive buffer:
+	// otherwise the kernel, not the tunnel, holds what the attack pushes
+	// (tcp_rmem grows a socket's buffer to 32 MiB here, and 1000 of them
+	// exhaust tcp_mem, which resets other tests' connections).
 	stop := make(chan struct{})
-	stall := startBackend(t, func(c *net.TCPConn) { <-stop }) // accepts, never reads
-	t.Cleanup(func() { close(stop) })                         // before startBackend's cleanup waits for it
+	stall := startBackend(t, func(c *net.TCPConn) {
+		c.SetReadBuffer(4 << 10)
+		<-stop
+	})
+	t.Cleanup(func() { close(stop) }) // before startBackend's cleanup waits for it
 	args := append(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t), "stall="+stall), "--admin", "127.0.0.1:0", "--log-level", "info")
 	srv := startProc(t, append(args, extra...)...)
 	w := &hostileWorld{pk: pk, srv: srv, addr: srv.addr(t), admin: srv.adminAddr(t)}
@@ -255,7 +262,7 @@ func TestHostilePingFlood(t *testing.T) {
 }
 
 // TestHostileStalledBackend: 1000 streams from one client to a backend
-// that accepts and never reads, each pushing as much as the server lets it.
+// that accepts and never reads, each pushing more than its window.
 // Before, each stream's buffer could grow to the 16 MiB window: 16 GiB per
 // session at worst. Now the session's 64 MiB budget bounds what it holds
 // (yamux buffers and copy buffers alike): a stream whose backend does not
@@ -273,9 +280,14 @@ func TestHostileStalledBackend(t *testing.T) {
 	var wg sync.WaitGroup
 	for range streams {
 		c := dialLocal(t, fwd)
+		c.SetWriteBuffer(64 << 10) // what the attack pushes goes to the tunnel, not into this socket
 		wg.Go(func() {
 			c.SetWriteDeadline(time.Now().Add(8 * time.Second))
-			for range 64 { // up to 4 MiB each: far more than any buffer on the way
+			// 448 KiB each, 437 MiB in all: more than each stream's window
+			// and seven times the session's budget, and little enough that
+			// the kernel's socket buffers on the way do not run out of TCP
+			// memory for the other tests.
+			for range 7 {
 				n, err := c.Write(chunk)
 				pushed.Add(int64(n))
 				if err != nil {
@@ -294,11 +306,14 @@ func TestHostileStalledBackend(t *testing.T) {
 	if held > 64<<20 {
 		t.Errorf("one session holds %.0f bytes, past its 64 MiB budget", held)
 	}
-	// RSS is more than the data held: yamux's receive buffers double as
-	// they grow, freed copy buffers wait in their pool, and the garbage
-	// collector lets the heap reach twice what is live (docs/OPERATIONS.md).
-	if growth := rss - w.baseRSSKiB; growth > 4*64<<10 {
-		t.Errorf("server RSS grew by %d KiB: more than 4 x the 64 MiB session budget", growth)
+	// RSS is more than the data held: 1000 streams' goroutines and state,
+	// yamux's receive buffers that double as they grow, freed copy buffers
+	// waiting in their pool, and a garbage collector that lets the heap
+	// reach twice what is live (docs/OPERATIONS.md: measured 3 to 3.5 times
+	// the budget). Without the budget it has no bound but the windows:
+	// 1000 x 16 MiB.
+	if growth := rss - w.baseRSSKiB; growth > 5*64<<10 {
+		t.Errorf("server RSS grew by %d KiB: more than 5 x the 64 MiB session budget", growth)
 	}
 }
 

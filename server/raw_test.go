@@ -62,11 +62,15 @@ func TestRawRoute(t *testing.T) {
 	}()
 	got, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(got, msg) {
+		for _, e := range r.log.AllEntries() {
+			t.Logf("server log: %s %v", e.Message, e.Data)
+		}
 		t.Fatalf("echo through the raw route: %d bytes, %v; want %d bytes back", len(got), err, len(msg))
 	}
 	c.Close()
 	waitFor(t, 5*time.Second, func() bool {
-		return hasEntry(r.log, "event", "session_closed", "mode", ModeRaw, "identity_cn", "app1")
+		return hasEntry(r.log, "event", "session_closed", "mode", ModeRaw, "identity_cn", "app1") &&
+			r.srv.Stats().StreamsActive == 0 // counted down after the line
 	})
 	for _, kv := range [][]string{
 		{"event", "session_opened", "mode", ModeRaw, "route", "echo", "identity_cn", "app1"},
