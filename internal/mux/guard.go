@@ -116,8 +116,9 @@ type gstream struct {
 	grown    int64  // window promised by the budget beyond initialWindow
 	pending  uint32 // credit granted whose window update is not written yet
 
-	epochAt   time.Time // window tuning: when the current epoch began
+	epochAt   time.Time // window tuning: when the current epoch began; zero before the first data
 	epochFrom uint64    // and consumed then
+	tuned     bool      // an epoch has ended
 
 	sendCredit uint64 // credit the peer granted us, minus what we sent
 }
@@ -173,6 +174,7 @@ type guard struct {
 	rtts         [rttSamples]time.Duration // recent round trips, newest at rttNext-1; guarded by mu
 	rttNext      int                       // guarded by mu
 	rtt          time.Duration             // the least of rtts; 0 until measured; guarded by mu
+	learned      uint32                    // the largest window tuning gave a stream of the session; guarded by mu
 
 	started     bool          // start ran; set before any concurrent use
 	linger      time.Duration // see the constant; tests shorten it
@@ -510,7 +512,7 @@ func (g *guard) lateLocked(id uint32, st *gstream, h header) error {
 func newGStream(ours bool) *gstream {
 	return &gstream{
 		ours: ours, given: initialWindow, yamux: initialWindow, window: initialWindow,
-		sendCredit: initialWindow, epochAt: time.Now(),
+		sendCredit: initialWindow,
 	}
 }
 
@@ -799,7 +801,7 @@ func minU64(a, b uint64) uint64 {
 }
 
 // consumed records that the application read n bytes of stream id, and
-// grants the peer more credit once half a window is due. Called by
+// grants the peer more credit once a quarter window is due. Called by
 // Stream.Read.
 func (g *guard) consumed(id uint32, n int) {
 	g.mu.Lock()
@@ -811,7 +813,10 @@ func (g *guard) consumed(id uint32, n int) {
 	st.consumed += uint64(n)
 	g.budget.Free(int64(n))
 	g.tuneLocked(st)
-	grant := g.allowanceLocked(st, uint64(st.window/2))
+	// Credit goes back a quarter window at a time: half a window (yamux's
+	// own rule) leaves a window-limited stream idle for half of each round
+	// trip.
+	grant := g.allowanceLocked(st, uint64(st.window/4))
 	if grant > 0 {
 		if st.pending == 0 {
 			g.dirty = append(g.dirty, id)
@@ -824,33 +829,52 @@ func (g *guard) consumed(id uint32, n int) {
 	}
 }
 
-// tuneLocked sizes st's window to twice the bandwidth-delay product that
-// its reader shows: what it took in the last epoch, scaled to one round
-// trip. It grows, at most doubling an epoch, and never shrinks, as Linux
-// sizes a TCP receive buffer (tcp_rcv_space_adjust). Over a long path a
-// window-limited stream so doubles every round trip until it fills the path;
-// on loopback and LANs the product stays under the initial 256 KiB; a
+// tuneLocked sizes st's window from the bandwidth-delay product its reader
+// shows: what it took in the last epoch, scaled to one round trip. A
+// window-limited stream takes about half its window a round trip (credit
+// goes back a quarter window at a time, and takes a round trip to become
+// data), so the window aims at four times that product, growing at most
+// fourfold an epoch (eightfold the first) and never shrinking, much as Linux sizes a TCP receive
+// buffer (tcp_rcv_space_adjust). Over a long path a stream so grows every
+// round trip until it fills the path, and once one stream of a session has,
+// the session's next streams start from there at their first epoch. On
+// loopback and LANs the product stays near the initial 256 KiB, and a
 // stream whose reader is slow never grows. An epoch is a round trip, or
 // tuneEpoch if that is longer, so that a burst of reading after a pause
-// does not read as a fast path. Growth is promised by the budget.
+// does not read as a fast path; the first begins with the stream's first
+// data. Growth is promised by the budget.
 func (g *guard) tuneLocked(st *gstream) {
 	if g.rtt == 0 || st.window >= g.opt.MaxWindow {
 		return
 	}
 	now := time.Now()
+	if st.epochAt.IsZero() {
+		st.epochAt, st.epochFrom = now, st.consumed
+		return
+	}
 	rtt := max(g.rtt, rttFloor)
 	elapsed := now.Sub(st.epochAt)
 	if elapsed < max(rtt, tuneEpoch) {
 		return
 	}
 	bdp := float64(st.consumed-st.epochFrom) * float64(rtt) / float64(elapsed)
-	if want := uint64(2 * bdp); want > uint64(st.window) {
-		more := uint32(min(want, 2*uint64(st.window), uint64(g.opt.MaxWindow))) - st.window
+	if want := uint64(4 * bdp); want > uint64(st.window) {
+		if st.tuned {
+			want = min(want, 4*uint64(st.window))
+		} else {
+			// The first epoch began with the first data, from a window
+			// far too small for a long path: let it jump, or take the path
+			// another stream of the session measured.
+			want = max(min(want, 8*uint64(st.window)), uint64(g.learned))
+		}
+		more := uint32(min(want, uint64(g.opt.MaxWindow))) - st.window
 		if g.budget.grow(int64(more)) {
 			st.window += more
 			st.grown += int64(more)
+			g.learned = max(g.learned, st.window)
 		}
 	}
+	st.tuned = true
 	st.epochAt, st.epochFrom = now, st.consumed
 }
 
