@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 # `make test` runs without -race and says so; under CI it fails instead.
 RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
 
-.PHONY: all build test demo vet fmt fmtcheck bench bench-smoke microbench soak fuzz clean
+.PHONY: all build test demo vet fmt fmtcheck cross bench bench-smoke microbench soak fuzz clean
 
 all: build
 
@@ -49,6 +49,15 @@ demo: build
 ## vet: go vet on every package
 vet:
 	$(GO) vet ./...
+
+## cross: go vet (which type-checks every package and its tests) for each
+## platform Go users expect, without cgo, as a release build is made
+CROSS_TARGETS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64 freebsd/amd64 freebsd/arm64
+cross:
+	@set -e; for t in $(CROSS_TARGETS); do \
+		echo "go vet ./... ($$t)"; \
+		CGO_ENABLED=0 GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) vet ./...; \
+	done
 
 ## fmt: rewrite the sources with gofmt
 fmt:

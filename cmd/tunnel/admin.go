@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"net"
-	"os"
-	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
@@ -32,15 +30,13 @@ func checkAdmin(c *cli.Context) error {
 }
 
 // startAdmin starts the admin listener if --admin is set and returns a
-// function that stops it and waits. POST /reload raises SIGHUP in this
-// process, so it reloads exactly as the signal does.
+// function that stops it and waits. cfg.Reload is the reload loop's request
+// (see startReloads), so POST /reload reloads as SIGHUP does, on every
+// platform.
 func startAdmin(c *cli.Context, log *logrus.Entry, cfg admin.Config) (stop func(), err error) {
 	addr := c.String("admin")
 	if addr == "" {
 		return func() {}, nil
-	}
-	if cfg.Reload == nil {
-		cfg.Reload = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGHUP) }
 	}
 	alog := log.WithField(audit.Component, "admin")
 	cfg.Log = alog

@@ -218,7 +218,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	rc.OnUpdate(recheck)
 	var reloads reloadStats
 	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc}
-	stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers), reloader.apply, &reloads)
+	stopReload, requestReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers), reloader.apply, &reloads)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
@@ -227,6 +227,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
 	rc.Start(ctx)
 	stopAdmin, err := startAdmin(c, log, admin.Config{
+		Reload: requestReload,
 		Ready: func() error {
 			if setup.store.Material() == nil {
 				return errors.New("no TLS material loaded")
