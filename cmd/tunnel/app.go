@@ -35,7 +35,7 @@ func commandName(args []string) string {
 			break
 		}
 		switch a {
-		case "server", "client", "check", "cert", "demo", "init", "issue", "revoke", "crl":
+		case "server", "client", "check", "cert", "demo", "init", "issue", "revoke", "crl", "completion":
 			name += " " + a
 			continue
 		}
@@ -92,6 +92,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			checkCommand(stdout, stderr),
 			certCommand(stdout),
 			demoCommand(stdout, stderr),
+			completionCommand(stdout),
+			manCommand(stdout),
 			{
 				Name:  "version",
 				Usage: "print the version, Go version and commit",
