@@ -278,7 +278,10 @@ func checkServer(c *cli.Context, stdout, stderr io.Writer) error {
 	}
 	for _, r := range setup.cfg.Routes {
 		opts := ""
-		if r.ProxyV2 {
+		switch {
+		case r.ProxyV1:
+			opts = " (proxy-v1)"
+		case r.ProxyV2:
 			opts = " (proxy-v2)"
 		}
 		w.line("route", fmt.Sprintf("%s -> %s%s: %s", r.Name, r.Target, opts, r.Access))
