@@ -126,6 +126,9 @@ func compCmd(parent string, cmd *cli.Command, siblings []*cli.Command) *compComm
 		subs = nil // the help subcommand urfave/cli adds to a command it runs
 	}
 	for _, sub := range subs {
+		if sub == cmd {
+			continue // urfave/cli's help command, once run, is its own subcommand
+		}
 		cc.subs = append(cc.subs, compCmd(cc.path, sub, subs))
 	}
 	return cc

@@ -63,9 +63,14 @@ func manCommand(stdout io.Writer) *cli.Command {
 		Name:   "man",
 		Usage:  "print the tunnel(1) man page in roff",
 		Hidden: true,
-		Action: func(c *cli.Context) error {
-			c.App.Description = manDescription // the page's only; --help has none
-			page, err := c.App.ToManWithSection(1)
+		Action: func(*cli.Context) error {
+			// A fresh app, not set up: running urfave/cli's help command
+			// once makes it its own subcommand (setup appends the shared
+			// helpCommand to itself), and ToMan would recurse on it forever.
+			app := newApp(io.Discard, io.Discard)
+			app.Description = manDescription // the page's only; --help has none
+			app.Flags = append(app.Flags, cli.HelpFlag, cli.VersionFlag)
+			page, err := app.ToManWithSection(1)
 			if err != nil {
 				return err
 			}
