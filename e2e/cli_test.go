@@ -94,6 +94,11 @@ func TestVersionAndHelp(t *testing.T) {
 				t.Errorf("tunnel version output lacks %q:\n%s", want, out)
 			}
 		}
+		for _, flag := range []string{"--version", "-v"} {
+			if got, _, code := runTunnel(t, flag); code != 0 || got != out {
+				t.Errorf("tunnel %s: exit %d, %q; want what tunnel version prints, %q", flag, code, got, out)
+			}
+		}
 	})
 	for _, tc := range []struct {
 		args []string
@@ -104,6 +109,9 @@ func TestVersionAndHelp(t *testing.T) {
 		{[]string{"server", "--help"}, []string{"example", "tunnel server --listen", "TUNNEL_LISTEN", "--allow", "--route"}},
 		{[]string{"client", "--help"}, []string{"example", "tunnel client --server", "TUNNEL_SERVER", "--forward", "--server-name"}},
 		{[]string{"cert", "--help"}, []string{"example", "tunnel cert init", "tunnel cert issue"}},
+		{[]string{"check", "--help"}, []string{"tunnel check - load a server or client configuration", "--role", "tunnel server --help"}},
+		{[]string{"cert", "issue", "--help"}, []string{"--uri", "--ou", "spiffe"}},
+		{[]string{"completion", "--help"}, []string{"tunnel completion bash", "zsh", "fish"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, stderr, code := runTunnel(t, tc.args...)

@@ -1,3 +1,7 @@
+//go:build unix
+
+// SIGSTOP, which freezes the server here, exists only on Unix.
+
 package e2e
 
 import (

@@ -9,36 +9,39 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
-// dialBackend dials the route's backend and, for a ProxyV2 route, writes a
-// PROXY v2 header naming client (the real client address: from the load
-// balancer's PROXY header when there is one) and local (the address the
-// client connected to) before any client byte. The header write is bounded
-// by DialTimeout. On error nothing is left open.
+// dialBackend dials the route's backend and, for a ProxyV1 or ProxyV2
+// route, writes a PROXY header of that version naming client (the real
+// client address: from the load balancer's PROXY header when there is one)
+// and local (the address the client connected to) before any client byte.
+// The header write is bounded by DialTimeout. On error nothing is left open.
 func (s *Server) dialBackend(ctx context.Context, r Route, client, local net.Addr) (net.Conn, error) {
 	backend, err := s.dial(ctx, r)
-	if err != nil || !r.ProxyV2 {
+	v := r.proxyVersion()
+	if err != nil || v == 0 {
 		return backend, err
 	}
-	if err := writeProxyV2(backend, client, local, s.cfg.DialTimeout); err != nil {
+	if err := writeProxyHeader(backend, v, client, local, s.cfg.DialTimeout); err != nil {
 		backend.Close()
 		return nil, err
 	}
 	return backend, nil
 }
 
-// writeProxyV2 writes one PROXY v2 PROXY-command header for src -> dst to c
-// under timeout. Addresses that are not TCP (a unix listener, say) give a
-// LOCAL-like UNSPEC header, as the protocol specifies for unknown sources.
-func writeProxyV2(c net.Conn, src, dst net.Addr, timeout time.Duration) error {
-	h := proxyproto.HeaderProxyFromAddrs(2, src, dst)
+// writeProxyHeader writes one PROXY header of version v (1 or 2) for src ->
+// dst to c under timeout. Addresses that are not TCP (a unix listener, say)
+// give the header the protocol has for an unknown source: "PROXY UNKNOWN"
+// in v1, a LOCAL-like UNSPEC header in v2. In v1 an IPv4 address beside an
+// IPv6 one is written as IPv4-mapped IPv6, with TCP6.
+func writeProxyHeader(c net.Conn, v byte, src, dst net.Addr, timeout time.Duration) error {
+	h := proxyproto.HeaderProxyFromAddrs(v, src, dst)
 	if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-		return fmt.Errorf("server: PROXY v2 header to backend: %w", err)
+		return fmt.Errorf("server: PROXY v%d header to backend: %w", v, err)
 	}
 	if _, err := h.WriteTo(c); err != nil {
-		return fmt.Errorf("server: PROXY v2 header to backend %s: %w", c.RemoteAddr(), err)
+		return fmt.Errorf("server: PROXY v%d header to backend %s: %w", v, c.RemoteAddr(), err)
 	}
 	if err := c.SetWriteDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("server: PROXY v2 header to backend: %w", err)
+		return fmt.Errorf("server: PROXY v%d header to backend: %w", v, err)
 	}
 	return nil
 }

@@ -2,8 +2,10 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -26,7 +28,10 @@ func TestParseRouteOptions(t *testing.T) {
 		{in: "db=127.0.0.1:5432,proxy-v2", want: Route{Name: "db", Target: "127.0.0.1:5432", ProxyV2: true}},
 		{in: "db=[::1]:5432, proxy-v2 ", want: Route{Name: "db", Target: "[::1]:5432", ProxyV2: true}},
 		{in: "pg=unix:/run/pg.sock,proxy-v2", want: Route{Name: "pg", Target: "unix:/run/pg.sock", ProxyV2: true}},
-		{in: "db=127.0.0.1:5432,proxy-v1", wantErr: true},
+		{in: "db=127.0.0.1:5432,proxy-v1", want: Route{Name: "db", Target: "127.0.0.1:5432", ProxyV1: true}},
+		{in: "pg=unix:/run/pg.sock, proxy-v1", want: Route{Name: "pg", Target: "unix:/run/pg.sock", ProxyV1: true}},
+		{in: "db=127.0.0.1:5432,proxy-v1,proxy-v2", wantErr: true},
+		{in: "db=127.0.0.1:5432,proxy-v3", wantErr: true},
 		{in: "db=127.0.0.1:5432,", wantErr: true},
 		{in: "db=,proxy-v2", wantErr: true},
 	}
@@ -85,6 +90,102 @@ func firstLine(t *testing.T, r io.Reader) string {
 		t.Fatalf("reading the backend's first line: %q, %v", line, err)
 	}
 	return line[:len(line)-1]
+}
+
+// v1Backend accepts connections and sends back, as one line, the bytes
+// before the first "\r\n" (the PROXY v1 header, at most 107 bytes as the
+// protocol allows), then echoes.
+func v1Backend(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReaderSize(c, 107)
+				line, err := br.ReadSlice('\n')
+				if err != nil || !bytes.HasSuffix(line, []byte("\r\n")) {
+					io.WriteString(c, "no v1 header\n")
+					return
+				}
+				c.Write(append(line[:len(line)-2:len(line)-2], '\n'))
+				io.Copy(c, br)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// TestRouteProxyV1: a proxy-v1 route's backend first gets the text PROXY
+// v1 line naming the client's address and port and the one it connected
+// to, on a tunnel stream and on the raw path alike, and then the client's
+// bytes.
+func TestRouteProxyV1(t *testing.T) {
+	pki := newTestPKI(t)
+	vb := v1Backend(t)
+	r := startServer(t, pki, func(c *Config) {
+		c.Routes = append(c.Routes, Route{Name: "v1", Target: vb, ProxyV1: true})
+		c.RawRoute = "v1"
+	})
+	line := func(client net.Addr) string {
+		src, dst := client.(*net.TCPAddr), netip.MustParseAddrPort(r.addr)
+		return fmt.Sprintf("PROXY TCP4 %s %s %d %d", src.IP, dst.Addr(), src.Port, dst.Port())
+	}
+	s := dialSession(t, pki, r.addr)
+	st, err := openRoute(t, s, header(t, "v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(st)
+	if got, err := br.ReadString('\n'); err != nil || got != line(s.LocalAddr())+"\n" {
+		t.Errorf("stream: backend saw %q (%v), want %q", got, err, line(s.LocalAddr()))
+	}
+	st.Write([]byte("after the header\n"))
+	if got, _ := br.ReadString('\n'); got != "after the header\n" {
+		t.Errorf("stream: client bytes after the header came back as %q", got)
+	}
+	raw := dialRaw(t, pki.clientTLS, r.addr)
+	if got := firstLine(t, raw); got != line(raw.LocalAddr()) {
+		t.Errorf("raw: backend saw %q, want %q", got, line(raw.LocalAddr()))
+	}
+}
+
+// TestProxyV1Header: the v1 line for each kind of address pair.
+func TestProxyV1Header(t *testing.T) {
+	tcp := func(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	tests := []struct {
+		src, dst net.Addr
+		want     string
+	}{
+		{tcp("192.0.2.7:40001"), tcp("127.0.0.1:8443"), "PROXY TCP4 192.0.2.7 127.0.0.1 40001 8443\r\n"},
+		{tcp("[2001:db8::7]:40001"), tcp("[::1]:8443"), "PROXY TCP6 2001:db8::7 ::1 40001 8443\r\n"},
+		{tcp("192.0.2.7:40001"), tcp("[::1]:8443"), "PROXY TCP6 ::ffff:192.0.2.7 ::1 40001 8443\r\n"},
+		{&net.UnixAddr{Name: "@", Net: "unix"}, tcp("127.0.0.1:8443"), "PROXY UNKNOWN\r\n"},
+	}
+	for _, tt := range tests {
+		a, b := net.Pipe()
+		got := make(chan []byte, 1)
+		go func() { buf, _ := io.ReadAll(b); got <- buf }()
+		if err := writeProxyHeader(a, 1, tt.src, tt.dst, time.Second); err != nil {
+			t.Errorf("writeProxyHeader(1, %v, %v): %v", tt.src, tt.dst, err)
+		}
+		a.Close()
+		if g := string(<-got); g != tt.want {
+			t.Errorf("writeProxyHeader(1, %v, %v) wrote %q, want %q", tt.src, tt.dst, g, tt.want)
+		}
+		b.Close()
+	}
 }
 
 // TestRouteProxyV2: a proxy-v2 route's backend first gets a PROXY v2

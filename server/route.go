@@ -19,6 +19,11 @@ type Route struct {
 	// connected to (stunnel's "protocol = proxy"). The backend must expect it.
 	ProxyV2 bool
 
+	// ProxyV1 sends the text PROXY protocol v1 header instead ("PROXY TCP4
+	// src dst sport dport\r\n"), for backends that speak only v1. A route
+	// has at most one of ProxyV1 and ProxyV2.
+	ProxyV1 bool
+
 	// Access holds the route's own rules (server/authz.go): which verified
 	// identities and client addresses may open streams to it. Nil admits
 	// every client the listener admitted. ParseRoute leaves it nil; the
@@ -27,11 +32,15 @@ type Route struct {
 }
 
 // Route options: ",OPTION" words after the target.
-const optProxyV2 = "proxy-v2"
+const (
+	optProxyV1 = "proxy-v1"
+	optProxyV2 = "proxy-v2"
+)
 
 // ParseRoute parses "NAME=TARGET[,OPTION]...", where TARGET is "host:port"
 // or "unix:/absolute/path" (a path with a comma cannot be written here) and
-// OPTION is "proxy-v2". The host is not resolved here.
+// OPTION is "proxy-v1" or "proxy-v2" (not both). The host is not resolved
+// here.
 func ParseRoute(s string) (Route, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
@@ -55,10 +64,12 @@ func ParseRoute(s string) (Route, error) {
 // setOption applies one ",OPTION" of a route. New options go here.
 func (r *Route) setOption(o string) error {
 	switch o {
+	case optProxyV1:
+		r.ProxyV1 = true
 	case optProxyV2:
 		r.ProxyV2 = true
 	default:
-		return fmt.Errorf("unknown option %q (known: %s)", o, optProxyV2)
+		return fmt.Errorf("unknown option %q (known: %s, %s)", o, optProxyV1, optProxyV2)
 	}
 	return nil
 }
@@ -66,6 +77,9 @@ func (r *Route) setOption(o string) error {
 func (r Route) check() error {
 	if err := wire.CheckRouteName(r.Name); err != nil {
 		return err
+	}
+	if r.ProxyV1 && r.ProxyV2 {
+		return fmt.Errorf("%s and %s together: a backend takes one PROXY header", optProxyV1, optProxyV2)
 	}
 	if path, ok := strings.CutPrefix(r.Target, "unix:"); ok {
 		if !strings.HasPrefix(path, "/") {
@@ -84,6 +98,18 @@ func (r Route) check() error {
 		return fmt.Errorf("target %q: port %q is not a number from 1 to 65535", r.Target, port)
 	}
 	return nil
+}
+
+// proxyVersion is the PROXY protocol version the route sends its backend,
+// 0 for none.
+func (r Route) proxyVersion() byte {
+	switch {
+	case r.ProxyV1:
+		return 1
+	case r.ProxyV2:
+		return 2
+	}
+	return 0
 }
 
 // network returns the dial network and address of the target.

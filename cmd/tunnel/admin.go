@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"net"
-	"os"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
@@ -88,15 +86,13 @@ func (t *adminToken) get() []byte {
 }
 
 // startAdmin starts the admin listener if --admin is set and returns a
-// function that stops it and waits. POST /reload raises SIGHUP in this
-// process, so it reloads exactly as the signal does.
+// function that stops it and waits. cfg.Reload is the reload loop's request
+// (see startReloads), so POST /reload reloads as SIGHUP does, on every
+// platform.
 func startAdmin(c *cli.Context, log *logrus.Entry, token *adminToken, cfg admin.Config) (stop func(), err error) {
 	addr := c.String("admin")
 	if addr == "" {
 		return func() {}, nil
-	}
-	if cfg.Reload == nil {
-		cfg.Reload = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGHUP) }
 	}
 	alog := log.WithField(audit.Component, "admin")
 	cfg.Log = alog

@@ -5,18 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
-)
-
-// version and commit are set at build time with
-// -ldflags "-X main.version=... -X main.commit=...".
-var (
-	version = "dev"
-	commit  = ""
 )
 
 // run runs the command line args and returns the exit status. Only main
@@ -44,7 +35,7 @@ func commandName(args []string) string {
 			break
 		}
 		switch a {
-		case "server", "client", "check", "cert", "demo", "init", "issue", "revoke", "crl":
+		case "server", "client", "check", "cert", "demo", "init", "issue", "revoke", "crl", "completion":
 			name += " " + a
 			continue
 		}
@@ -88,10 +79,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
    tunnel client --server 127.0.0.1:8443 --server-name srv --cert pki/app1.pem --key pki/app1-key.pem \
      --ca pki/ca.pem --forward 15432=db
    tunnel demo`,
-		Version:                   versionString(),
+		Version:                   thisBuild().String(), // --version and -v print it, as `tunnel version` does
 		Writer:                    stdout,
 		ErrWriter:                 stderr,
-		HideVersion:               true,
 		DisableSliceFlagSeparator: true, // --route values carry commas; see splitValues
 		// Errors reach run, which prints one line and picks the status.
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -102,11 +92,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			checkCommand(stdout, stderr),
 			certCommand(stdout),
 			demoCommand(stdout, stderr),
+			completionCommand(stdout),
+			manCommand(stdout),
 			{
 				Name:  "version",
 				Usage: "print the version, Go version and commit",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintln(stdout, "tunnel", versionString())
+					cli.ShowVersion(c)
 					return nil
 				},
 			},
@@ -116,21 +108,6 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 
 func usageError(_ *cli.Context, err error, _ bool) error {
 	return &configError{err: err}
-}
-
-func versionString() string {
-	c := commit
-	if c == "" {
-		c = "unknown"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" {
-					c = s.Value
-				}
-			}
-		}
-	}
-	return fmt.Sprintf("%s (%s, commit %s)", version, runtime.Version(), c)
 }
 
 // splitValues returns the entries of a repeatable flag: each occurrence (or

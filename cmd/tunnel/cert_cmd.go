@@ -23,6 +23,7 @@ func certCommand(stdout io.Writer) *cli.Command {
    tunnel cert init ./pki
    tunnel cert issue ./pki --server tunnel.example.com --ip 127.0.0.1 --dns localhost
    tunnel cert issue ./pki --client app1
+   tunnel cert issue ./pki --client api --uri spiffe://example.org/payments/api --ou payments
    tunnel cert revoke ./pki app1               # and writes pki/crl.pem
    tunnel cert crl ./pki --next-update 24h     # re-sign pki/crl.pem
 
@@ -91,6 +92,8 @@ func certCommand(stdout io.Writer) *cli.Command {
 					&cli.StringFlag{Name: "client", Usage: "issue a client certificate for `NAME` (CN)"},
 					&cli.StringSliceFlag{Name: "dns", Usage: "extra DNS `NAME` for a server certificate (repeatable)"},
 					&cli.StringSliceFlag{Name: "ip", Usage: "IP `ADDRESS` for a server certificate (repeatable)"},
+					&cli.StringSliceFlag{Name: "uri", Usage: "URI SAN, such as the SPIFFE ID spiffe://example.org/app: an absolute `URI` (repeatable)"},
+					&cli.StringSliceFlag{Name: "ou", Usage: "subject organizational `UNIT` (repeatable)"},
 				}, keyFlags...),
 				OnUsageError: usageError,
 				Action: func(c *cli.Context) error {
@@ -99,6 +102,10 @@ func certCommand(stdout io.Writer) *cli.Command {
 						return err
 					}
 					srv, cl := c.String("server"), c.String("client")
+					opt, err := nameOptions(c)
+					if err != nil {
+						return err
+					}
 					switch {
 					case srv != "" && cl != "":
 						return flagError("--server/--client", "give one, not both")
@@ -111,13 +118,13 @@ func certCommand(stdout io.Writer) *cli.Command {
 							}
 							ips = append(ips, ip)
 						}
-						files, err := devpki.IssueServer(dir, srv, splitValues(c.StringSlice("dns"), ","), ips, keyOptions(c))
+						files, err := devpki.IssueServer(dir, srv, splitValues(c.StringSlice("dns"), ","), ips, opt)
 						return reportFiles(stdout, files, err)
 					case cl != "":
 						if len(c.StringSlice("dns")) > 0 || len(c.StringSlice("ip")) > 0 {
 							return flagError("--dns/--ip", "only for --server certificates")
 						}
-						files, err := devpki.IssueClient(dir, cl, keyOptions(c))
+						files, err := devpki.IssueClient(dir, cl, opt)
 						return reportFiles(stdout, files, err)
 					}
 					return flagError("--server/--client", "required: the NAME to issue for")
@@ -140,6 +147,26 @@ func oneArg(c *cli.Context, what string) (string, error) {
 
 func keyOptions(c *cli.Context) devpki.Options {
 	return devpki.Options{Days: c.Int("days"), RSABits: c.Int("rsa"), Force: c.Bool("force")}
+}
+
+// nameOptions are keyOptions plus the names of `cert issue` that both
+// kinds of certificate take: --uri and --ou, each occurrence one value
+// (a URI may hold commas, an OU commas and spaces).
+func nameOptions(c *cli.Context) (devpki.Options, error) {
+	opt := keyOptions(c)
+	for _, u := range c.StringSlice("uri") {
+		if err := devpki.CheckURI(u); err != nil {
+			return opt, flagError("--uri", "%v", err)
+		}
+		opt.URIs = append(opt.URIs, u)
+	}
+	for _, ou := range c.StringSlice("ou") {
+		if err := devpki.CheckOrgUnit(ou); err != nil {
+			return opt, flagError("--ou", "%v", err)
+		}
+		opt.OrgUnits = append(opt.OrgUnits, ou)
+	}
+	return opt, nil
 }
 
 // reportFiles prints the files written, or turns a devpki error into a

@@ -29,7 +29,7 @@ func checkCommand(stdout, stderr io.Writer) *cli.Command {
 	return &cli.Command{
 		Name:      "check",
 		Usage:     "load a server or client configuration as a start would and summarise it, or list every problem",
-		ArgsUsage: "[--role server|client] --config FILE [flags of that role]",
+		ArgsUsage: "[flags of that role]",
 		Description: `Loads everything a start would (config file, certificates, keys, CA
    bundles, CRL files, CIDRs, routes and their rules) and prints a summary with
    warnings (a certificate that expires within 7 days, an allowlist that admits
@@ -38,7 +38,18 @@ func checkCommand(stdout, stderr io.Writer) *cli.Command {
    per line with the file, line and key (or the flag) at fault, and exits 2.
    The role is the config file's (a file with routes or listen is a server's,
    one with forwards or server a client's); --role overrides the guess. Flags
-   of that role override the file as they do at start-up.`,
+   of that role override the file as they do at start-up: see
+   tunnel server --help and tunnel client --help.
+
+Example:
+   tunnel check --config /etc/tunnel/server.yaml
+   tunnel check --role client --config client.yaml --forward 15432=db`,
+		// The role's command parses the flags (runCheck); these two are
+		// listed for the help, the man page and completion.
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "role", Usage: "the configuration's `ROLE`, server or client (default: guessed from the config file's keys, then from the flags)"},
+			&cli.StringFlag{Name: configFlagName, EnvVars: []string{"TUNNEL_CONFIG"}, Usage: "the YAML config `FILE` to check"},
+		},
 		SkipFlagParsing: true,
 		Action: func(c *cli.Context) error {
 			return runCheck(c, stdout, stderr)
@@ -48,6 +59,11 @@ func checkCommand(stdout, stderr io.Writer) *cli.Command {
 
 func runCheck(c *cli.Context, stdout, stderr io.Writer) error {
 	args := c.Args().Slice()
+	if wantsHelp(args) {
+		// check's own help: the role's command would print the role's.
+		cli.HelpPrinter(c.App.Writer, cli.CommandHelpTemplate, c.Command)
+		return nil
+	}
 	role, args, err := checkRole(args)
 	if err != nil {
 		return err
@@ -69,6 +85,19 @@ func runCheck(c *cli.Context, stdout, stderr io.Writer) error {
 		Commands:                  []*cli.Command{cmd},
 	}
 	return app.RunContext(c.Context, append([]string{"tunnel check", role}, args...))
+}
+
+// wantsHelp reports whether args ask for help (-h, --help) before any "--".
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "--h", "-help", "--help":
+			return true
+		}
+	}
+	return false
 }
 
 // checkRole takes --role out of args, or guesses the role from the config
@@ -246,7 +275,10 @@ func checkServer(c *cli.Context, stdout, stderr io.Writer) error {
 	w.warnings(allowWarnings(al))
 	for _, r := range setup.cfg.Routes {
 		opts := ""
-		if r.ProxyV2 {
+		switch {
+		case r.ProxyV1:
+			opts = " (proxy-v1)"
+		case r.ProxyV2:
 			opts = " (proxy-v2)"
 		}
 		w.line("route", fmt.Sprintf("%s -> %s%s: %s", r.Name, r.Target, opts, r.Access))

@@ -173,7 +173,7 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 	defer setup.rc.Close()
 	var reloads reloadStats
 	reloader := &clientReloader{layers: layers, running: c, log: log, cl: cl, store: store, rc: setup.rc, token: token}
-	stopReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers, token), reloader.apply, &reloads)
+	stopReload, requestReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers, token), reloader.apply, &reloads)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
@@ -183,6 +183,7 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 	log.WithField("revocation", revocationSummary(setup.rc.Policy(), len(src.CRLFiles))).Info("revocation checking of the server's chain")
 	setup.rc.Start(c.Context)
 	stopAdmin, err := startAdmin(c, log, token, admin.Config{
+		Reload: requestReload,
 		Ready: func() error {
 			if !cl.Stats().SessionUp && !setup.cfg.Raw { // --raw keeps no session
 				return errors.New("no session to the server")

@@ -193,6 +193,8 @@ func TestConfigFileProblems(t *testing.T) {
 			[]string{":4: routes[0].allow_identities[1]: "}},
 		{"route key", "routes:\n  - name: db\n    target: 127.0.0.1:1\n    allowed: [x]\n", []string{":4: routes[0].allowed: unknown key"}},
 		{"route no target", "routes:\n  - name: db\n", []string{":2: routes[0].target: required"}},
+		{"route options", "routes:\n  - name: db\n    target: 127.0.0.1:1\n    options: [proxy-v1, proxy-v2]\n",
+			[]string{":2: routes[0]: server: route \"db=127.0.0.1:1,proxy-v1,proxy-v2\": proxy-v1 and proxy-v2 together"}},
 		{"route dup", "routes:\n  - db=127.0.0.1:1\n  - name: db\n    target: 127.0.0.1:2\n", []string{":3: routes[1].name: route \"db\" is configured twice"}},
 		{"several", "bogus: 1\ndial_timeout: x\n", []string{":1: bogus:", ":2: dial_timeout:"}},
 		{"syntax", "listen: [\n", []string{"c.yaml"}},
@@ -351,12 +353,12 @@ func TestConfigDocListsEveryKey(t *testing.T) {
 // List values keep their commas where the command line keeps them: a route
 // with options, from the file and from the flag.
 func TestConfigListCommas(t *testing.T) {
-	path := writeFile(t, "server.yaml", "routes:\n  - db=127.0.0.1:1,proxy-v2\n  - {name: pg, target: \"127.0.0.1:2\", options: [proxy-v2]}\n")
+	path := writeFile(t, "server.yaml", "routes:\n  - db=127.0.0.1:1,proxy-v2\n  - {name: pg, target: \"127.0.0.1:2\", options: [proxy-v2]}\n  - {name: v1, target: \"127.0.0.1:4\", options: [proxy-v1]}\n")
 	rc, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := rc.StringSlice("route"), []string{"db=127.0.0.1:1,proxy-v2", "pg=127.0.0.1:2,proxy-v2"}; !slices.Equal(got, want) {
+	if got, want := rc.StringSlice("route"), []string{"db=127.0.0.1:1,proxy-v2", "pg=127.0.0.1:2,proxy-v2", "v1=127.0.0.1:4,proxy-v1"}; !slices.Equal(got, want) {
 		t.Errorf("routes from the file = %q, want %q", got, want)
 	}
 	rc, _, err = resolveCmd(t, serverCommand(io.Discard), "--config", path, "--route", "x=127.0.0.1:3,proxy-v2")

@@ -216,8 +216,7 @@ type child struct {
 func startChild(self, name string, args ...string) (*child, error) {
 	args = append(args, "--log-format", "json")
 	cmd := exec.Command(self, args...)
-	// If the demo dies without cleaning up, the kernel stops the child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = childProcAttr() // where it can, the kernel stops the child if the demo dies
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -280,9 +279,12 @@ func (c *child) dumpTail(w io.Writer) {
 	fmt.Fprintf(w, "last log lines of the %s:\n  %s\n", c.name, strings.Join(c.tail(), "\n  "))
 }
 
-// stop sends SIGTERM, waits up to 5 s, then kills.
+// stop sends SIGTERM, waits up to 5 s, then kills. Where there is no
+// SIGTERM (Windows), it kills at once.
 func (c *child) stop() {
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		_ = c.cmd.Process.Kill()
+	}
 	select {
 	case <-c.exited:
 	case <-time.After(5 * time.Second):

@@ -25,6 +25,7 @@ import (
 // Reload triggers, logged in the trigger field.
 const (
 	triggerSIGHUP = "sighup"
+	triggerAdmin  = "admin"        // POST /reload on the admin listener
 	triggerFiles  = "file_changed" // an fsnotify event or the periodic re-read
 )
 
@@ -51,18 +52,27 @@ func (r *reloadStats) counts() (applied, rejected uint64) { return r.applied.Loa
 // fields of the reload_applied line.
 type reloadFunc func(ctx context.Context, trigger string) (paths []string, fields logrus.Fields, err error)
 
-// startReloads runs apply on SIGHUP and whenever one of the watched files
-// changes (fsnotify on their directories, debounced, plus a re-read every
-// interval), one reload at a time, until the returned stop is called; stop
-// waits for the reload in progress. Each reload logs reload_applied or
+// startReloads runs apply on SIGHUP, on each call of the returned request
+// (POST /reload), and whenever one of the watched files changes (fsnotify on
+// their directories, debounced, plus a re-read every interval), one reload
+// at a time, until the returned stop is called; stop waits for the reload in
+// progress. request never blocks: requests made while a reload runs become
+// one more reload after it. Each reload logs reload_applied or
 // reload_rejected with its trigger and duration.
-func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration, paths []string, apply reloadFunc, stats *reloadStats) (stop func(), err error) {
+func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration, paths []string, apply reloadFunc, stats *reloadStats) (stop, request func(), err error) {
 	w, err := trust.NewWatcher(paths, trust.WatchConfig{Interval: interval, Log: log})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(hup, syscall.SIGHUP) // never delivered on Windows, which has no SIGHUP
+	asked := make(chan struct{}, 1)
+	request = func() {
+		select {
+		case asked <- struct{}{}:
+		default: // one is pending already
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -78,6 +88,8 @@ func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration
 				return
 			case <-hup:
 				trigger = triggerSIGHUP
+			case <-asked:
+				trigger = triggerAdmin
 			case <-w.Changes():
 				trigger = triggerFiles
 			}
@@ -105,8 +117,13 @@ func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration
 		signal.Stop(hup)
 		cancel()
 		wg.Wait()
-	}, nil
+	}, request, nil
 }
+
+// operatorAsked reports whether an operator asked for this reload (SIGHUP,
+// POST /reload) rather than a file change: such a reload refetches the CRLs
+// too.
+func operatorAsked(trigger string) bool { return trigger != triggerFiles }
 
 // watchPaths are the files a configuration depends on: its TLS files, its
 // config file and the admin token file.
@@ -210,7 +227,7 @@ func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, l
 	r.rc.Reloaded()
 	closed += r.srv.Recheck(audit.SessionRevoked, server.RevocationCheck(r.rc))
 	logWarnings(r.log, append(allowWarnings(al), keyFileWarnings(c)...))
-	if trigger == triggerSIGHUP {
+	if operatorAsked(trigger) {
 		r.rc.Refresh()
 	}
 	fields := trust.IdentityOf(m.Certificate.Leaf).Fields()
@@ -267,7 +284,7 @@ func (r *clientReloader) apply(ctx context.Context, trigger string) ([]string, l
 	applyToken()
 	r.rc.Reloaded()
 	logWarnings(r.log, keyFileWarnings(c))
-	if trigger == triggerSIGHUP {
+	if operatorAsked(trigger) {
 		r.rc.Refresh()
 	}
 	fields := trust.IdentityOf(m.Certificate.Leaf).Fields()

@@ -31,7 +31,7 @@ func serverCommand(stderr io.Writer) *cli.Command {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8443", EnvVars: []string{"TUNNEL_LISTEN"}, Usage: "`ADDR` to accept clients on (IPv4 or [IPv6]:port)"},
 		&cli.StringSliceFlag{Name: "allow", EnvVars: []string{"TUNNEL_ALLOW"}, Usage: "client address `CIDR` or bare IP that may connect (repeatable; required; 0.0.0.0/0 and ::/0 allow all)"},
-		&cli.StringSliceFlag{Name: "route", EnvVars: []string{"TUNNEL_ROUTE"}, Usage: "backend `NAME=HOST:PORT` or NAME=unix:/PATH, then options: ,proxy-v2 sends the backend a PROXY v2 header (repeatable)"},
+		&cli.StringSliceFlag{Name: "route", EnvVars: []string{"TUNNEL_ROUTE"}, Usage: "backend `NAME=HOST:PORT` or NAME=unix:/PATH, then options: ,proxy-v2 (or ,proxy-v1) sends the backend a PROXY v2 (v1) header (repeatable)"},
 		&cli.StringFlag{Name: "raw-route", EnvVars: []string{"TUNNEL_RAW_ROUTE"}, Usage: "route `NAME` for plain TLS clients that offer no ALPN (stunnel, openssl s_client); without it they are refused"},
 		&cli.StringSliceFlag{Name: "proxy-protocol-from", EnvVars: []string{"TUNNEL_PROXY_PROTOCOL_FROM"}, Usage: "load balancer `CIDR` whose connections must start with a PROXY v1/v2 header naming the client (repeatable)"},
 		&cli.DurationFlag{Name: "proxy-header-timeout", Value: netfilter.DefaultProxyHeaderTimeout, EnvVars: []string{"TUNNEL_PROXY_HEADER_TIMEOUT"}, Usage: "how long a --proxy-protocol-from upstream may take to send its PROXY header"},
@@ -251,7 +251,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	rc.OnUpdate(recheck)
 	var reloads reloadStats
 	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc, token: token}
-	stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers, token), reloader.apply, &reloads)
+	stopReload, requestReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers, token), reloader.apply, &reloads)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
@@ -261,6 +261,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
 	rc.Start(ctx)
 	stopAdmin, err := startAdmin(c, log, token, admin.Config{
+		Reload: requestReload,
 		Ready: func() error {
 			if setup.store.Material() == nil {
 				return errors.New("no TLS material loaded")

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"slices"
 	"time"
 )
 
@@ -26,13 +27,21 @@ const (
 	DefaultCADays   = 3650
 )
 
-// Options tune key generation, validity and file writing. The zero value
-// means ECDSA P-256 keys, default validity, and no overwriting.
+// Options tune key generation, validity, the names of issued certificates
+// and file writing. The zero value means ECDSA P-256 keys, default
+// validity, no extra names, and no overwriting.
 type Options struct {
 	Days    int    // validity in days; 0 means DefaultLeafDays for leaves, DefaultCADays for the CA; negative is an error
 	RSABits int    // 0 = ECDSA P-256; 2048, 3072 or 4096 = RSA of that size; anything else is an error
 	Force   bool   // overwrite existing files; without it, refuse if any target file exists
 	CRLURL  string // optional http(s) CRL Distribution Point for issued certificates; Init stores it in the CA dir
+
+	// URIs are URI SANs for issued leaves, such as the SPIFFE ID
+	// spiffe://example.org/payments/api; each must pass CheckURI.
+	URIs []string
+	// OrgUnits are subject organizational units (OU) for issued leaves;
+	// each must pass CheckOrgUnit.
+	OrgUnits []string
 }
 
 // validate names the bad field of o.
@@ -44,6 +53,16 @@ func (o Options) validate() error {
 	}
 	if o.Days < 0 {
 		return fmt.Errorf("devpki: validity of %d days: must not be negative", o.Days)
+	}
+	for _, u := range o.URIs {
+		if err := CheckURI(u); err != nil {
+			return err
+		}
+	}
+	for _, ou := range o.OrgUnits {
+		if err := CheckOrgUnit(ou); err != nil {
+			return err
+		}
 	}
 	if o.CRLURL != "" {
 		u, err := url.Parse(o.CRLURL)
@@ -82,7 +101,7 @@ const clockSkew = time.Hour
 // opt.Days (default DefaultCADays): KeyUsage certSign, cRLSign and
 // digitalSignature, CA with MaxPathLen 0 (it signs leaves only), and a
 // SubjectKeyId. An empty cn becomes "tunnel dev CA <random hex>".
-// opt.Force and opt.CRLURL are ignored.
+// opt.Force, opt.CRLURL, opt.URIs and opt.OrgUnits are ignored.
 func NewCA(cn string, opt Options) (*KeyPair, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
@@ -115,8 +134,9 @@ func NewCA(cn string, opt Options) (*KeyPair, error) {
 // in a random positive 128-bit serial, the SubjectKeyId, the AuthorityKeyId
 // (from ca), NotBefore (an hour ago) and NotAfter (opt.Days, default
 // DefaultLeafDays, after NotBefore) if zero, and CRLDistributionPoints from
-// opt.CRLURL if tmpl has none. A nil ca makes the certificate self-signed.
-// tmpl is not modified.
+// opt.CRLURL if tmpl has none; it adds opt.URIs to tmpl's URI SANs and
+// opt.OrgUnits to its subject's OUs. A nil ca makes the certificate
+// self-signed. tmpl is not modified.
 func NewLeaf(ca *KeyPair, tmpl *x509.Certificate, opt Options) (*KeyPair, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
@@ -134,6 +154,16 @@ func NewLeaf(ca *KeyPair, tmpl *x509.Certificate, opt Options) (*KeyPair, error)
 	if len(t.CRLDistributionPoints) == 0 && opt.CRLURL != "" {
 		t.CRLDistributionPoints = []string{opt.CRLURL}
 	}
+	// New slices: appending to tmpl's could write into its backing arrays.
+	t.URIs = slices.Clone(t.URIs)
+	for _, s := range opt.URIs {
+		u, err := url.Parse(s) // CheckURI passed in validate
+		if err != nil {
+			return nil, fmt.Errorf("devpki: URI %q: %w", s, err)
+		}
+		t.URIs = append(t.URIs, u)
+	}
+	t.Subject.OrganizationalUnit = slices.Concat(t.Subject.OrganizationalUnit, opt.OrgUnits)
 	return create(&t, ca, opt)
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -134,9 +133,10 @@ func (p *pipe) fail(err error) {
 
 // isReset reports whether err says a peer ended its connection abortively:
 // a reset (a TCP RST, a stream's ErrReset from internal/mux), or a write to
-// a peer that had already gone (EPIPE).
+// a peer that had already gone (EPIPE). isPlatformReset adds the platform's
+// own codes for these (Windows reports WSAECONNRESET, not ECONNRESET).
 func isReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || isPlatformReset(err)
 }
 
 // abort makes c's peer see a reset rather than a clean end, as stunnel
@@ -259,36 +259,13 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 // the conn has already received.
 var longAgo = time.Unix(1, 0)
 
-// readMore reads into b what src has already received, without waiting.
-// A socket (syscall.Conn) is read once without blocking; another conn (a
-// yamux stream, a TLS conn) is read under a deadline that has passed, which
-// returns buffered bytes, and then has no read deadline. It returns the
-// error of that read unless it only says nothing was there (EAGAIN, a
-// timeout); an error it hides, the next Read reports.
-func readMore(src net.Conn, b []byte) (int, error) {
-	if sc, ok := src.(syscall.Conn); ok {
-		rc, err := sc.SyscallConn()
-		if err != nil {
-			return 0, nil
-		}
-		var n int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			n, rerr = syscall.Read(int(fd), b)
-			return true // never wait
-		}); err != nil {
-			return 0, nil // closed, or a deadline: the next Read says which
-		}
-		switch {
-		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
-			return 0, nil
-		case rerr != nil:
-			return 0, os.NewSyscallError("read", rerr)
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
-	}
+// readMoreDeadline reads into b what src has already buffered, under a read
+// deadline that has passed, and then clears the deadline. It is readMore's
+// path for conns that are not sockets (a yamux stream, a TLS conn), and for
+// every conn where the platform has no non-blocking read of the socket (see
+// readmore_other.go). It returns the error of that read unless it is a
+// timeout (nothing was there); an error it hides, the next Read reports.
+func readMoreDeadline(src net.Conn, b []byte) (int, error) {
 	if err := src.SetReadDeadline(longAgo); err != nil {
 		return 0, nil
 	}
