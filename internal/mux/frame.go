@@ -51,6 +51,7 @@ func (h *header) flags() uint16        { return binary.BigEndian.Uint16(h[2:4]) 
 func (h *header) streamID() uint32     { return binary.BigEndian.Uint32(h[4:8]) }
 func (h *header) length() uint32       { return binary.BigEndian.Uint32(h[8:12]) }
 func (h *header) setLength(n uint32)   { binary.BigEndian.PutUint32(h[8:12], n) }
+func (h *header) setFlags(f uint16)    { binary.BigEndian.PutUint16(h[2:4], f) }
 func (h *header) has(flag uint16) bool { return h.flags()&flag != 0 }
 
 // String renders h for error messages.

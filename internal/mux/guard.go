@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,11 +42,16 @@ const (
 	// taken over: the minimum, not an average, because a ping queued behind
 	// a window of data measures the queue, not the path.
 	rttSamples = 6
-	// guardPingID is the opaque value of the guard's own ping, which
-	// measures the round trip at the start of a session. yamux numbers its
-	// pings from 0.
+	// guardPingID is the opaque value of the guard's first ping, the
+	// others' are the next ones: they measure the round trip at the start of
+	// a session (window tuning needs it at once; the keepalives come every
+	// 10 s or more). yamux numbers its pings from 0.
 	guardPingID = 0xfffffff0
 )
+
+// probeAt are when the guard pings, from the session's start: three
+// samples, so that one taken while the machine is busy does not stand alone.
+var probeAt = []time.Duration{0, 100 * time.Millisecond, time.Second}
 
 // ViolationError ends a session whose peer broke the yamux protocol or one
 // of the guard's bounds. AcceptStream and Open return it (wrapped) once the
@@ -120,7 +126,9 @@ type gstream struct {
 	epochFrom uint64    // and consumed then
 	tuned     bool      // an epoch has ended
 
-	sendCredit uint64 // credit the peer granted us, minus what we sent
+	sendCredit uint64        // credit the peer granted us, minus what we sent
+	ackOut     bool          // our ACK of the peer's open went out
+	wake       chan struct{} // a writer waiting for credit looks again
 }
 
 // guard is the frame guard: the connection a yamux session reads and writes,
@@ -149,12 +157,12 @@ type guard struct {
 
 	waiting atomic.Bool // Read waits for the first byte of a header
 
-	// Write side. yamux writes a frame as a header, then its body.
-	wmu   sync.Mutex
-	held  bool   // wbuf[:headerSize] is a data header whose body comes next; guarded by wmu
-	hdrop bool   // the held frame is dropped; guarded by wmu
-	wbuf  []byte // guarded by wmu
-	after []byte // control frames written once the held frame is out; guarded by wmu
+	// Write side. The token in wsem is the right to write to Conn, so that
+	// frames never interleave: yamux's send goroutine (header-only frames:
+	// window updates, pings, FIN, GoAway), the flusher (the guard's control
+	// frames) and stream writers (data, written by writeData) take turns.
+	wsem chan struct{}
+	wbuf []byte // a data frame's header and first chunk; used with the token
 
 	mu           sync.Mutex
 	streams      map[uint32]*gstream // guarded by mu
@@ -191,6 +199,7 @@ func newGuard(conn net.Conn, opt *Options, server bool) *guard {
 		pingSent:    make(map[uint32]time.Time),
 		pings:       rate.NewLimiter(pingRate, pingBurst),
 		kick:        make(chan struct{}, 1),
+		wsem:        make(chan struct{}, 1),
 		done:        make(chan struct{}),
 		flusherDone: make(chan struct{}),
 		linger:      linger,
@@ -204,14 +213,20 @@ func newGuard(conn net.Conn, opt *Options, server bool) *guard {
 // start starts the flusher and sends the guard's ping, which measures the
 // round trip at once: window tuning needs it. Close stops the flusher.
 func (g *guard) start() {
-	ping := makeHeader(typePing, flagSYN, 0, guardPingID)
-	g.mu.Lock()
-	g.ctl = append(g.ctl, ping[:]...)
-	g.pingSent[guardPingID] = time.Now()
-	g.mu.Unlock()
+	g.probe(0)
 	g.started = true
 	go g.flusher()
 	g.wake()
+}
+
+// probe queues the guard's ping number i.
+func (g *guard) probe(i int) {
+	id := guardPingID + uint32(i)
+	ping := makeHeader(typePing, flagSYN, 0, id)
+	g.mu.Lock()
+	g.ctl = append(g.ctl, ping[:]...)
+	g.pingSent[id] = time.Now()
+	g.mu.Unlock()
 }
 
 // peerOpens reports whether id is of the parity the peer opens: odd from a
@@ -470,6 +485,9 @@ func (g *guard) inboundStream(h header) error {
 		if st.sendCredit > 1<<32-1 {
 			return violation(ViolationWindowOverflow, "stream %d granted %d bytes of window", id, st.sendCredit)
 		}
+		if n > 0 {
+			poke(st.wake)
+		}
 	}
 	if fl&flagFIN != 0 {
 		if st.finIn {
@@ -512,7 +530,7 @@ func (g *guard) lateLocked(id uint32, st *gstream, h header) error {
 func newGStream(ours bool) *gstream {
 	return &gstream{
 		ours: ours, given: initialWindow, yamux: initialWindow, window: initialWindow,
-		sendCredit: initialWindow,
+		sendCredit: initialWindow, wake: make(chan struct{}, 1),
 	}
 }
 
@@ -563,6 +581,7 @@ func (g *guard) sendRSTLocked(id uint32) {
 // g.mu is held.
 func (g *guard) removeLocked(id uint32, st *gstream) {
 	delete(g.streams, id)
+	poke(st.wake) // a writer waiting for credit finds the stream gone
 	if !st.ours {
 		g.peerLive--
 	}
@@ -597,7 +616,7 @@ func (g *guard) inboundPing(h header) error {
 	if sent, ok := g.pingSent[opaque]; ok {
 		delete(g.pingSent, opaque)
 		g.sampleRTTLocked(time.Since(sent))
-		if opaque == guardPingID {
+		if opaque >= guardPingID {
 			return nil // ours, not yamux's
 		}
 	}
@@ -642,72 +661,204 @@ func (g *guard) report() {
 // goAway tells the peer, if it can be done at once, that its session ends
 // for a protocol error.
 func (g *guard) goAway() {
-	if !g.wmu.TryLock() {
+	select {
+	case g.wsem <- struct{}{}:
+	default:
 		return
 	}
-	defer g.wmu.Unlock()
-	if g.held {
-		return
-	}
+	defer g.unlockWrite()
 	h := makeHeader(typeGoAway, 0, 0, goAwayProtoErr)
 	_ = g.Conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = g.Conn.Write(h[:])
 }
 
-// Write takes yamux's frames, a header and then (for a data frame) its
-// body, as yamux's one send goroutine writes them. A data header is held
-// and written with the first 16 KiB of its body in one Write; a window
-// update carries the credit the guard grants, not yamux's; a frame for a
-// stream the guard already let go of is dropped.
+// Write takes yamux's frames. yamux writes only header-only frames through
+// the guard (window updates, pings, FIN, RST, GoAway): stream data goes out
+// through writeData, never through yamux's send goroutine. A window update
+// carries the credit the guard grants, not yamux's; a frame for a stream the
+// guard already let go of is dropped.
 func (g *guard) Write(p []byte) (int, error) {
-	g.wmu.Lock()
-	defer g.wmu.Unlock()
-	if g.held {
-		g.held = false
-		if !g.hdrop {
-			return g.writeFrame(p)
-		}
-		if len(g.after) > 0 {
-			_, err := g.Conn.Write(g.after)
-			g.after = g.after[:0]
-			if err != nil {
-				return 0, err
-			}
-		}
-		return len(p), nil
-	}
 	if len(p) != headerSize {
 		return 0, fmt.Errorf("mux: a %d-byte write where a frame header was due", len(p))
 	}
 	h := header(p)
-	keep, out := g.outbound(h)
 	if h.typ() == typeData && h.length() > 0 {
-		g.wbuf = append(g.wbuf[:0], out[:]...)
-		g.held, g.hdrop = true, !keep
-		return len(p), nil
+		return 0, errors.New("mux: yamux wrote stream data, which only the guard writes")
 	}
+	keep, out := g.outbound(h)
 	if !keep {
 		return len(p), nil
 	}
-	g.wbuf = append(append(g.wbuf[:0], out[:]...), g.after...)
-	g.after = g.after[:0]
-	if _, err := g.Conn.Write(g.wbuf); err != nil {
+	if err := g.lockWrite(time.Time{}); err != nil {
+		return 0, err
+	}
+	defer g.unlockWrite()
+	if _, err := g.Conn.Write(out[:]); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
+
+// lockWrite takes the right to write to the connection, waiting until
+// deadline (zero: no deadline) or the end of the session.
+func (g *guard) lockWrite(deadline time.Time) error {
+	select {
+	case g.wsem <- struct{}{}:
+		return nil
+	default:
+	}
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case g.wsem <- struct{}{}:
+		return nil
+	case <-g.done:
+		return errSessionEnded
+	case <-timeout:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (g *guard) unlockWrite() { <-g.wsem }
+
+// errSessionEnded is what a wait on a session that ended returns; Stream
+// reports it as ErrReset.
+var errSessionEnded = errors.New("mux: the session ended")
+
+// errStreamGone is what writeData returns once the stream is reset or let
+// go of; Stream reports it as ErrReset or net.ErrClosed.
+var errStreamGone = errors.New("mux: the stream is gone")
+
+// errWriteClosed is a write after CloseWrite.
+var errWriteClosed = fmt.Errorf("mux: write after CloseWrite: %w", net.ErrClosed)
 
 // firstChunk is how much of a body goes out in the same Write as its header:
 // the largest TLS record payload, so header and body start share one record
 // and the rest of the body still goes to the TLS layer without a copy.
 const firstChunk = 16<<10 - headerSize
 
-// writeFrame writes the held header with body p, and then the control
-// frames that waited for it; over a Transport, all in one socket write.
-// g.wmu is held.
-func (g *guard) writeFrame(p []byte) (int, error) {
+// maxDataFrame bounds one data frame's body, so that one stream's write
+// does not hold the connection for long while others wait.
+const maxDataFrame = 128 << 10
+
+// writeData writes b on stream id as data frames, within the credit the
+// peer granted, straight to the connection from the calling goroutine: no
+// copy into yamux's send buffer and no hand-off to its send goroutine.
+// deadline is the stream's write deadline (zero: none). It returns the bytes
+// written; the caller (Stream.Write) serializes its stream's writes.
+func (g *guard) writeData(id uint32, b []byte, deadline func() time.Time) (int, error) {
+	total := 0
+	for len(b) > 0 {
+		n, flags, wake, err := g.reserve(id, len(b))
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			if err := g.waitCredit(wake, deadline()); err != nil {
+				return total, err
+			}
+			continue
+		}
+		if err := g.lockWrite(deadline()); err != nil {
+			g.unreserve(id, n)
+			return total, err
+		}
+		err = g.writeFrame(makeHeader(typeData, flags, id, uint32(n)), b[:n])
+		g.unlockWrite()
+		if err != nil {
+			// A frame may be half written: the session cannot go on.
+			g.Conn.Close()
+			return total, err
+		}
+		total += n
+		b = b[n:]
+	}
+	return total, nil
+}
+
+// reserve takes up to want bytes of the peer's credit for stream id (0 if
+// it has none now, with the channel that says when to look again), and the
+// flags the frame carries: the ACK of a stream the peer opened, if ours has
+// not gone out yet.
+func (g *guard) reserve(id uint32, want int) (n int, flags uint16, wake chan struct{}, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.streams[id]
+	switch {
+	case st == nil || !st.closedAt.IsZero():
+		return 0, 0, nil, errStreamGone
+	case st.finOut:
+		return 0, 0, nil, errWriteClosed
+	case st.sendCredit == 0:
+		return 0, 0, st.wake, nil
+	}
+	n = int(min(uint64(want), st.sendCredit, maxDataFrame))
+	st.sendCredit -= uint64(n)
+	if !st.ours && !st.ackOut {
+		flags, st.ackOut = flagACK, true
+	}
+	return n, flags, st.wake, nil
+}
+
+// unreserve gives back credit reserve took for a frame that was not sent.
+func (g *guard) unreserve(id uint32, n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if st := g.streams[id]; st != nil {
+		st.sendCredit += uint64(n)
+	}
+}
+
+// waitCredit waits until wake says to look again, deadline passes or the
+// session ends.
+func (g *guard) waitCredit(wake chan struct{}, deadline time.Time) error {
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-wake:
+		return nil
+	case <-g.done:
+		return errSessionEnded
+	case <-timeout:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+// poke tells whoever waits on c to look again, without blocking.
+func poke(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// wakeWriter makes a writer waiting on stream id look again (its deadline
+// changed, or it was closed).
+func (g *guard) wakeWriter(id uint32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if st := g.streams[id]; st != nil {
+		poke(st.wake)
+	}
+}
+
+// writeFrame writes header h and body p; over a Transport, in one socket
+// write. The caller holds the write token.
+func (g *guard) writeFrame(h header, p []byte) error {
 	k := min(len(p), firstChunk)
-	g.wbuf = append(g.wbuf[:headerSize], p[:k]...)
+	g.wbuf = append(append(g.wbuf[:0], h[:]...), p[:k]...)
 	if g.t != nil {
 		g.t.begin()
 	}
@@ -715,19 +866,12 @@ func (g *guard) writeFrame(p []byte) (int, error) {
 	if err == nil && k < len(p) {
 		_, err = g.Conn.Write(p[k:])
 	}
-	if err == nil && len(g.after) > 0 {
-		_, err = g.Conn.Write(g.after)
-		g.after = g.after[:0]
-	}
 	if g.t != nil {
 		if ferr := g.t.end(); err == nil {
 			err = ferr
 		}
 	}
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return err
 }
 
 // outbound notes a frame header yamux writes and returns whether the frame
@@ -758,9 +902,14 @@ func (g *guard) outbound(h header) (keep bool, out header) {
 		// have nothing to say.
 		return false, h
 	}
-	if h.typ() == typeData {
-		st.sendCredit -= min(st.sendCredit, uint64(h.length()))
-	} else {
+	if fl&flagACK != 0 && !st.ours {
+		if st.ackOut { // a data frame of ours carried it already
+			fl &^= flagACK
+			h.setFlags(fl)
+		}
+		st.ackOut = true
+	}
+	if h.typ() == typeWindowUpdate {
 		// yamux's own window update: note what yamux allows, and send
 		// what the guard grants instead.
 		st.yamux += uint64(h.length())
@@ -771,6 +920,8 @@ func (g *guard) outbound(h header) (keep bool, out header) {
 		if grant == 0 && fl == 0 {
 			return false, h
 		}
+	} else if fl == 0 {
+		return false, h // an empty data frame whose flags were ours already
 	}
 	if fl&flagFIN != 0 {
 		st.finOut = true
@@ -939,6 +1090,9 @@ func (g *guard) flusher() {
 	sweep.Stop()
 	defer sweep.Stop()
 	armed := false
+	began, probes := time.Now(), 1 // the first went out with start
+	probe := time.NewTimer(probeAt[1])
+	defer probe.Stop()
 	var buf []byte
 	for {
 		g.mu.Lock()
@@ -955,6 +1109,11 @@ func (g *guard) flusher() {
 		case <-sweep.C:
 			armed = false
 			g.sweep()
+		case <-probe.C:
+			g.probe(probes)
+			if probes++; probes < len(probeAt) {
+				probe.Reset(probeAt[probes] - time.Since(began))
+			}
 		}
 		g.mu.Lock()
 		buf = append(buf[:0], g.ctl...)
@@ -973,14 +1132,11 @@ func (g *guard) flusher() {
 		if len(buf) == 0 {
 			continue
 		}
-		g.wmu.Lock()
-		var err error
-		if g.held {
-			g.after = append(g.after, buf...)
-		} else {
+		err := g.lockWrite(time.Time{})
+		if err == nil {
 			_, err = g.Conn.Write(buf)
+			g.unlockWrite()
 		}
-		g.wmu.Unlock()
 		g.mu.Lock()
 		g.pongs -= pongs
 		g.mu.Unlock()

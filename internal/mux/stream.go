@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,6 +31,9 @@ type Stream struct {
 	y      *yamux.Stream
 	g      *guard
 	closed atomic.Bool // Close or Reset was called
+
+	wmu sync.Mutex   // one Write at a time, so that the stream's bytes stay in order
+	wdl atomic.Int64 // write deadline, Unix nanoseconds; 0 means none
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -47,10 +52,35 @@ func (s *Stream) Read(b []byte) (int, error) {
 	return n, s.resetError(err)
 }
 
-// Write writes to the stream; see Read for the errors.
+// Write writes to the stream, within the window the peer granted: it
+// waits for more window, until the write deadline. The guard writes the
+// data frames itself, from the calling goroutine (see guard.writeData). A
+// timeout satisfies net.Error's Timeout, and Write returns what it wrote
+// before it; see Read for the other errors.
 func (s *Stream) Write(b []byte) (int, error) {
-	n, err := s.y.Write(b)
-	return n, s.resetError(err)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	n, err := s.g.writeData(s.y.StreamID(), b, s.writeDeadline)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return n, err
+	case s.closed.Load():
+		return n, fmt.Errorf("mux: stream %d: %w", s.y.StreamID(), net.ErrClosed)
+	case errors.Is(err, errWriteClosed):
+		return n, err
+	case errors.Is(err, errStreamGone):
+		return n, fmt.Errorf("%w by the peer", ErrReset)
+	}
+	return n, fmt.Errorf("%w: the session closed: %w", ErrReset, err)
+}
+
+func (s *Stream) writeDeadline() time.Time {
+	if ns := s.wdl.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // resetError maps yamux's errors: a RST from the peer and the end of the
@@ -101,9 +131,22 @@ func (s *Stream) Reset() error {
 
 // SetDeadline, SetReadDeadline and SetWriteDeadline set the stream's
 // deadlines, as net.Conn's.
-func (s *Stream) SetDeadline(t time.Time) error      { return s.y.SetDeadline(t) }
-func (s *Stream) SetReadDeadline(t time.Time) error  { return s.y.SetReadDeadline(t) }
-func (s *Stream) SetWriteDeadline(t time.Time) error { return s.y.SetWriteDeadline(t) }
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.SetWriteDeadline(t)
+	return s.y.SetReadDeadline(t)
+}
+
+func (s *Stream) SetReadDeadline(t time.Time) error { return s.y.SetReadDeadline(t) }
+
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	s.wdl.Store(ns)
+	s.g.wakeWriter(s.y.StreamID())
+	return nil
+}
 
 // LocalAddr and RemoteAddr are the session's addresses.
 func (s *Stream) LocalAddr() net.Addr  { return s.y.LocalAddr() }

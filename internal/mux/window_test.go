@@ -249,3 +249,46 @@ func TestWindowGrowsOnALongPath(t *testing.T) {
 		t.Errorf("window %d KiB on a 40 ms path: it did not grow", w>>10)
 	}
 }
+
+// tuneLocked, given a round trip: a reader that takes 1 GB/s on a loopback
+// path stays under 512 KiB, one that is window-limited on a 40 ms path
+// (with credit going back a quarter window at a time it takes about three
+// quarters of its window a round trip) grows threefold an epoch up to the
+// ceiling, and a slow reader never grows.
+func TestTuneLocked(t *testing.T) {
+	tests := []struct {
+		name   string
+		rtt    time.Duration
+		every  time.Duration // the reader takes perRead bytes this often
+		read   uint64
+		epochs int
+		lo, hi uint32 // the window it ends with
+	}{
+		{"loopback, 1 GB/s", 60 * time.Microsecond, tuneEpoch, 2 << 20, 10, initialWindow, 512 << 10},
+		{"long path, window-limited", 40 * time.Millisecond, 40 * time.Millisecond, 0, 4, 16 << 20, 16 << 20},
+		{"long path, slow reader", 40 * time.Millisecond, 40 * time.Millisecond, 16 << 10, 10, initialWindow, initialWindow},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opt, _ := Options{Log: testLog()}.withDefaults()
+			g := newGuard(&recordConn{}, opt, true)
+			g.rtt = tt.rtt
+			st := newGStream(false)
+			now := time.Now()
+			st.epochAt, st.tuned = now.Add(-tt.every), false
+			for range tt.epochs {
+				read := tt.read
+				if read == 0 {
+					read = uint64(st.window) / 4 * 3 // window-limited
+				}
+				st.consumed += read
+				st.epochAt = time.Now().Add(-tt.every)
+				st.epochFrom = st.consumed - read
+				g.tuneLocked(st)
+			}
+			if st.window < tt.lo || st.window > tt.hi {
+				t.Errorf("window after %d epochs = %d KiB, want %d to %d KiB", tt.epochs, st.window>>10, tt.lo>>10, tt.hi>>10)
+			}
+		})
+	}
+}

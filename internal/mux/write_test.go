@@ -14,10 +14,10 @@ func frame(typ byte, flags uint16, id, length uint32) []byte {
 }
 
 // The guard's write side: what yamux writes and what reaches the conn below.
-// A data header and the start of its body leave in one write; frames
-// without a body leave at once; yamux's window updates carry the guard's
-// grant, not yamux's; frames for streams the guard does not know are
-// dropped.
+// yamux writes only header-only frames: they leave at once; its window
+// updates carry the guard's grant, not yamux's; frames for streams the guard
+// does not know are dropped. Stream data is written by the guard itself
+// (writeData): a data header and the start of its body leave in one write.
 func TestGuardWrites(t *testing.T) {
 	big := bytes.Repeat([]byte("0123456789abcdef"), 3000) // 48000 bytes
 	open := frame(typeWindowUpdate, flagSYN, 3, 16<<20)   // yamux's SYN: its whole window
@@ -25,37 +25,38 @@ func TestGuardWrites(t *testing.T) {
 	tests := []struct {
 		name   string
 		frames [][]byte // the Writes yamux makes
+		data   []byte   // then written on stream 3 through writeData
 		want   [][]byte // the Writes the conn below sees
 	}{
 		{"a stream's SYN goes out at once, with the guard's grant",
-			[][]byte{open},
+			[][]byte{open}, nil,
 			[][]byte{opened}},
 		{"data header and body become one write",
-			[][]byte{open, frame(typeData, 0, 3, 5), []byte("hello")},
+			[][]byte{open}, []byte("hello"),
 			[][]byte{opened, append(frame(typeData, 0, 3, 5), "hello"...)}},
 		{"a window update with nothing to grant is dropped",
-			[][]byte{open, frame(typeWindowUpdate, 0, 3, 1<<20)},
+			[][]byte{open, frame(typeWindowUpdate, 0, 3, 1<<20)}, nil,
 			[][]byte{opened}},
 		{"a FIN goes out at once",
-			[][]byte{open, frame(typeWindowUpdate, flagFIN, 3, 1<<20)},
+			[][]byte{open, frame(typeWindowUpdate, flagFIN, 3, 1<<20)}, nil,
 			[][]byte{opened, frame(typeWindowUpdate, flagFIN, 3, 0)}},
 		{"ping goes out alone at once",
-			[][]byte{frame(typePing, flagSYN, 0, 7)},
+			[][]byte{frame(typePing, flagSYN, 0, 7)}, nil,
 			[][]byte{frame(typePing, flagSYN, 0, 7)}},
 		{"go away goes out alone at once",
-			[][]byte{frame(typeGoAway, 0, 0, 0)},
+			[][]byte{frame(typeGoAway, 0, 0, 0)}, nil,
 			[][]byte{frame(typeGoAway, 0, 0, 0)}},
 		{"empty data frame (flags only) goes out at once",
-			[][]byte{open, frame(typeData, flagFIN, 3, 0)},
+			[][]byte{open, frame(typeData, flagFIN, 3, 0)}, nil,
 			[][]byte{opened, frame(typeData, flagFIN, 3, 0)}},
 		{"large body: header shares the first record, the rest follows uncopied",
-			[][]byte{open, frame(typeData, 0, 3, uint32(len(big))), big},
+			[][]byte{open}, big,
 			[][]byte{opened, append(frame(typeData, 0, 3, uint32(len(big))), big[:firstChunk]...), big[firstChunk:]}},
 		{"frames for a stream the guard does not know are dropped",
-			[][]byte{frame(typeData, 0, 5, 2), []byte("ab"), frame(typeWindowUpdate, 0, 5, 9)},
+			[][]byte{frame(typeWindowUpdate, 0, 5, 9), frame(typeWindowUpdate, flagFIN, 5, 0)}, nil,
 			nil},
 		{"a RST goes out and the stream is gone",
-			[][]byte{open, frame(typeWindowUpdate, flagRST, 3, 0), frame(typeData, 0, 3, 1), []byte("c")},
+			[][]byte{open, frame(typeWindowUpdate, flagRST, 3, 0), frame(typeWindowUpdate, flagFIN, 3, 0)}, nil,
 			[][]byte{opened, frame(typeWindowUpdate, flagRST, 3, 0)}},
 	}
 	for _, tt := range tests {
@@ -68,6 +69,11 @@ func TestGuardWrites(t *testing.T) {
 					t.Fatalf("Write #%d (%d bytes) = %d, %v", i, len(f), n, err)
 				}
 			}
+			if tt.data != nil {
+				if n, err := g.writeData(3, tt.data, func() time.Time { return time.Time{} }); n != len(tt.data) || err != nil {
+					t.Fatalf("writeData(%d bytes) = %d, %v", len(tt.data), n, err)
+				}
+			}
 			if len(rc.writes) != len(tt.want) {
 				t.Fatalf("conn saw %d writes, want %d", len(rc.writes), len(tt.want))
 			}
@@ -77,6 +83,20 @@ func TestGuardWrites(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// yamux writes stream data only through the guard's Stream, never through
+// its own send goroutine: a data header from yamux is an error, not bytes
+// passed on unaccounted.
+func TestGuardWriteYamuxData(t *testing.T) {
+	opt, _ := Options{Log: testLog()}.withDefaults()
+	g := newGuard(&recordConn{}, opt, false)
+	if _, err := g.Write(frame(typeWindowUpdate, flagSYN, 3, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Write(frame(typeData, 0, 3, 5)); err == nil {
+		t.Fatal("a data header from yamux was accepted")
 	}
 }
 
