@@ -115,7 +115,6 @@ type gstream struct {
 	closedAt      time.Time // the application closed it and we wait for the peer's FIN; zero otherwise
 
 	given    uint64 // credit granted to the peer, the initial window included
-	yamux    uint64 // credit yamux itself granted: given never passes it
 	received uint64
 	consumed uint64
 	window   uint32 // given never passes consumed+window
@@ -129,6 +128,10 @@ type gstream struct {
 	sendCredit uint64        // credit the peer granted us, minus what we sent
 	ackOut     bool          // our ACK of the peer's open went out
 	wake       chan struct{} // a writer waiting for credit looks again
+
+	rq    recvBuf       // received and not read
+	rfin  bool          // the peer's FIN, once the data before it is in rq
+	rwake chan struct{} // a reader waiting for data looks again
 }
 
 // guard is the frame guard: the connection a yamux session reads and writes,
@@ -149,7 +152,10 @@ type guard struct {
 	rhdrN   int                            // bytes of rhdr read so far
 	rbuf    header                         // the header being handed to yamux
 	rout    []byte                         // rbuf's bytes that yamux has not read yet
-	rbody   int64                          // body bytes of the frame yamux is reading
+	rst     *gstream                       // the stream whose data frame body is being read
+	rdata   int                            // body bytes of that frame still to read into rst.rq
+	rfin    bool                           // that frame carries FIN
+	rpend   bool                           // rbuf holds its flags, for yamux once the body is in
 	rskip   int64                          // body bytes of a dropped frame still to discard
 	rerr    error                          // the violation that ended the session; sticky
 	ended   atomic.Pointer[ViolationError] // rerr, for other goroutines
@@ -251,19 +257,11 @@ func (g *guard) Read(p []byte) (int, error) {
 			n := copy(p, g.rout)
 			g.rout = g.rout[n:]
 			return n, nil
-		case g.rbody > 0:
-			if int64(len(p)) > g.rbody {
-				p = p[:g.rbody]
+		case g.rdata > 0:
+			if err := g.readBody(); err != nil {
+				return 0, err
 			}
-			n, err := g.Conn.Read(p)
-			g.rbody -= int64(n)
-			if err != nil && n == 0 && g.interrupted(err) {
-				continue
-			}
-			if n > 0 {
-				err = nil // the next Read reports it again
-			}
-			return n, err
+			continue
 		case g.rskip > 0:
 			if g.scratch == nil {
 				g.scratch = make([]byte, 16<<10)
@@ -389,13 +387,53 @@ func (g *guard) interruptLocked() {
 
 var longAgo = time.Unix(1, 0)
 
-// pass hands h to yamux, with its body if it is a data frame.
+// pass hands yamux the header h of a frame without a body.
 func (g *guard) pass(h header) {
 	g.rbuf = h
 	g.rout = g.rbuf[:]
-	if h.typ() == typeData {
-		g.rbody = int64(h.length())
+}
+
+// deliver takes the body of data frame h into st's receive buffer (readBody)
+// and then hands yamux the frame's flags alone, as an empty data frame:
+// yamux keeps each stream's state (open, FIN, RST) but never holds its data.
+// g.mu is held.
+func (g *guard) deliver(st *gstream, h header) {
+	g.rst, g.rdata, g.rfin = st, int(h.length()), h.has(flagFIN)
+	g.rpend = h.flags() != 0
+	if g.rpend {
+		g.rbuf = makeHeader(typeData, h.flags(), h.streamID(), 0)
 	}
+}
+
+// readBody reads the rest of the current data frame's body from the
+// connection into its stream's buffer, as the TLS records come, and wakes
+// the stream's reader for each part. Once the body is in, the frame's FIN
+// reaches the reader and its flags reach yamux.
+func (g *guard) readBody() error {
+	g.mu.Lock()
+	st := g.rst
+	buf := st.rq.fill(g.rdata)
+	g.mu.Unlock()
+	n, err := g.Conn.Read(buf)
+	g.mu.Lock()
+	st.rq.commit(n)
+	g.rdata -= n
+	if g.rdata == 0 {
+		st.rfin = st.rfin || g.rfin
+		g.rst = nil
+		if g.rpend {
+			g.rpend = false
+			g.rout = g.rbuf[:]
+		}
+	}
+	if n > 0 || g.rdata == 0 {
+		poke(st.rwake)
+	}
+	g.mu.Unlock()
+	if err != nil && !(n == 0 && g.interrupted(err)) && (n == 0 || g.rdata > 0) {
+		return err
+	}
+	return nil
 }
 
 // drop discards the frame h: its body, if any, is read and thrown away.
@@ -496,9 +534,21 @@ func (g *guard) inboundStream(h header) error {
 		st.finIn = true
 	}
 	if fl&flagRST != 0 {
-		g.removeLocked(id, st) // yamux drops the stream and what it buffered
+		g.removeLocked(id, st) // and yamux drops the stream
+		g.pass(h)
+		return nil
 	}
-	g.pass(h)
+	if h.typ() == typeData && n > 0 {
+		g.deliver(st, h)
+		return nil
+	}
+	if fl&flagFIN != 0 {
+		st.rfin = true
+		poke(st.rwake)
+	}
+	if fl != 0 || h.typ() == typeWindowUpdate {
+		g.pass(h)
+	}
 	return nil
 }
 
@@ -529,8 +579,8 @@ func (g *guard) lateLocked(id uint32, st *gstream, h header) error {
 
 func newGStream(ours bool) *gstream {
 	return &gstream{
-		ours: ours, given: initialWindow, yamux: initialWindow, window: initialWindow,
-		sendCredit: initialWindow, wake: make(chan struct{}, 1),
+		ours: ours, given: initialWindow, window: initialWindow,
+		sendCredit: initialWindow, wake: make(chan struct{}, 1), rwake: make(chan struct{}, 1),
 	}
 }
 
@@ -581,7 +631,9 @@ func (g *guard) sendRSTLocked(id uint32) {
 // g.mu is held.
 func (g *guard) removeLocked(id uint32, st *gstream) {
 	delete(g.streams, id)
+	st.rq.drop()
 	poke(st.wake) // a writer waiting for credit finds the stream gone
+	poke(st.rwake)
 	if !st.ours {
 		g.peerLive--
 	}
@@ -910,9 +962,9 @@ func (g *guard) outbound(h header) (keep bool, out header) {
 		st.ackOut = true
 	}
 	if h.typ() == typeWindowUpdate {
-		// yamux's own window update: note what yamux allows, and send
-		// what the guard grants instead.
-		st.yamux += uint64(h.length())
+		// yamux's own window update (the SYN or ACK of an open, a FIN):
+		// yamux never holds the stream's data, so its idea of the window
+		// means nothing; the update carries what the guard grants.
 		grant := st.pending + g.allowanceLocked(st, 0)
 		st.pending = 0
 		st.given += uint64(grant)
@@ -933,34 +985,37 @@ func (g *guard) outbound(h header) (keep bool, out header) {
 }
 
 // allowanceLocked is the credit the guard can grant st now, beyond what it
-// granted: up to consumed+window, never past what yamux granted, and only
-// once at least least is due. g.mu is held.
+// granted: up to consumed+window, and only once at least least is due.
+// g.mu is held.
 func (g *guard) allowanceLocked(st *gstream, least uint64) uint32 {
 	target := st.consumed + uint64(st.window)
-	target = minU64(target, st.yamux)
 	if target <= st.given+uint64(st.pending) || target-st.given-uint64(st.pending) < least {
 		return 0
 	}
 	return uint32(target - st.given - uint64(st.pending))
 }
 
-func minU64(a, b uint64) uint64 {
-	if a < b {
-		return a
-	}
-	return b
-}
 
-// consumed records that the application read n bytes of stream id, and
-// grants the peer more credit once a quarter window is due. Called by
-// Stream.Read.
-func (g *guard) consumed(id uint32, n int) {
+// readData copies what stream id received into p, and grants the peer more
+// credit once a quarter window is due. With nothing buffered it returns the
+// channel to wait on, or io.EOF after the peer's FIN; errStreamGone once the
+// stream is reset or let go of. Called by Stream.Read.
+func (g *guard) readData(id uint32, p []byte) (int, chan struct{}, error) {
 	g.mu.Lock()
 	st := g.streams[id]
 	if st == nil || !st.closedAt.IsZero() {
 		g.mu.Unlock()
-		return
+		return 0, nil, errStreamGone
 	}
+	if st.rq.n == 0 {
+		fin, wake := st.rfin, st.rwake
+		g.mu.Unlock()
+		if fin {
+			return 0, nil, io.EOF
+		}
+		return 0, wake, nil
+	}
+	n := st.rq.read(p)
 	st.consumed += uint64(n)
 	g.budget.Free(int64(n))
 	g.tuneLocked(st)
@@ -977,6 +1032,17 @@ func (g *guard) consumed(id uint32, n int) {
 	g.mu.Unlock()
 	if grant > 0 {
 		g.wake()
+	}
+	return n, nil, nil
+}
+
+// wakeReader makes a reader waiting on stream id look again (its deadline
+// changed).
+func (g *guard) wakeReader(id uint32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if st := g.streams[id]; st != nil {
+		poke(st.rwake)
 	}
 }
 
@@ -1064,6 +1130,7 @@ func (g *guard) release(id uint32, rst bool) {
 	default:
 		g.budget.Free(int64(st.received - st.consumed))
 		st.consumed = st.received
+		st.rq.drop()
 		st.closedAt = time.Now()
 		g.lingering++
 	}
@@ -1183,3 +1250,13 @@ func (g *guard) Close() error {
 
 // NetConn returns the connection under the guard.
 func (g *guard) NetConn() net.Conn { return g.Conn }
+
+// closed reports whether the guard was closed: the session has ended.
+func (g *guard) closed() bool {
+	select {
+	case <-g.done:
+		return true
+	default:
+		return false
+	}
+}

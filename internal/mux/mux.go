@@ -1,6 +1,6 @@
 // Package mux runs the tunnel's yamux sessions behind a frame guard that
-// bounds what a peer can make its end hold, and adapts yamux streams to the
-// half-close and reset interface the copy loop uses.
+// checks every frame, bounds what a peer can make its end hold and carries
+// the streams' data itself; yamux keeps the sessions' and streams' state.
 package mux
 
 import (
@@ -98,11 +98,10 @@ func (o *Options) yamuxConfig() *yamux.Config {
 	if o.Keepalive > 0 {
 		c.KeepAliveInterval = o.Keepalive
 	}
-	// The guard grants the peer credit by its own policy and never more
-	// than yamux granted; yamux grants up to consumed + MaxStreamWindowSize
-	// and never less than consumed + half of it, so twice the guard's
-	// ceiling leaves the guard in charge (guard.go, allowanceLocked).
-	c.MaxStreamWindowSize = 2 * o.MaxWindow
+	// yamux never holds a stream's data (the guard takes the bodies of data
+	// frames into its own buffers and hands yamux their flags alone), and
+	// the guard rewrites yamux's window updates: yamux's window is moot.
+	c.MaxStreamWindowSize = o.MaxWindow
 	// A session whose frames cannot be written for this long, or whose ping
 	// is not answered, is dead (or the peer stopped reading the whole
 	// connection): close it rather than hang.

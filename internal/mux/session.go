@@ -12,7 +12,11 @@ import (
 // every frame header the peer sends is checked as it passes, the streams it
 // opens are admitted under Options.MaxStreams, StreamRate and Budget, and
 // each stream's receive window is sized from the round trip and what the
-// stream's reader takes, within the budget. Safe for concurrent use.
+// stream's reader takes, within the budget. yamux opens, accepts and ends
+// streams and keeps the session alive; their data bypasses it: the guard
+// reads data frames into each stream's own buffer and a Stream writes its
+// frames to the connection itself, so a byte is copied once fewer each way
+// and no write waits on yamux's send goroutine. Safe for concurrent use.
 type Session struct {
 	y *yamux.Session
 	g *guard

@@ -3,6 +3,7 @@ package mux
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -34,6 +35,7 @@ type Stream struct {
 
 	wmu sync.Mutex   // one Write at a time, so that the stream's bytes stay in order
 	wdl atomic.Int64 // write deadline, Unix nanoseconds; 0 means none
+	rdl atomic.Int64 // read deadline, likewise
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -41,15 +43,48 @@ var _ net.Conn = (*Stream)(nil)
 // StreamID returns the yamux stream ID.
 func (s *Stream) StreamID() uint32 { return s.y.StreamID() }
 
-// Read reads from the stream. It returns io.EOF only after the peer's FIN;
-// the peer's reset, or the end of the session, is ErrReset; after Close or
-// Reset it is net.ErrClosed.
+// Read reads from the stream, from what the guard received for it (yamux
+// never holds a stream's data). It waits for data until the read deadline,
+// and returns io.EOF only after the peer's FIN; the peer's reset, or the end
+// of the session, is ErrReset; after Close or Reset it is net.ErrClosed. A
+// timeout satisfies net.Error's Timeout; data already received is returned
+// even after the deadline.
 func (s *Stream) Read(b []byte) (int, error) {
-	n, err := s.y.Read(b)
-	if n > 0 {
-		s.g.consumed(s.y.StreamID(), n)
+	if len(b) == 0 {
+		return 0, nil
 	}
-	return n, s.resetError(err)
+	for {
+		n, wake, err := s.g.readData(s.y.StreamID(), b)
+		if n > 0 || err == io.EOF {
+			return n, err
+		}
+		if err == nil {
+			err = s.g.waitCredit(wake, s.readDeadline())
+		}
+		if err != nil {
+			return 0, s.streamError(err)
+		}
+	}
+}
+
+func (s *Stream) readDeadline() time.Time {
+	if ns := s.rdl.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// streamError maps the guard's errors to what Read and Write promise.
+func (s *Stream) streamError(err error) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, errWriteClosed):
+		return err
+	case s.closed.Load():
+		return fmt.Errorf("mux: stream %d: %w", s.y.StreamID(), net.ErrClosed)
+	case errors.Is(err, errStreamGone) && !s.g.closed():
+		return fmt.Errorf("%w by the peer", ErrReset)
+	}
+	return fmt.Errorf("%w: the session closed", ErrReset)
 }
 
 // Write writes to the stream, within the window the peer granted: it
@@ -61,19 +96,10 @@ func (s *Stream) Write(b []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	n, err := s.g.writeData(s.y.StreamID(), b, s.writeDeadline)
-	switch {
-	case err == nil:
-		return n, nil
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return n, err
-	case s.closed.Load():
-		return n, fmt.Errorf("mux: stream %d: %w", s.y.StreamID(), net.ErrClosed)
-	case errors.Is(err, errWriteClosed):
-		return n, err
-	case errors.Is(err, errStreamGone):
-		return n, fmt.Errorf("%w by the peer", ErrReset)
+	if err != nil {
+		return n, s.streamError(err)
 	}
-	return n, fmt.Errorf("%w: the session closed: %w", ErrReset, err)
+	return n, nil
 }
 
 func (s *Stream) writeDeadline() time.Time {
@@ -81,26 +107,6 @@ func (s *Stream) writeDeadline() time.Time {
 		return time.Unix(0, ns)
 	}
 	return time.Time{}
-}
-
-// resetError maps yamux's errors: a RST from the peer and the end of the
-// session become ErrReset (yamux ends every stream of a closed session
-// with io.EOF on reads, as after a FIN: a FIN just before the session
-// closed is reported as a reset too, which only costs a clean end that was
-// already cut short on the other side); any error after Close or Reset is
-// net.ErrClosed.
-func (s *Stream) resetError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case s.closed.Load():
-		return fmt.Errorf("mux: stream %d: %w", s.y.StreamID(), net.ErrClosed)
-	case errors.Is(err, yamux.ErrConnectionReset):
-		return fmt.Errorf("%w by the peer", ErrReset)
-	case errors.Is(err, yamux.ErrSessionShutdown) || s.y.Session().IsClosed():
-		return fmt.Errorf("%w: the session closed", ErrReset)
-	}
-	return err
 }
 
 // CloseWrite sends FIN; reads go on until the peer's FIN.
@@ -133,19 +139,27 @@ func (s *Stream) Reset() error {
 // deadlines, as net.Conn's.
 func (s *Stream) SetDeadline(t time.Time) error {
 	s.SetWriteDeadline(t)
-	return s.y.SetReadDeadline(t)
+	return s.SetReadDeadline(t)
 }
 
-func (s *Stream) SetReadDeadline(t time.Time) error { return s.y.SetReadDeadline(t) }
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.rdl.Store(unixNano(t))
+	s.g.wakeReader(s.y.StreamID())
+	return nil
+}
 
 func (s *Stream) SetWriteDeadline(t time.Time) error {
-	var ns int64
-	if !t.IsZero() {
-		ns = t.UnixNano()
-	}
-	s.wdl.Store(ns)
+	s.wdl.Store(unixNano(t))
 	s.g.wakeWriter(s.y.StreamID())
 	return nil
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time (no deadline).
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // LocalAddr and RemoteAddr are the session's addresses.
