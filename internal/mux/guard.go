@@ -995,7 +995,6 @@ func (g *guard) allowanceLocked(st *gstream, least uint64) uint32 {
 	return uint32(target - st.given - uint64(st.pending))
 }
 
-
 // readData copies what stream id received into p, and grants the peer more
 // credit once a quarter window is due. With nothing buffered it returns the
 // channel to wait on, or io.EOF after the peer's FIN; errStreamGone once the
