@@ -426,7 +426,9 @@ func (g *guard) readBody() error {
 			g.rout = g.rbuf[:]
 		}
 	}
-	if n > 0 || g.rdata == 0 {
+	// The reader is woken when the frame is in, or once a batch worth a
+	// write to the backend is: not for every TLS record of a large frame.
+	if g.rdata == 0 || st.rq.n >= wakeBatch {
 		poke(st.rwake)
 	}
 	g.mu.Unlock()
@@ -793,6 +795,10 @@ var errWriteClosed = fmt.Errorf("mux: write after CloseWrite: %w", net.ErrClosed
 // and the rest of the body still goes to the TLS layer without a copy.
 const firstChunk = 16<<10 - headerSize
 
+// wakeBatch is how much received data wakes a stream's reader before the
+// frame it belongs to is complete.
+const wakeBatch = 64 << 10
+
 // maxDataFrame bounds one data frame's body, so that one stream's write
 // does not hold the connection for long while others wait.
 const maxDataFrame = 128 << 10
@@ -1030,9 +1036,35 @@ func (g *guard) readData(id uint32, p []byte) (int, chan struct{}, error) {
 	}
 	g.mu.Unlock()
 	if grant > 0 {
-		g.wake()
+		g.grantNow(id)
 	}
 	return n, nil, nil
+}
+
+// grantNow writes stream id's pending credit from the calling goroutine
+// if the connection is free, saving the flusher a wake-up; else the flusher
+// writes it.
+func (g *guard) grantNow(id uint32) {
+	select {
+	case g.wsem <- struct{}{}:
+	default:
+		g.wake()
+		return
+	}
+	defer g.unlockWrite()
+	g.mu.Lock()
+	st := g.streams[id]
+	if st == nil || st.pending == 0 || !st.closedAt.IsZero() {
+		g.mu.Unlock()
+		return
+	}
+	h := makeHeader(typeWindowUpdate, 0, id, st.pending)
+	st.given += uint64(st.pending)
+	st.pending = 0
+	g.mu.Unlock()
+	if _, err := g.Conn.Write(h[:]); err != nil {
+		g.Conn.Close() // half a record may be out: the session cannot go on
+	}
 }
 
 // wakeReader makes a reader waiting on stream id look again (its deadline
