@@ -212,13 +212,30 @@ type statusConn struct {
 }
 
 func (s *statusConn) Read(p []byte) (int, error) {
-	if !s.checked {
-		if err := wire.ReadStatus(s.Stream); err != nil {
-			return 0, err
-		}
-		s.checked = true
+	if err := s.check(); err != nil {
+		return 0, err
 	}
 	return s.Stream.Read(p)
+}
+
+// Lend is the stream's Lend after the status check, for the copy loop
+// (pipe.Lender).
+func (s *statusConn) Lend(max int) ([]byte, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	return s.Stream.Lend(max)
+}
+
+func (s *statusConn) check() error {
+	if s.checked {
+		return nil
+	}
+	if err := wire.ReadStatus(s.Stream); err != nil {
+		return err
+	}
+	s.checked = true
+	return nil
 }
 
 // Stats is a snapshot of the client's counters.

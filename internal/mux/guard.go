@@ -1007,38 +1007,82 @@ func (g *guard) allowanceLocked(st *gstream, least uint64) uint32 {
 // stream is reset or let go of. Called by Stream.Read.
 func (g *guard) readData(id uint32, p []byte) (int, chan struct{}, error) {
 	g.mu.Lock()
-	st := g.streams[id]
-	if st == nil || !st.closedAt.IsZero() {
+	st, wake, err := g.readableLocked(id)
+	if st == nil {
 		g.mu.Unlock()
-		return 0, nil, errStreamGone
-	}
-	if st.rq.n == 0 {
-		fin, wake := st.rfin, st.rwake
-		g.mu.Unlock()
-		if fin {
-			return 0, nil, io.EOF
-		}
-		return 0, wake, nil
+		return 0, wake, err
 	}
 	n := st.rq.read(p)
-	st.consumed += uint64(n)
-	g.budget.Free(int64(n))
-	g.tuneLocked(st)
-	// Credit goes back a quarter window at a time: half a window (yamux's
-	// own rule) leaves a window-limited stream idle for half of each round
-	// trip.
-	grant := g.allowanceLocked(st, uint64(st.window/4))
-	if grant > 0 {
-		if st.pending == 0 {
-			g.dirty = append(g.dirty, id)
-		}
-		st.pending += grant
-	}
+	grant := g.consumedLocked(id, st, n)
 	g.mu.Unlock()
-	if grant > 0 {
+	if grant {
 		g.grantNow(id)
 	}
 	return n, nil, nil
+}
+
+// lendData is readData without the copy: it returns up to max received
+// bytes of stream id where they are, valid until giveBackData. Called by
+// Stream.Lend.
+func (g *guard) lendData(id uint32, max int) ([]byte, chan struct{}, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st, wake, err := g.readableLocked(id)
+	if st == nil {
+		return nil, wake, err
+	}
+	return st.rq.lend(max), nil, nil
+}
+
+// giveBackData ends a lendData of which n bytes were used.
+func (g *guard) giveBackData(id uint32, n int) {
+	g.mu.Lock()
+	st := g.streams[id]
+	if st == nil || !st.closedAt.IsZero() {
+		g.mu.Unlock()
+		return
+	}
+	st.rq.giveBack(n)
+	grant := g.consumedLocked(id, st, n)
+	g.mu.Unlock()
+	if grant {
+		g.grantNow(id)
+	}
+}
+
+// readableLocked returns stream id if it has data to read; otherwise the
+// channel to wait on, or io.EOF after the peer's FIN, or errStreamGone.
+// g.mu is held.
+func (g *guard) readableLocked(id uint32) (*gstream, chan struct{}, error) {
+	st := g.streams[id]
+	switch {
+	case st == nil || !st.closedAt.IsZero():
+		return nil, nil, errStreamGone
+	case st.rq.n > 0:
+		return st, nil, nil
+	case st.rfin:
+		return nil, nil, io.EOF
+	}
+	return nil, st.rwake, nil
+}
+
+// consumedLocked records that the application took n bytes of st, tunes
+// its window, and reports whether credit is due to the peer (a quarter
+// window: half a window, yamux's own rule, leaves a window-limited stream
+// idle for half of each round trip). g.mu is held.
+func (g *guard) consumedLocked(id uint32, st *gstream, n int) bool {
+	st.consumed += uint64(n)
+	g.budget.Free(int64(n))
+	g.tuneLocked(st)
+	grant := g.allowanceLocked(st, uint64(st.window/4))
+	if grant == 0 {
+		return false
+	}
+	if st.pending == 0 {
+		g.dirty = append(g.dirty, id)
+	}
+	st.pending += grant
+	return true
 }
 
 // grantNow writes stream id's pending credit from the calling goroutine

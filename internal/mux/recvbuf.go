@@ -18,15 +18,17 @@ type chunk struct {
 // what was received and not read, plus less than a chunk, so a stream's
 // memory follows its data (yamux's receive buffer is a bytes.Buffer that
 // doubles as it grows and keeps its size). The guard's reader fills it
-// (fill, then commit once bytes are in), the stream's reader empties it
-// (read). Its methods are called with the guard's mu held; the slice fill
-// returns is written by the guard's reader alone, outside the lock, until it
-// commits.
+// (fill, then commit once bytes are in); the stream's reader empties it,
+// copying (read) or writing the bytes on from where they are (lend, then
+// give back). Its methods are called with the guard's mu held; the slices
+// fill and lend return are used outside the lock, by one goroutine each,
+// until commit or giveBack.
 type recvBuf struct {
 	chunks  []*chunk
 	n       int  // unread bytes
 	filling bool // the guard's reader writes into the last chunk
-	dead    bool // dropped while filling: commit recycles the last chunk
+	lent    bool // the stream's reader holds bytes of the first chunk
+	dropped bool // drop ran while one of them was out: the chunks are the garbage collector's
 }
 
 // fill returns the free space the guard's reader may write into next, at
@@ -48,14 +50,11 @@ func (q *recvBuf) fill(want int) []byte {
 // commit records that n bytes were written into what fill returned.
 func (q *recvBuf) commit(n int) {
 	q.filling = false
-	c := q.chunks[len(q.chunks)-1]
-	if q.dead {
-		q.dead = false
-		q.chunks = q.chunks[:0]
-		chunkPool.Put(c)
+	if q.dropped {
+		q.dropped = q.lent
 		return
 	}
-	c.w += n
+	q.chunks[len(q.chunks)-1].w += n
 	q.n += n
 }
 
@@ -68,38 +67,63 @@ func (q *recvBuf) read(p []byte) int {
 		n := copy(p[total:], c.b[c.r:c.w])
 		c.r += n
 		total += n
-		if c.r < c.w {
-			break // p is full
+		if c.r < c.w || !q.pop() {
+			break
 		}
-		if len(q.chunks) == 1 && q.filling {
-			break // the guard's reader writes into it: it stays
-		}
-		q.chunks[0] = nil
-		q.chunks = q.chunks[1:]
-		chunkPool.Put(c)
 	}
 	q.n -= total
-	if len(q.chunks) == 0 {
-		q.chunks = nil
-	}
 	return total
 }
 
-// drop forgets what is buffered and recycles the chunks; a chunk the
-// guard's reader is writing into goes back when it commits.
-func (q *recvBuf) drop() {
-	keep := 0
-	if q.filling && len(q.chunks) > 0 {
-		keep = 1
-		q.dead = true
+// lend returns up to max unread bytes where they are, for the stream's
+// reader to write on; giveBack says how many it used.
+func (q *recvBuf) lend(max int) []byte {
+	c := q.chunks[0]
+	q.lent = true
+	return c.b[c.r:min(c.w, c.r+max)]
+}
+
+// giveBack ends a lend of which n bytes were used.
+func (q *recvBuf) giveBack(n int) {
+	q.lent = false
+	if q.dropped {
+		q.dropped = q.filling
+		return
 	}
-	for _, c := range q.chunks[:len(q.chunks)-keep] {
-		chunkPool.Put(c)
+	c := q.chunks[0]
+	c.r += n
+	q.n -= n
+	if c.r == c.w {
+		q.pop()
 	}
-	if keep == 1 {
-		q.chunks = q.chunks[len(q.chunks)-1:]
-	} else {
+}
+
+// pop recycles the first chunk, read empty, unless the guard's reader is
+// writing into it; it reports whether it did.
+func (q *recvBuf) pop() bool {
+	if len(q.chunks) == 1 && q.filling {
+		return false
+	}
+	chunkPool.Put(q.chunks[0])
+	q.chunks[0] = nil
+	q.chunks = q.chunks[1:]
+	if len(q.chunks) == 0 {
 		q.chunks = nil
 	}
+	return true
+}
+
+// drop forgets what is buffered. The chunks go back to the pool, unless a
+// slice of them is out (being filled or lent): then they are left to the
+// garbage collector, and commit and giveBack know.
+func (q *recvBuf) drop() {
+	if q.filling || q.lent {
+		q.dropped = true
+	} else {
+		for _, c := range q.chunks {
+			chunkPool.Put(c)
+		}
+	}
+	q.chunks = nil
 	q.n = 0
 }

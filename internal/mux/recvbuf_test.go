@@ -44,16 +44,28 @@ func TestRecvBuf(t *testing.T) {
 		t.Errorf("an empty buffer holds %d chunks", len(q.chunks))
 	}
 
-	// Dropped while filling: the chunk being written stays until commit,
-	// then goes, and nothing of it is readable.
+	// Dropped while filling and lent: the slices out stay valid, nothing of
+	// them is readable afterwards, and the buffer works on.
 	q.fill(100)
 	q.commit(100)
+	lent := q.lend(50)
 	b := q.fill(10)
 	q.drop()
 	b[0] = 1 // the guard's reader may still write here
+	_ = lent[0]
 	q.commit(10)
+	q.giveBack(len(lent))
 	if q.n != 0 || len(q.chunks) != 0 || q.read(make([]byte, 10)) != 0 {
-		t.Errorf("after drop and commit: n %d, %d chunks", q.n, len(q.chunks))
+		t.Errorf("after drop, commit and giveBack: n %d, %d chunks", q.n, len(q.chunks))
+	}
+	copy(q.fill(3), "abc")
+	q.commit(3)
+	if got := q.lend(10); string(got) != "abc" {
+		t.Fatalf("lend after a drop = %q", got)
+	}
+	q.giveBack(2)
+	if p := make([]byte, 5); q.read(p) != 1 || p[0] != 'c' {
+		t.Fatalf("read after giveBack(2) = %q", p)
 	}
 }
 

@@ -67,6 +67,28 @@ func (s *Stream) Read(b []byte) (int, error) {
 	}
 }
 
+// Lend returns up to max bytes the stream received, where they are, so the
+// copy loop can write them on without copying them first; it waits as Read
+// does and returns the same errors. The bytes stay valid until Return, which
+// says how many of them were used; Read and Lend are not called before it.
+func (s *Stream) Lend(max int) ([]byte, error) {
+	for {
+		b, wake, err := s.g.lendData(s.y.StreamID(), max)
+		if len(b) > 0 || err == io.EOF {
+			return b, err
+		}
+		if err == nil {
+			err = s.g.waitCredit(wake, s.readDeadline())
+		}
+		if err != nil {
+			return nil, s.streamError(err)
+		}
+	}
+}
+
+// Return ends a Lend of which n bytes were used.
+func (s *Stream) Return(n int) { s.g.giveBackData(s.y.StreamID(), n) }
+
 func (s *Stream) readDeadline() time.Time {
 	if ns := s.rdl.Load(); ns != 0 {
 		return time.Unix(0, ns)

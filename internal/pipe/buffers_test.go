@@ -3,11 +3,13 @@ package pipe
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"net"
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,5 +251,67 @@ func TestRunLargeBuffersFromMemory(t *testing.T) {
 	}
 	if mem.refused == 0 {
 		t.Error("the second direction never asked for a large buffer: the test proves nothing")
+	}
+}
+
+// lenderConn is a socket that lends what it reads from a buffer of its
+// own, and counts what Run gave back; Run must never call its Read.
+type lenderConn struct {
+	*net.TCPConn
+	buf      []byte
+	out      int // bytes of buf lent and not given back
+	returned atomic.Int64
+	reads    atomic.Int64
+}
+
+func (c *lenderConn) Read(p []byte) (int, error) {
+	c.reads.Add(1)
+	return c.TCPConn.Read(p)
+}
+
+func (c *lenderConn) Lend(max int) ([]byte, error) {
+	if c.out != 0 {
+		return nil, errors.New("Lend before Return")
+	}
+	n, err := c.TCPConn.Read(c.buf[:min(max, len(c.buf))])
+	c.out = n
+	return c.buf[:n], err
+}
+
+func (c *lenderConn) Return(n int) {
+	if n > c.out {
+		panic("returned more than was lent")
+	}
+	c.returned.Add(int64(n))
+	c.out = 0
+}
+
+// A Lender's bytes are written on where they are: every byte arrives, is
+// given back once, and Run never reads the Lender through Read. Its idle
+// limit works as for any conn.
+func TestRunWritesLentBytes(t *testing.T) {
+	w := tcpWorld(t)
+	l := &lenderConn{TCPConn: w.a.(*net.TCPConn), buf: make([]byte, 50_000)}
+	done := make(chan error, 1)
+	go func() { _, _, err := Run(l, w.b, Options{Idle: 5 * time.Second}); done <- err }()
+	payload := bytes.Repeat([]byte("lent bytes "), 400_000) // 4.4 MB
+	go func() {
+		w.client.Write(payload)
+		w.client.(*net.TCPConn).CloseWrite()
+	}()
+	w.backend.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(w.backend)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("backend read %d bytes (%v), want the %d sent", len(got), err, len(payload))
+	}
+	w.backend.(*net.TCPConn).CloseWrite()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if r := l.returned.Load(); r != int64(len(payload)) {
+		t.Errorf("%d bytes given back, want %d", r, len(payload))
+	}
+	if n := l.reads.Load(); n != 0 {
+		t.Errorf("Run read the Lender %d times through Read", n)
 	}
 }

@@ -79,6 +79,10 @@ type Options struct {
 // the read deadline of a conn that is not a socket after reading what it had
 // buffered (see readMore).
 //
+// A conn that is a Lender (a mux.Stream) is written on from its own
+// buffer; from any other conn Run reads into its own buffers, counted by
+// o.Memory.
+//
 // Run blocks until both directions end, and returns the bytes written to b
 // (aToB) and to a (bToA), and the first error that is not io.EOF or
 // net.ErrClosed (nil when both directions ended with EOF).
@@ -186,40 +190,27 @@ func (p *pipe) closeBoth() {
 	})
 }
 
+// A Lender is a conn that can lend the bytes it received where they are,
+// so that Run writes them on without copying them into a buffer of its own
+// first (a mux.Stream: the bytes sit in the stream's receive buffer). Lend
+// waits as Read does and returns up to max bytes, valid until Return says
+// how many were written; Read and Lend are not called in between.
+type Lender interface {
+	Lend(max int) ([]byte, error)
+	Return(n int)
+}
+
 // direction copies src to dst until src reaches EOF or something fails, and
 // returns the bytes written to dst.
 func (p *pipe) direction(src, dst net.Conn, name string) int64 {
-	small := smallPool.Get().(*[]byte)
-	defer smallPool.Put(small)
-	var big *[]byte // held only while reads fill the small buffer or more
-	defer func() {
-		if big != nil {
-			p.putBig(big)
-		}
-	}()
-	buf := *small
-
+	in := p.source(src)
+	defer in.close()
 	var n int64
 	for {
-		nr, rerr := p.read(src, buf)
-		if big == nil && nr == smallSize && rerr == nil {
-			// More may be waiting: move to the large buffer (if Memory
-			// lends one) and take what has arrived, so a message a little
-			// larger than the small buffer goes out in one write (one yamux
-			// frame, one TLS record), not two.
-			if big = p.getBig(); big != nil {
-				buf = *big
-				copy(buf, (*small)[:nr])
-				m, err := readMore(src, buf[nr:])
-				nr += m
-				if m > 0 {
-					p.touch()
-				}
-				rerr = err
-			}
-		}
-		if nr > 0 {
-			nw, werr := p.write(dst, buf[:nr])
+		b, rerr := in.next()
+		if len(b) > 0 {
+			nw, werr := p.write(dst, b)
+			in.done(nw)
 			n += int64(nw)
 			if errors.Is(werr, ErrIdle) {
 				p.fail(werr)
@@ -229,12 +220,6 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 				p.fail(fmt.Errorf("pipe: %s: write: %w", name, werr))
 				return n
 			}
-		}
-		// buf[:nr] is written: a short read means the burst is over.
-		if big != nil && nr < smallSize {
-			p.putBig(big)
-			big = nil
-			buf = *small
 		}
 		switch {
 		case rerr == nil:
@@ -253,6 +238,101 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 			return n
 		}
 	}
+}
+
+// source is where a direction's bytes come from: next returns the next
+// bytes to write, done says how many of them were written.
+type source interface {
+	next() ([]byte, error)
+	done(n int)
+	close()
+}
+
+func (p *pipe) source(src net.Conn) source {
+	if l, ok := src.(Lender); ok {
+		return &lentSource{p: p, conn: src, l: l}
+	}
+	small := smallPool.Get().(*[]byte)
+	return &bufSource{p: p, conn: src, small: small, buf: *small}
+}
+
+// lentSource writes on the bytes a Lender lends: no copy, no buffer.
+type lentSource struct {
+	p    *pipe
+	conn net.Conn
+	l    Lender
+	out  bool // a lend is out
+}
+
+func (s *lentSource) next() ([]byte, error) {
+	var b []byte
+	_, err := s.p.read(s.conn, func() (int, error) {
+		var err error
+		b, err = s.l.Lend(bufSize)
+		return len(b), err
+	})
+	s.out = len(b) > 0
+	return b, err
+}
+
+func (s *lentSource) done(n int) {
+	s.l.Return(n)
+	s.out = false
+}
+
+func (s *lentSource) close() {
+	if s.out {
+		s.l.Return(0)
+	}
+}
+
+// bufSource reads into a small buffer and moves to a large pooled one only
+// while reads keep filling the small one (see smallSize).
+type bufSource struct {
+	p     *pipe
+	conn  net.Conn
+	small *[]byte
+	big   *[]byte // held only while reads fill the small buffer or more
+	buf   []byte  // *small or *big
+	nr    int     // bytes of the last read
+}
+
+func (s *bufSource) next() ([]byte, error) {
+	nr, rerr := s.p.read(s.conn, func() (int, error) { return s.conn.Read(s.buf) })
+	if s.big == nil && nr == smallSize && rerr == nil {
+		// More may be waiting: move to the large buffer (if Memory lends
+		// one) and take what has arrived, so a message a little larger
+		// than the small buffer goes out in one write (one yamux frame,
+		// one TLS record), not two.
+		if s.big = s.p.getBig(); s.big != nil {
+			s.buf = *s.big
+			copy(s.buf, (*s.small)[:nr])
+			m, err := readMore(s.conn, s.buf[nr:])
+			nr += m
+			if m > 0 {
+				s.p.touch()
+			}
+			rerr = err
+		}
+	}
+	s.nr = nr
+	return s.buf[:nr], rerr
+}
+
+func (s *bufSource) done(int) {
+	// The bytes are written: a short read means the burst is over.
+	if s.big != nil && s.nr < smallSize {
+		s.p.putBig(s.big)
+		s.big = nil
+		s.buf = *s.small
+	}
+}
+
+func (s *bufSource) close() {
+	if s.big != nil {
+		s.p.putBig(s.big)
+	}
+	smallPool.Put(s.small)
 }
 
 // longAgo is a deadline that has passed: a Read under it returns only what
@@ -279,19 +359,19 @@ func readMoreDeadline(src net.Conn, b []byte) (int, error) {
 	return n, err
 }
 
-// read reads from src into buf. With an idle limit, a read deadline that
-// passes while the other direction moved bytes is pushed back; one that
+// read runs read, a read from src. With an idle limit, a read deadline
+// that passes while the other direction moved bytes is pushed back; one that
 // passes with nothing moving anywhere is an ErrIdle.
-func (p *pipe) read(src net.Conn, buf []byte) (int, error) {
+func (p *pipe) read(src net.Conn, read func() (int, error)) (int, error) {
 	if p.idle <= 0 {
-		return src.Read(buf)
+		return read()
 	}
 	for {
 		d := p.deadline()
 		if err := src.SetReadDeadline(d); err != nil {
 			return 0, err
 		}
-		n, err := src.Read(buf)
+		n, err := read()
 		if n > 0 {
 			p.touch()
 		}
