@@ -156,3 +156,31 @@ func TestRawRouteMustExist(t *testing.T) {
 		t.Fatal("New accepted RawRoute naming no route")
 	}
 }
+
+// A handshake that resumes a TLS session is counted as such, beside the
+// full ones.
+func TestResumedHandshakesCounted(t *testing.T) {
+	pki := newTestPKI(t)
+	r := startServer(t, pki, func(c *Config) { c.RawRoute = "echo" })
+	cfg := plainTLS(pki.clientTLS)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	for i := range 2 {
+		c, err := tls.Dial("tcp", r.addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("x"))
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil { // reads the session ticket too
+			t.Fatal(err)
+		}
+		if resumed := c.ConnectionState().DidResume; resumed != (i == 1) {
+			t.Fatalf("handshake %d resumed: %v", i+1, resumed)
+		}
+		c.Close()
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		st := r.srv.Stats()
+		return st.HandshakesOK == 2 && st.HandshakesResumed == 1
+	})
+}

@@ -187,6 +187,9 @@ func (s *Server) handle(ctx, hard context.Context, c net.Conn) {
 	s.stats.handshakeTime.observe(time.Since(began))
 	s.stats.handshakesOK.Add(1)
 	cs := tc.ConnectionState()
+	if cs.DidResume {
+		s.stats.handshakesResumed.Add(1)
+	}
 	id, _ := trust.PeerIdentity(cs)
 	peer := Peer{Addr: ip, Identity: id, Chains: cs.VerifiedChains}
 	switch cs.NegotiatedProtocol {
@@ -275,6 +278,9 @@ type Stats struct {
 	// slot was working; HandshakesEvicted, handshakes reset to make room
 	// for a newcomer because they were the oldest waiting on their peer.
 	HandshakesOK, HandshakesFailed, HandshakeLimit, HandshakesEvicted uint64
+	// HandshakesResumed are the successful handshakes that resumed a TLS
+	// session (a ticket), counted in HandshakesOK too.
+	HandshakesResumed uint64
 	// HandshakesInFlight are the handshakes holding a slot now, and
 	// HandshakesWaiting those of them waiting for their peer's next
 	// flight (the server's is written).
@@ -327,6 +333,7 @@ var RejectReasons = []string{
 type counters struct {
 	handshakesOK, handshakesFailed, handshakeLimit atomic.Uint64
 	handshakesEvicted                              atomic.Uint64
+	handshakesResumed                              atomic.Uint64
 	pendingEvicted                                 atomic.Uint64
 	noALPN                                         atomic.Uint64
 	streamsTotal                                   atomic.Uint64
@@ -350,6 +357,7 @@ func (s *Server) Stats() Stats {
 		HandshakesFailed:   s.stats.handshakesFailed.Load(),
 		HandshakeLimit:     s.stats.handshakeLimit.Load(),
 		HandshakesEvicted:  s.stats.handshakesEvicted.Load(),
+		HandshakesResumed:  s.stats.handshakesResumed.Load(),
 		HandshakesInFlight: inFlight,
 		HandshakesWaiting:  waiting,
 		Pending:            map[string]int{stageSilent.String(): silent, stageHello.String(): hello},

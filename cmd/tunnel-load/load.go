@@ -118,16 +118,21 @@ type LatencyResult struct {
 	P50us       float64 `json:"p50_us"`
 	P99us       float64 `json:"p99_us"`
 	MaxUs       float64 `json:"max_us"`
+	// Refused counts the connections that failed (closed, reset or
+	// wrong bytes; connrate and tlsrate): the latency figures are those of
+	// the others.
+	Refused int `json:"refused"`
 }
 
 func latencyResult(lat []time.Duration, conc int, elapsed time.Duration) LatencyResult {
+	r := LatencyResult{Count: len(lat), Concurrency: conc, Seconds: elapsed.Seconds(), PerSec: float64(len(lat)) / elapsed.Seconds()}
+	if len(lat) == 0 {
+		return r
+	}
 	slices.Sort(lat)
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-	return LatencyResult{
-		Count: len(lat), Concurrency: conc, Seconds: elapsed.Seconds(),
-		PerSec: float64(len(lat)) / elapsed.Seconds(),
-		P50us:  us(percentile(lat, 0.50)), P99us: us(percentile(lat, 0.99)), MaxUs: us(lat[len(lat)-1]),
-	}
+	r.P50us, r.P99us, r.MaxUs = us(percentile(lat, 0.50)), us(percentile(lat, 0.99)), us(lat[len(lat)-1])
+	return r
 }
 
 // percentile returns the p-quantile of sorted (nearest rank).
@@ -193,40 +198,40 @@ func cmdConnrate(ctx context.Context, fs *flag.FlagSet, args []string, stdout io
 		return err
 	}
 	msg := payload[:*size]
-	lat := make([]time.Duration, *count)
-	var next atomic.Int64
+	return emit(stdout, rate(*count, *conc, func() error {
+		got := make([]byte, len(msg))
+		return echoOnce(ctx, *addr, msg, got)
+	}))
+}
+
+// rate runs count operations, conc at a time, and returns their rate and
+// latencies; an operation that fails is counted as refused and the run goes
+// on, so a limit that refuses some shows as that number, not as a failed run.
+func rate(count, conc int, op func() error) LatencyResult {
+	lat := make([]time.Duration, 0, count)
 	var mu sync.Mutex
-	var first error
+	var next, refused atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range *conc {
+	for range conc {
 		wg.Go(func() {
-			got := make([]byte, len(msg))
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(*count) {
-					return
-				}
+			for next.Add(1) <= int64(count) {
 				t0 := time.Now()
-				err := echoOnce(ctx, *addr, msg, got)
-				lat[i] = time.Since(t0)
-				if err != nil {
-					mu.Lock()
-					if first == nil {
-						first = fmt.Errorf("connection %d: %w", i, err)
-					}
-					mu.Unlock()
-					next.Store(int64(*count)) // stop everyone
-					return
+				if err := op(); err != nil {
+					refused.Add(1)
+					continue
 				}
+				d := time.Since(t0)
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	if first != nil {
-		return first
-	}
-	return emit(stdout, latencyResult(lat, *conc, time.Since(start)))
+	r := latencyResult(lat, conc, time.Since(start))
+	r.Count, r.Refused = count, int(refused.Load())
+	return r
 }
 
 // echoOnce dials addr, sends msg, reads it back into got and closes.

@@ -32,6 +32,8 @@ const usage = `usage:
   tunnel-load streams --addr ADDR --count N --pids P,Q      N idle connections held open, then RSS of P,Q
   tunnel-load handshakes --addr ADDR --count N --ca F --server-name S (--cert F --key F | --ca-key F [--sources 127.1.0.0/16])
                                                              N tunnel sessions at once against one server
+  tunnel-load tlsrate --addr ADDR --count N --concurrency C --cert F --key F --ca F --server-name S [--alpn tunnel/1]
+                                                             N full mutual-TLS handshakes (no resumption), C at a time
 Measurements print one JSON object on stdout. Exit status 2: bad usage; 1: the run failed.`
 
 // usageError marks a command-line mistake (exit status 2).
@@ -52,6 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"connrate":   cmdConnrate,
 		"streams":    cmdStreams,
 		"handshakes": cmdHandshakes,
+		"tlsrate":    cmdTLSRate,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

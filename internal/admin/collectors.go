@@ -81,12 +81,13 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		routeBytes = desc("route_bytes_total", "Bytes carried per route: in towards the backend, out back.", "route", "direction")
 		routeStr   = desc("route_streams_total", "Streams that reached a route's backend.", "route")
 		violations = desc("protocol_violations_total", "Sessions ended by the frame guard, by kind.", "kind")
+		resumed    = desc("handshakes_resumed_total", "Successful TLS handshakes that resumed a session (counted in handshakes_total ok too).")
 		memHeld    = desc("memory_held_bytes", "Stream data all sessions hold received and not yet taken by the backends, copy buffers included.")
 		memBudget  = desc("memory_budget_bytes", "The bound on memory_held_bytes (--memory-budget).")
 	)
 	return collectorFunc{
 		descs: []*prometheus.Desc{rejected, pending, inFlight, hsWaiting, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
-			violations, memHeld, memBudget},
+			violations, memHeld, memBudget, resumed},
 		collect: func(ch chan<- prometheus.Metric) {
 			fst := f.Stats()
 			st := s.Stats() // its Rejected holds the filter's reasons too, each from zero
@@ -110,6 +111,7 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 				counter(ch, routeStr, rs.Streams, route)
 			}
 			counter(ch, handshakes, st.HandshakesOK, "ok")
+			counter(ch, resumed, st.HandshakesResumed)
 			counter(ch, handshakes, st.HandshakesFailed, "failed")
 			counter(ch, handshakes, st.HandshakeLimit, "limit")
 			counter(ch, handshakes, st.HandshakesEvicted, "evicted")

@@ -21,20 +21,21 @@ type config struct {
 	WANRTT          time.Duration `json:"wan_rtt_ns"`
 	WANRate         int64         `json:"wan_rate_bytes_per_s"`
 	HandshakesCount int           `json:"handshakes_count"`
+	TLSRateCount    int           `json:"tlsrate_count"`
 }
 
 var fullConfig = config{
 	Rounds: 5, ThroughputBytes: 1 << 30, ParallelConns: 16, ParallelBytes: 128 << 20,
 	PingpongCount: 20000, ConnrateCount: 2000, StreamsCount: 10000,
 	WANBytes: 256 << 20, WANRTT: 50 * time.Millisecond, WANRate: 125_000_000,
-	HandshakesCount: 500,
+	HandshakesCount: 500, TLSRateCount: 2000,
 }
 
 var smokeConfig = config{
 	Rounds: 1, ThroughputBytes: 64 << 20, ParallelConns: 16, ParallelBytes: 4 << 20,
 	PingpongCount: 2000, ConnrateCount: 200, StreamsCount: 1000,
 	WANBytes: 16 << 20, WANRTT: 50 * time.Millisecond, WANRate: 125_000_000,
-	HandshakesCount: 500,
+	HandshakesCount: 500, TLSRateCount: 200,
 }
 
 // Target names.
@@ -205,7 +206,54 @@ var scenarios = []scenario{
 				all = append(all, out...)
 			}
 			return all, nil
-		}, w.noStreamRate()...)
+		})
+	}},
+	{"raw", func(ctx context.Context, w *world, cfg config) ([]*series, error) {
+		// Raw mode: one mutual-TLS connection per local connection, no
+		// yamux, no header (a --raw client to a --raw-route): the same job
+		// as stunnel's.
+		srv, addr, err := w.startServer("raw", "--raw-route", "sink")
+		if err != nil {
+			return nil, err
+		}
+		p, err := w.startClient("raw", addr, "--raw")
+		if err != nil {
+			srv.stop()
+			return nil, err
+		}
+		p.server, p.serverAddr = srv, addr
+		s := &tlsSetup{pair: p}
+		if w.stunnel != "" {
+			if s.st, err = w.startStunnel("raw"); err != nil {
+				p.stop()
+				return nil, err
+			}
+		}
+		out, err := w.runRounds(ctx, cfg.Rounds, "raw", "", s.targets(w, "sink"), "throughput",
+			"--bytes", fmt.Sprint(cfg.ThroughputBytes))
+		if err != nil {
+			p.stop()
+			if s.st != nil {
+				s.st.stop()
+			}
+			return nil, err
+		}
+		s.finish(out)
+		return out, nil
+	}},
+	{"tlsrate", func(ctx context.Context, w *world, cfg config) ([]*series, error) {
+		return w.withBoth(ctx, "tlsrate", func(s *tlsSetup) ([]*series, error) {
+			args := []string{"--count", fmt.Sprint(cfg.TLSRateCount), "--concurrency", "8",
+				"--cert", w.file("bench.pem"), "--key", w.file("bench-key.pem"), "--ca", w.file("ca.pem"),
+				"--server-name", serverName}
+			tun, err := w.runRounds(ctx, cfg.Rounds, "tlsrate", "c=8", []target{{tunnel, s.pair.serverAddr}}, "tlsrate",
+				append(args, "--alpn", "tunnel/1")...)
+			if err != nil || s.st == nil {
+				return tun, err
+			}
+			st, err := w.runRounds(ctx, cfg.Rounds, "tlsrate", "c=8", []target{{stunnel, s.st.serverEcho}}, "tlsrate", args...)
+			return append(tun, st...), err
+		})
 	}},
 	{"streams", runStreams},
 	{"wan", runWAN},
@@ -237,7 +285,7 @@ func runStreams(ctx context.Context, w *world, cfg config) ([]*series, error) {
 	se := &series{Scenario: "streams", Target: tunnel}
 	for r := range cfg.Rounds {
 		// The server's per-session stream cap must admit them all.
-		p, err := w.startPair("streams", append([]string{"--max-streams", fmt.Sprint(cfg.StreamsCount + 100)}, w.noStreamRate()...)...)
+		p, err := w.startPair("streams", "--max-streams", fmt.Sprint(cfg.StreamsCount+100))
 		if err != nil {
 			return nil, err
 		}

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/internal/devpki"
@@ -33,24 +32,7 @@ type world struct {
 	profile string   // --profile directory, or ""
 	env     []string // --tunnel-env
 
-	helpOnce      sync.Once
-	hasStreamRate bool // the server has --max-stream-rate; set by helpOnce
-	backends      *proc
-}
-
-// noStreamRate returns the server flags that lift its per-session limit on
-// stream opens per second (--max-stream-rate, an abuse limit whose default,
-// 1000/s, is what connrate and streams would otherwise measure), or none if
-// this tunnel has no such flag.
-func (w *world) noStreamRate() []string {
-	w.helpOnce.Do(func() {
-		out, _ := exec.Command(w.tunnel, "server", "--help").CombinedOutput()
-		w.hasStreamRate = strings.Contains(string(out), "--max-stream-rate")
-	})
-	if !w.hasStreamRate {
-		return nil
-	}
-	return []string{"--max-stream-rate", "1000000"}
+	backends *proc
 }
 
 // build compiles the tunnel and the load tool into dir.
@@ -172,11 +154,12 @@ func (w *world) startPair(tag string, serverFlags ...string) (*pair, error) {
 // startClient starts a tunnel client whose session goes to addr, forwarding
 // a local port to each route, and waits for its session. The pair it
 // returns has no server.
-func (w *world) startClient(tag, addr string) (*pair, error) {
-	c, err := startProc("tunnel client", w.tunnel, w.profileEnv(tag+"-client"), "client",
+func (w *world) startClient(tag, addr string, extra ...string) (*pair, error) {
+	args := append([]string{"client",
 		"--server", addr, "--server-name", serverName,
 		"--cert", w.file("bench.pem"), "--key", w.file("bench-key.pem"), "--ca", w.file("ca.pem"),
-		"--forward", "127.0.0.1:0=sink", "--forward", "127.0.0.1:0=echo", "--log-format", "json")
+		"--forward", "127.0.0.1:0=sink", "--forward", "127.0.0.1:0=echo", "--log-format", "json"}, extra...)
+	c, err := startProc("tunnel client", w.tunnel, w.profileEnv(tag+"-client"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +172,9 @@ func (w *world) startClient(tag, addr string) (*pair, error) {
 		}
 		*dst = fmt.Sprint(ev["listen"])
 	}
+	if slices.Contains(extra, "--raw") {
+		return p, nil // a raw client has no session: one TLS connection per local connection
+	}
 	if _, err := c.event(10*time.Second, "session_opened"); err != nil {
 		c.stop()
 		return nil, err
@@ -200,10 +186,11 @@ func (w *world) startClient(tag, addr string) (*pair, error) {
 // TLS 1.3, the same certificates, the client's certificate required and
 // verified, the server's chain and name checked by the client, TCP_NODELAY
 // on every socket as Go sets it. sink and echo are the client's accept
-// addresses.
+// addresses, serverEcho the server's TLS port in front of the echo backend.
 type stunnels struct {
 	server, client *proc
 	sink, echo     string
+	serverEcho     string
 }
 
 func (s *stunnels) stop() {
@@ -255,7 +242,7 @@ func (w *world) startStunnel(tag string) (*stunnels, error) {
 		fmt.Fprintf(&cli, "[%s]\nclient = yes\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\n%scheckHost = %s\n",
 			svc.name, ports[2+i], ports[i], w.file("bench.pem"), w.file("bench-key.pem"), tlsOpts, serverName)
 	}
-	st := &stunnels{sink: ports[2], echo: ports[3]}
+	st := &stunnels{sink: ports[2], echo: ports[3], serverEcho: ports[1]}
 	for _, c := range []struct {
 		role string
 		conf string
