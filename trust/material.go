@@ -1,5 +1,9 @@
-// Package trust owns the TLS configuration of both roles: certificate, key
-// and CA loading, leaf usage checks, and the identity of a verified peer.
+// Package trust owns what a TLS peer is trusted on, for both roles: loading
+// the certificate, key, CA bundle and CRL files into one immutable Material
+// behind a Store; the TLS configs with their leaf usage checks; the identity
+// of a verified peer; and revocation checking (RevocationChecker) against
+// CRL files and CRLs fetched from Distribution Points through an
+// SSRF-hardened fetcher (CRLFetcher), cached and refreshed (CRLStore).
 package trust
 
 import (
@@ -24,6 +28,19 @@ type Sources struct {
 	KeyFile  string   // PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted
 	CAFile   string   // PEM bundle of the CA certificates that verify the peer
 	CRLFiles []string // CRLs (PEM, one or more per file, or DER) checked against the peer's chain
+}
+
+// Paths returns the files src names (certificate, key, CA bundle, CRL
+// files), without empty names and duplicates: what a reload re-reads and
+// what a file watcher should watch.
+func (s Sources) Paths() []string {
+	var out []string
+	for _, p := range append([]string{s.CertFile, s.KeyFile, s.CAFile}, s.CRLFiles...) {
+		if p != "" && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Material is one immutable, checked load of Sources. It is never mutated

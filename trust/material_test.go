@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -273,5 +274,12 @@ func TestLooseKeyFile(t *testing.T) {
 	}
 	if _, loose := trust.LooseKeyFile(dir + "/missing"); loose {
 		t.Error("a missing file reported loose")
+	}
+}
+
+func TestSourcesPaths(t *testing.T) {
+	src := trust.Sources{CertFile: "c.pem", KeyFile: "k.pem", CAFile: "c.pem", CRLFiles: []string{"a.crl", "", "b.crl"}}
+	if got, want := src.Paths(), []string{"c.pem", "k.pem", "a.crl", "b.crl"}; !slices.Equal(got, want) {
+		t.Errorf("Paths() = %q, want %q", got, want)
 	}
 }

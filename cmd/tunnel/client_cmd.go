@@ -13,6 +13,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/client"
 	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/internal/reload"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -171,9 +172,8 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 		return &configError{err: err}
 	}
 	defer setup.rc.Close()
-	var reloads reloadStats
 	reloader := &clientReloader{layers: layers, running: c, log: log, cl: cl, store: store, rc: setup.rc, token: token}
-	stopReload, requestReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers, token), reloader.apply, &reloads)
+	reloads, stopReload, err := startReloads(c.Context, log, c.Duration("reload-interval"), watchPaths(src, layers, token), reloader.apply)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
@@ -183,7 +183,7 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 	log.WithField("revocation", revocationSummary(setup.rc.Policy(), len(src.CRLFiles))).Info("revocation checking of the server's chain")
 	setup.rc.Start(c.Context)
 	stopAdmin, err := startAdmin(c, log, token, admin.Config{
-		Reload: requestReload,
+		Reload: func() { reloads.Request(reload.TriggerAdmin) },
 		Ready: func() error {
 			if !cl.Stats().SessionUp && !setup.cfg.Raw { // --raw keeps no session
 				return errors.New("no session to the server")
@@ -191,7 +191,7 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 			return nil
 		},
 		RefreshCRLs: setup.rc.Refresh,
-		Collectors:  []prometheus.Collector{admin.ClientCollector(cl), admin.RevocationCollector(setup.rc), admin.ReloadCollector(reloads.counts)},
+		Collectors:  []prometheus.Collector{admin.ClientCollector(cl), admin.RevocationCollector(setup.rc), admin.ReloadCollector(reloads.Counts)},
 	})
 	if err != nil {
 		return err

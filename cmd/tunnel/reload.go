@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,113 +16,55 @@ import (
 
 	"github.com/tunnel-dev/tunnel/client"
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/reload"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/server"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
-// Reload triggers, logged in the trigger field.
-const (
-	triggerSIGHUP = "sighup"
-	triggerAdmin  = "admin"        // POST /reload on the admin listener
-	triggerFiles  = "file_changed" // an fsnotify event or the periodic re-read
-)
-
-// DefaultReloadInterval is how often the watched files are re-read even
-// without a file event: the fallback where inotify sees nothing (NFS, FUSE).
-const DefaultReloadInterval = time.Minute
-
 // reloadFlags are the reload flags of both roles.
 func reloadFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.DurationFlag{Name: "reload-interval", Value: DefaultReloadInterval, EnvVars: []string{"TUNNEL_RELOAD_INTERVAL"},
+		&cli.DurationFlag{Name: "reload-interval", Value: reload.DefaultInterval, EnvVars: []string{"TUNNEL_RELOAD_INTERVAL"},
 			Usage: "re-read the certificate, key, CA, CRL and config files this often even without a file event (0: only on events and SIGHUP)"},
 	}
 }
 
-// reloadStats count reloads by result, for the admin metrics.
-type reloadStats struct{ applied, rejected atomic.Uint64 }
-
-func (r *reloadStats) counts() (applied, rejected uint64) { return r.applied.Load(), r.rejected.Load() }
-
-// reloadFunc builds a complete new configuration from the files and flags
-// and swaps it in, or changes nothing and returns why. It returns the files
-// the next reload depends on (even on error, when it knows them) and the
-// fields of the reload_applied line.
-type reloadFunc func(ctx context.Context, trigger string) (paths []string, fields logrus.Fields, err error)
-
 // startReloads runs apply on SIGHUP, on each call of the returned request
-// (POST /reload), and whenever one of the watched files changes (fsnotify on
-// their directories, debounced, plus a re-read every interval), one reload
-// at a time, until the returned stop is called; stop waits for the reload in
-// progress. request never blocks: requests made while a reload runs become
-// one more reload after it. Each reload logs reload_applied or
-// reload_rejected with its trigger and duration.
-func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration, paths []string, apply reloadFunc, stats *reloadStats) (stop, request func(), err error) {
-	w, err := trust.NewWatcher(paths, trust.WatchConfig{Interval: interval, Log: log})
+// (POST /reload), and whenever one of the watched files changes, one
+// reload at a time (reload.Loop), until the returned stop is called; stop
+// waits for the reload in progress.
+func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration, paths []string, apply reload.Func) (loop *reload.Loop, stop func(), err error) {
+	loop, err = reload.New(reload.Config{Paths: paths, Interval: interval, Apply: apply, Log: log})
 	if err != nil {
 		return nil, nil, err
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // never delivered on Windows, which has no SIGHUP
-	asked := make(chan struct{}, 1)
-	request = func() {
-		select {
-		case asked <- struct{}{}:
-		default: // one is pending already
-		}
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := w.Run(ctx); err != nil {
-			log.WithError(err).Warn("cannot watch files; reloading on SIGHUP only")
-		}
-	})
+	wg.Go(func() { loop.Run(ctx) })
 	wg.Go(func() {
 		for {
-			var trigger string
 			select {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				trigger = triggerSIGHUP
-			case <-asked:
-				trigger = triggerAdmin
-			case <-w.Changes():
-				trigger = triggerFiles
+				loop.Request(reload.TriggerSIGHUP)
 			}
-			start := time.Now()
-			paths, fields, err := apply(ctx, trigger)
-			if paths != nil {
-				w.SetPaths(paths)
-			}
-			took := time.Since(start).Milliseconds()
-			if err != nil {
-				stats.rejected.Add(1)
-				log.WithFields(logrus.Fields{
-					audit.Event: audit.ReloadRejected, audit.Reason: "load_failed", audit.Trigger: trigger,
-					audit.Error: err.Error(), audit.DurationMS: took,
-				}).Error("reload rejected; the running configuration stays")
-				continue
-			}
-			stats.applied.Add(1)
-			log.WithFields(fields).WithFields(logrus.Fields{
-				audit.Event: audit.ReloadApplied, audit.Trigger: trigger, audit.DurationMS: took,
-			}).Info("reload applied")
 		}
 	})
-	return func() {
+	return loop, func() {
 		signal.Stop(hup)
 		cancel()
 		wg.Wait()
-	}, request, nil
+	}, nil
 }
 
 // operatorAsked reports whether an operator asked for this reload (SIGHUP,
 // POST /reload) rather than a file change: such a reload refetches the CRLs
 // too.
-func operatorAsked(trigger string) bool { return trigger != triggerFiles }
+func operatorAsked(trigger string) bool { return trigger != reload.TriggerFiles }
 
 // watchPaths are the files a configuration depends on: its TLS files, its
 // config file and the admin token file.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/admin"
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/reload"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/server"
 	"github.com/tunnel-dev/tunnel/trust"
@@ -249,9 +250,8 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	// sessions whose chain it now revokes.
 	recheck := func() { srv.Recheck(audit.SessionRevoked, server.RevocationCheck(rc)) }
 	rc.OnUpdate(recheck)
-	var reloads reloadStats
 	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc, token: token}
-	stopReload, requestReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers, token), reloader.apply, &reloads)
+	reloads, stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers, token), reloader.apply)
 	if err != nil {
 		return flagError("--reload-interval", "%v", err)
 	}
@@ -261,7 +261,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	log.WithField("revocation", revocationSummary(rc.Policy(), len(setup.src.CRLFiles))).Info("revocation checking of client chains")
 	rc.Start(ctx)
 	stopAdmin, err := startAdmin(c, log, token, admin.Config{
-		Reload: requestReload,
+		Reload: func() { reloads.Request(reload.TriggerAdmin) },
 		Ready: func() error {
 			if setup.store.Material() == nil {
 				return errors.New("no TLS material loaded")
@@ -269,7 +269,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 			return nil // listening: the listener is bound before the admin starts
 		},
 		RefreshCRLs: rc.Refresh,
-		Collectors:  []prometheus.Collector{admin.ServerCollector(srv, setup.cfg.Filter), admin.RevocationCollector(rc), admin.ReloadCollector(reloads.counts)},
+		Collectors:  []prometheus.Collector{admin.ServerCollector(srv, setup.cfg.Filter), admin.RevocationCollector(rc), admin.ReloadCollector(reloads.Counts)},
 	})
 	if err != nil {
 		return err
