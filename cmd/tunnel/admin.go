@@ -8,7 +8,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
-	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/admin"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 )
 

@@ -12,7 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tunnel-dev/tunnel/client"
-	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/admin"
 	"github.com/tunnel-dev/tunnel/internal/reload"
 	"github.com/tunnel-dev/tunnel/trust"
 )

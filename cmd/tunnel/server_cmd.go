@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
-	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/admin"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/reload"
 	"github.com/tunnel-dev/tunnel/netfilter"
@@ -269,7 +269,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 			return nil // listening: the listener is bound before the admin starts
 		},
 		RefreshCRLs: rc.Refresh,
-		Collectors:  []prometheus.Collector{admin.ServerCollector(srv, setup.cfg.Filter), admin.RevocationCollector(rc), admin.ReloadCollector(reloads.Counts)},
+		Collectors:  []prometheus.Collector{admin.ServerCollector(srv), admin.RevocationCollector(rc), admin.ReloadCollector(reloads.Counts)},
 	})
 	if err != nil {
 		return err

@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/admin"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 

@@ -1,5 +1,7 @@
 // Package admin owns the admin listener: Prometheus metrics, /healthz,
 // /readyz, and the reload and CRL-refresh endpoints, and who may call them.
+// It sits above the roles whose counters it exports (server, client,
+// trust); they never import it, and only it imports Prometheus.
 package admin
 
 import (
