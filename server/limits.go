@@ -103,7 +103,7 @@ func (s *Server) expire(ss *session) (stop func()) {
 	}
 	done := make(chan struct{})
 	t := time.AfterFunc(s.cfg.MaxSessionLifetime, func() {
-		ss.log.WithFields(logrus.Fields{audit.Event: "session_expiring", "lifetime": s.cfg.MaxSessionLifetime.String()}).
+		ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionExpiring, "lifetime": s.cfg.MaxSessionLifetime.String()}).
 			Info("session reached --max-session-lifetime: no new streams; closing when its streams are done")
 		ss.goAway()
 		deadline := time.Now().Add(s.cfg.ShutdownTimeout)

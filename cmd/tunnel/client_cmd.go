@@ -11,8 +11,9 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
-	"github.com/tunnel-dev/tunnel/client"
 	"github.com/tunnel-dev/tunnel/admin"
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/reload"
 	"github.com/tunnel-dev/tunnel/trust"
 )
@@ -200,6 +201,6 @@ func runClient(cmd *cli.Context, stderr io.Writer) error {
 	if err := cl.Run(c.Context); err != nil {
 		return fatal(log, err, "client failed")
 	}
-	log.WithField("event", "client_stopped").Info("client stopped")
+	log.WithField(audit.Event, audit.ClientStopped).Info("client stopped")
 	return nil
 }

@@ -172,12 +172,12 @@ func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, l
 		r.rc.Refresh()
 	}
 	fields := trust.IdentityOf(m.Certificate.Leaf).Fields()
-	fields["allow_prefixes"] = al.Len()
-	fields["routes"] = len(setup.cfg.Routes)
-	fields["sessions_closed"] = closed
+	fields[audit.AllowPrefixes] = al.Len()
+	fields[audit.Routes] = len(setup.cfg.Routes)
+	fields[audit.SessionsClosed] = closed
 	if rs := restartNeeded(r.layers, r.running, c, serverReloadable...); len(rs) > 0 {
-		fields["restart_needed"] = strings.Join(rs, ",")
-		r.log.WithField("restart_needed", strings.Join(rs, ",")).Warn("these settings changed but take effect only after a restart")
+		fields[audit.RestartNeeded] = strings.Join(rs, ",")
+		r.log.WithField(audit.RestartNeeded, strings.Join(rs, ",")).Warn("these settings changed but take effect only after a restart")
 	}
 	if fc != nil && fc.ruled && fc.access == nil {
 		r.log.Warn("routes from --route replace the config file's routes and their allow_identities/allow rules")
@@ -229,10 +229,10 @@ func (r *clientReloader) apply(ctx context.Context, trigger string) ([]string, l
 		r.rc.Refresh()
 	}
 	fields := trust.IdentityOf(m.Certificate.Leaf).Fields()
-	fields["forwards"] = len(setup.cfg.Forwards)
+	fields[audit.Forwards] = len(setup.cfg.Forwards)
 	if rs := restartNeeded(r.layers, r.running, c, clientReloadable...); len(rs) > 0 {
-		fields["restart_needed"] = strings.Join(rs, ",")
-		r.log.WithField("restart_needed", strings.Join(rs, ",")).Warn("these settings changed but take effect only after a restart")
+		fields[audit.RestartNeeded] = strings.Join(rs, ",")
+		r.log.WithField(audit.RestartNeeded, strings.Join(rs, ",")).Warn("these settings changed but take effect only after a restart")
 	}
 	return paths, fields, nil
 }

@@ -280,7 +280,7 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	} else if err != nil {
 		log.WithError(err).Warn("shutdown timeout reached; open streams were closed")
 	}
-	log.WithField(audit.Event, "server_stopped").Info("server stopped")
+	log.WithField(audit.Event, audit.ServerStopped).Info("server stopped")
 	return nil
 }
 

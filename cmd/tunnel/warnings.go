@@ -75,7 +75,7 @@ func keyFileWarnings(c *cli.Context) []configWarning {
 // logWarnings logs each warning as a config_warning line.
 func logWarnings(log *logrus.Entry, ws []configWarning) {
 	for _, w := range ws {
-		log.WithFields(logrus.Fields{audit.Event: audit.ConfigWarning, audit.Warning: w.kind, "flag": "--" + w.flag}).Warn(w.msg)
+		log.WithFields(logrus.Fields{audit.Event: audit.ConfigWarning, audit.Warning: w.kind, audit.Flag: "--" + w.flag}).Warn(w.msg)
 	}
 }
 
