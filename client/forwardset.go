@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 
@@ -27,18 +26,8 @@ type forwardUpdate struct {
 // being replaced, which must close first. It waits for Run to apply the
 // change, or for ctx. Safe for concurrent use while Run runs.
 func (c *Client) SetForwards(ctx context.Context, fwds []Forward) error {
-	if len(fwds) == 0 {
-		return errors.New("client: no forwards configured")
-	}
-	seen := map[Forward]bool{}
-	for _, f := range fwds {
-		if err := f.check(); err != nil {
-			return fmt.Errorf("client: forward %s=%s: %w", f.Listen, f.Route, err)
-		}
-		if seen[f] {
-			return fmt.Errorf("client: forward %s=%s given twice", f.Listen, f.Route)
-		}
-		seen[f] = true
+	if err := checkForwards(fwds); err != nil {
+		return err
 	}
 	u := forwardUpdate{fwds: fwds, done: make(chan error, 1)}
 	select {

@@ -61,23 +61,25 @@ func (s *Server) Apply(event string, snap Snapshot) (int, error) {
 	return n, nil
 }
 
-// newPolicy checks routes and indexes them by name.
+// newPolicy checks routes, and that rawRoute (if set) is one of them, and
+// indexes them by name: the one check of a server's routes, for New and
+// Reload alike. Errors are *FieldError.
 func newPolicy(routes []Route, rawRoute string) (*policy, error) {
 	if len(routes) == 0 {
-		return nil, errors.New("server: no routes configured")
+		return nil, &FieldError{"Routes", errors.New("no routes configured")}
 	}
 	m := make(map[string]Route, len(routes))
 	for _, r := range routes {
 		if err := r.check(); err != nil {
-			return nil, fmt.Errorf("server: route %q: %w", r.Name, err)
+			return nil, &FieldError{"Routes", fmt.Errorf("route %q: %w", r.Name, err)}
 		}
 		if _, dup := m[r.Name]; dup {
-			return nil, fmt.Errorf("server: route %q configured twice", r.Name)
+			return nil, &FieldError{"Routes", fmt.Errorf("route %q configured twice", r.Name)}
 		}
 		m[r.Name] = r
 	}
 	if _, ok := m[rawRoute]; rawRoute != "" && !ok {
-		return nil, fmt.Errorf("server: raw route %q is not a configured route", rawRoute)
+		return nil, &FieldError{"RawRoute", fmt.Errorf("%q is not the name of a configured route", rawRoute)}
 	}
 	return &policy{routes: m}, nil
 }

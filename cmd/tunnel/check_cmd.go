@@ -362,19 +362,13 @@ func checkTrust(ck *checker, c *cli.Context) *trust.Material {
 	if missing {
 		return nil
 	}
-	m, err := loadTrust(src)
-	ck.add(err)
-	if err != nil {
-		// Load stops at the first bad file; a CA bundle problem is worth
-		// reporting next to a key problem.
-		var le *trust.LoadError
-		if errors.As(err, &le) && le.Field != "ca" {
-			if _, err := loadTrust(trust.Sources{CertFile: src.CAFile, KeyFile: src.KeyFile, CAFile: src.CAFile}); err != nil {
-				if errors.As(err, &le) && le.Field == "ca" {
-					ck.add(err)
-				}
-			}
+	m, err := trust.Load(src)
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			ck.add(trustError(e))
 		}
+	} else if err != nil {
+		ck.add(trustError(err))
 	}
 	return m
 }

@@ -310,17 +310,25 @@ func tlsSources(c *cli.Context) (trust.Sources, error) {
 	return src, nil
 }
 
-// loadTrust loads the TLS files and names the flag of the one at fault.
+// sourceFlags name the flag of each trust.Sources field.
+var sourceFlags = map[string]string{"CertFile": "--cert", "KeyFile": "--key", "CAFile": "--ca", "CRLFiles": "--crl"}
+
+// loadTrust loads the TLS files and names the flag of the first one at
+// fault.
 func loadTrust(src trust.Sources) (*trust.Material, error) {
 	m, err := trust.Load(src)
 	if err != nil {
-		var le *trust.LoadError
-		if errors.As(err, &le) {
-			return nil, flagError("--"+le.Field, "%q: %v", le.Path, le.Err)
-		}
-		return nil, &configError{err: err}
+		return nil, trustError(err)
 	}
 	return m, nil
+}
+
+func trustError(err error) error {
+	var le *trust.LoadError
+	if errors.As(err, &le) {
+		return flagError(sourceFlags[le.Field], "%q: %v", le.Path, le.Err)
+	}
+	return &configError{err: err}
 }
 
 // logTrust logs which certificate the process presents, by serial and
