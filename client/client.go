@@ -35,10 +35,12 @@ func (e *ListenError) Unwrap() error { return e.Err }
 // Client is the client role. Create it with New; Run it once, from one
 // goroutine (Listen first if wanted).
 type Client struct {
-	cfg    Config
-	log    *logrus.Entry
-	keeper *SessionKeeper // in Raw mode only its server rotation is used
-	lns    []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
+	cfg     Config
+	log     *logrus.Entry
+	servers *rotation      // Server and Failover, and the one to dial first
+	memory  *mux.Budget    // the stream buffers of every session and raw connection
+	keeper  *SessionKeeper // nil in Raw mode, which dials per local connection
+	lns     []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
 
 	updates chan forwardUpdate // SetForwards -> Run
 
@@ -53,7 +55,12 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg, log: cfg.Log, keeper: newSessionKeeper(cfg), updates: make(chan forwardUpdate)}, nil
+	c := &Client{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()),
+		memory: mux.NewBudget(mux.DefaultProcessBudget, nil), updates: make(chan forwardUpdate)}
+	if !cfg.Raw {
+		c.keeper = newSessionKeeper(cfg, c.servers, c.memory)
+	}
+	return c, nil
 }
 
 // Listen binds every forward's local address. If one cannot be bound it
@@ -90,7 +97,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if !c.cfg.Raw { // raw mode dials per local connection, see raw.go
+	if c.keeper != nil { // raw mode dials per local connection, see raw.go
 		wg.Go(func() { c.keeper.Run(ctx) })
 	}
 	var fs forwardSet // the live listeners; SetForwards changes them through Run
@@ -153,7 +160,7 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 	// Copy at once: the local side's first bytes follow the header without
 	// waiting for the status, which the first read from the stream checks.
 	start := time.Now()
-	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.keeper.memory})
+	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory})
 	if se, ok := errors.AsType[*wire.StatusError](err); ok {
 		c.streamsFailed.Add(1)
 		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: se.Code.String()}).
@@ -223,7 +230,7 @@ func (s *statusConn) Read(p []byte) (int, error) {
 
 // Stats is a snapshot of the client's counters.
 type Stats struct {
-	SessionUp     bool
+	SessionUp     bool // a session to a server is up (never in Raw mode)
 	StreamsActive int64
 	StreamsTotal  uint64
 	StreamsFailed uint64
@@ -231,11 +238,8 @@ type Stats struct {
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
 func (c *Client) Stats() Stats {
-	c.keeper.mu.Lock()
-	up := c.keeper.cur != nil
-	c.keeper.mu.Unlock()
 	return Stats{
-		SessionUp: up, StreamsActive: c.streamsActive.Load(),
+		SessionUp: c.keeper != nil && c.keeper.up(), StreamsActive: c.streamsActive.Load(),
 		StreamsTotal: c.streamsTotal.Load(), StreamsFailed: c.streamsFailed.Load(),
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/trust"
 )
 
 // Defaults for the zero values of Config's fields.
@@ -47,13 +49,28 @@ type Config struct {
 	// own mutual-TLS connection to the server, with no ALPN and no yamux,
 	// and the route name of its forward is only a label in the logs. That
 	// is what a stunnel or ghostunnel server, or a tunnel server's raw
-	// route, expects. The TLS config must then offer no ALPN.
+	// route, expects. A TLS config set here must then offer no ALPN.
 	Raw bool
 
-	// TLS returns the TLS configuration for one dial of the server
-	// (trust.ClientConfig); required. It is called for every dial, so a
-	// reloaded certificate is used by the next dial. A config whose
-	// ServerName is empty gets the host of the address being dialled.
+	// Trust holds the TLS material the client presents and verifies the
+	// server with; Reload swaps it. Required unless TLS is set.
+	Trust *trust.Store
+
+	// ServerName is the name the server's certificate must carry; empty
+	// means the host of the address being dialled.
+	ServerName string
+
+	// Revocation, if set, checks the server's chain for revocation on every
+	// dial (when TLS is nil), and Reload has it re-read the CRL files. The
+	// caller starts and closes it.
+	Revocation *trust.RevocationChecker
+
+	// TLS returns the TLS configuration for one dial of the server. It is
+	// called for every dial, so a reloaded certificate is used by the next
+	// dial; a config whose ServerName is empty gets the host of the address
+	// being dialled. Nil means trust.ClientConfig(Trust, ServerName, ALPN,
+	// trust.WithRevocation(Revocation)), where ALPN is trust.ALPNTunnel, or
+	// none in Raw mode.
 	TLS func() *tls.Config
 
 	// Forwards are the local listeners; at least one.
@@ -104,8 +121,8 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // defaults. Errors are *FieldError.
 func (c Config) withDefaults() (Config, error) {
 	switch {
-	case c.TLS == nil:
-		return c, &FieldError{"TLS", errors.New("required")}
+	case c.TLS == nil && c.Trust == nil:
+		return c, &FieldError{"Trust", errors.New("required")}
 	case c.Log == nil:
 		return c, &FieldError{"Log", errors.New("required")}
 	}
@@ -142,6 +159,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.BackoffMax < c.BackoffMin {
 		return c, &FieldError{"BackoffMax", fmt.Errorf("%v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)}
+	}
+	if c.TLS == nil {
+		alpn := []string{trust.ALPNTunnel}
+		if c.Raw {
+			alpn = nil // what stunnel and ghostunnel servers, and a raw route, expect
+		}
+		store, name, rc := c.Trust, c.ServerName, c.Revocation
+		c.TLS = func() *tls.Config { return trust.ClientConfig(store, name, alpn, trust.WithRevocation(rc)) }
 	}
 	return c, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
 )
 
 // Defaults for the zero values of Config's fields.
@@ -47,8 +48,21 @@ func DefaultMaxHandshakes() int { return 128 * runtime.GOMAXPROCS(0) }
 // negative duration or limit is an error; New reports each bad field as a
 // *FieldError.
 type Config struct {
-	// TLS is the server's TLS configuration (trust.ServerConfig); required.
-	// It must require and verify client certificates.
+	// Trust holds the TLS material handshakes use; Reload swaps it.
+	// Required unless TLS is set.
+	Trust *trust.Store
+
+	// Revocation, if set, checks client chains for revocation on every
+	// handshake (when TLS is nil); whenever its CRLs change it closes the
+	// live sessions they now revoke, and Reload has it re-read the CRL
+	// files. New registers itself with it (OnUpdate); the caller starts and
+	// closes it.
+	Revocation *trust.RevocationChecker
+
+	// TLS is the server's TLS configuration. Nil means
+	// trust.ServerConfig(Trust, [trust.ALPNTunnel],
+	// trust.WithRevocation(Revocation)). A config set here must require and
+	// verify client certificates, and read Trust if Reload is to change it.
 	TLS *tls.Config
 
 	// Filter admits or rejects peers by address before any byte is read;
@@ -192,8 +206,8 @@ func (e *FieldError) Unwrap() error { return e.Err }
 func (c Config) withDefaults() (Config, error) {
 	required := errors.New("required")
 	switch {
-	case c.TLS == nil:
-		return c, &FieldError{"TLS", required}
+	case c.TLS == nil && c.Trust == nil:
+		return c, &FieldError{"Trust", required}
 	case c.Filter == nil:
 		return c, &FieldError{"Filter", required}
 	case c.Log == nil:
@@ -221,6 +235,9 @@ func (c Config) withDefaults() (Config, error) {
 		if err != nil {
 			return c, err
 		}
+	}
+	if c.TLS == nil {
+		c.TLS = trust.ServerConfig(c.Trust, []string{trust.ALPNTunnel}, trust.WithRevocation(c.Revocation))
 	}
 	return c, nil
 }

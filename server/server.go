@@ -39,7 +39,7 @@ var ErrShutdownForced = errors.New("server: shutdown timeout: open streams were 
 type Server struct {
 	cfg     Config
 	log     *logrus.Entry
-	policy  atomic.Pointer[policy] // routes and rules; replaced whole by Apply
+	policy  atomic.Pointer[policy] // routes and rules; replaced whole by Reload
 	slots   *slotSet               // handshakes in flight
 	pending *pendingSet            // connections in their prologue
 
@@ -57,7 +57,7 @@ type Server struct {
 }
 
 // New checks cfg, fills in its defaults and returns a Server. It starts no
-// goroutine and opens nothing.
+// goroutine and opens nothing. Errors are *FieldError.
 func New(cfg Config) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -83,6 +83,11 @@ func New(cfg Config) (*Server, error) {
 		s.stats.violations[k] = new(atomic.Uint64)
 	}
 	s.policy.Store(p)
+	if rc := cfg.Revocation; rc != nil {
+		// A CRL that changed (fetched, or a CRL file reloaded) closes the
+		// live sessions whose chain it now revokes.
+		rc.OnUpdate(func() { s.Recheck(audit.SessionRevoked, RevocationCheck(rc)) })
+	}
 	return s, nil
 }
 

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
@@ -78,15 +76,6 @@ func loadClient(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*clientSetup
 	if err != nil {
 		return nil, err
 	}
-	// Empty with several servers: each dial checks the host it dialled.
-	name := c.String("server-name")
-	if host, _, _ := net.SplitHostPort(servers[0]); name == "" && len(servers) == 1 {
-		name = host
-	}
-	alpn := []string{trust.ALPNTunnel}
-	if c.Bool("raw") {
-		alpn = nil // what stunnel and ghostunnel servers, and a --raw-route, expect
-	}
 	var fwds []client.Forward
 	for _, v := range splitValues(c.StringSlice("forward"), ",") {
 		f, err := client.ParseForward(v)
@@ -118,13 +107,13 @@ func loadClient(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*clientSetup
 	store := trust.NewStore(m)
 	rc := trust.NewRevocationChecker(policy, store, log)
 	cfg := client.Config{
-		Server:   servers[0],
-		Failover: servers[1:],
-		Source:   source,
-		Raw:      c.Bool("raw"),
-		TLS: func() *tls.Config {
-			return trust.ClientConfig(store, name, alpn, trust.WithRevocation(rc))
-		},
+		Server:           servers[0],
+		Failover:         servers[1:],
+		Source:           source,
+		Raw:              c.Bool("raw"),
+		Trust:            store,
+		ServerName:       c.String("server-name"), // empty: each dial checks the host it dialled
+		Revocation:       rc,
 		Forwards:         fwds,
 		ConnectTimeout:   c.Duration("connect-timeout"),
 		DialTimeout:      c.Duration("dial-timeout"),

@@ -146,27 +146,11 @@ func (r *serverReloader) apply(ctx context.Context, trigger string) ([]string, l
 		return paths, nil, err
 	}
 	m, al := setup.store.Material(), setup.cfg.Filter.Allowlist()
-	admit := server.JoinChecks(server.TrustCheck(m), func(p server.Peer) string {
-		if !al.Contains(p.Addr) {
-			return netfilter.ReasonIPNotAllowed
-		}
-		return ""
-	})
-	// Apply validates before it changes anything; then new handshakes get
-	// the new material and new connections the new allowlist.
-	closed, err := r.srv.Apply(audit.SessionRevoked, server.Snapshot{Routes: setup.cfg.Routes, Admit: admit})
+	closed, err := r.srv.Reload(server.State{Material: m, Allowlist: al, Routes: setup.cfg.Routes})
 	if err != nil {
 		return paths, nil, err
 	}
-	r.store.Swap(m)
 	applyToken()
-	if err := r.filter.SetAllowlist(al); err != nil {
-		return paths, nil, err // unreachable: al is never nil
-	}
-	// CRL files and the CA bundle come with the material: look at the
-	// bundle's intermediates, then re-check live sessions against both.
-	r.rc.Reloaded()
-	closed += r.srv.Recheck(audit.SessionRevoked, server.RevocationCheck(r.rc))
 	logWarnings(r.log, append(allowWarnings(al), keyFileWarnings(c)...))
 	if operatorAsked(trigger) {
 		r.rc.Refresh()
@@ -217,13 +201,11 @@ func (r *clientReloader) apply(ctx context.Context, trigger string) ([]string, l
 	if err != nil {
 		return paths, nil, err
 	}
-	if err := r.cl.SetForwards(ctx, setup.cfg.Forwards); err != nil {
+	m := setup.store.Material()
+	if err := r.cl.Reload(ctx, client.State{Material: m, Forwards: setup.cfg.Forwards}); err != nil {
 		return paths, nil, err
 	}
-	m := setup.store.Material()
-	r.store.Swap(m) // the next dial presents the new certificate
 	applyToken()
-	r.rc.Reloaded()
 	logWarnings(r.log, keyFileWarnings(c))
 	if operatorAsked(trigger) {
 		r.rc.Refresh()

@@ -180,7 +180,8 @@ func loadServer(c *cli.Context, fc *fileConfig, log *logrus.Entry) (*serverSetup
 	store := trust.NewStore(m)
 	rc := trust.NewRevocationChecker(policy, store, log)
 	cfg := server.Config{
-		TLS:                    trust.ServerConfig(store, []string{trust.ALPNTunnel}, trust.WithRevocation(rc)),
+		Trust:                  store,
+		Revocation:             rc,
 		Filter:                 filter,
 		Routes:                 routes,
 		RawRoute:               rawRoute,
@@ -246,10 +247,6 @@ func runServer(cmd *cli.Context, stderr io.Writer) error {
 	ctx := c.Context
 	rc := setup.rc
 	defer rc.Close()
-	// A CRL that changed (fetched, or a CRL file reloaded) closes the live
-	// sessions whose chain it now revokes.
-	recheck := func() { srv.Recheck(audit.SessionRevoked, server.RevocationCheck(rc)) }
-	rc.OnUpdate(recheck)
 	reloader := &serverReloader{layers: layers, running: c, log: log, srv: srv, store: setup.store, filter: setup.cfg.Filter, rc: rc, token: token}
 	reloads, stopReload, err := startReloads(ctx, log, c.Duration("reload-interval"), watchPaths(setup.src, layers, token), reloader.apply)
 	if err != nil {
