@@ -87,7 +87,9 @@ type FieldError struct {
 	Err   error
 }
 
-func (e *FieldError) Error() string { return "netfilter: FilterConfig." + e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Error() string {
+	return "netfilter: FilterConfig." + e.Field + ": " + e.Err.Error()
+}
 func (e *FieldError) Unwrap() error { return e.Err }
 
 // NewFilter validates cfg and returns a Filter. It starts no goroutines.

@@ -29,8 +29,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type testPKI struct {
 	serverStore *trust.Store // what serverTLS reads
 	serverTLS   *tls.Config
-	clientTLS *tls.Config // CN app1
-	otherTLS  *tls.Config // CN app2, same CA
+	clientTLS   *tls.Config // CN app1
+	otherTLS    *tls.Config // CN app2, same CA
 }
 
 func newTestPKI(t testing.TB) testPKI {
@@ -67,8 +67,8 @@ func newTestPKI(t testing.TB) testPKI {
 	return testPKI{
 		serverStore: srvStore,
 		serverTLS:   trust.ServerConfig(srvStore, []string{trust.ALPNTunnel}),
-		clientTLS: client("app1"),
-		otherTLS:  client("app2"),
+		clientTLS:   client("app1"),
+		otherTLS:    client("app2"),
 	}
 }
 
