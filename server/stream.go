@@ -82,22 +82,6 @@ func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 	log.WithFields(fields).Info("stream closed")
 }
 
-// dial connects to the route's backend under DialTimeout.
-func (s *Server) dial(ctx context.Context, r Route) (net.Conn, error) {
-	network, addr := r.network()
-	d := net.Dialer{
-		Timeout:         s.cfg.DialTimeout,
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4},
-	}
-	// NoDelay is Go's default for TCP; the copy loop writes whole buffers.
-	began := time.Now()
-	c, err := d.DialContext(ctx, network, addr)
-	if err == nil {
-		s.stats.dialTime.observe(time.Since(began))
-	}
-	return c, err
-}
-
 // refuse answers a stream with a non-zero status and logs why; the
 // caller's Close then lets go of the stream.
 func (s *Server) refuse(ss *session, st *mux.Stream, route string, code wire.Status, cause error) {
