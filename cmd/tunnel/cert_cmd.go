@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunnel-dev/tunnel/internal/config"
 	"github.com/tunnel-dev/tunnel/internal/devpki"
 )
 
@@ -111,14 +112,14 @@ func certCommand(stdout io.Writer) *cli.Command {
 						return flagError("--server/--client", "give one, not both")
 					case srv != "":
 						var ips []net.IP
-						for _, s := range splitValues(c.StringSlice("ip"), ",") {
+						for _, s := range config.SplitValues(c.StringSlice("ip"), ",") {
 							ip := net.ParseIP(s)
 							if ip == nil {
 								return flagError("--ip", "%q is not an IP address", s)
 							}
 							ips = append(ips, ip)
 						}
-						files, err := devpki.IssueServer(dir, srv, splitValues(c.StringSlice("dns"), ","), ips, opt)
+						files, err := devpki.IssueServer(dir, srv, config.SplitValues(c.StringSlice("dns"), ","), ips, opt)
 						return reportFiles(stdout, files, err)
 					case cl != "":
 						if len(c.StringSlice("dns")) > 0 || len(c.StringSlice("ip")) > 0 {
