@@ -142,8 +142,8 @@ func (s *Server) holdIdentity(ss *session) bool {
 		return true
 	}
 	s.stats.limitSessions.Add(1)
-	s.connRejected(s.log.WithFields(ss.peer.Identity.Fields()), ss.peer.Addr, ss.addr, ReasonSessionLimit,
-		"session refused: this identity holds --max-sessions-per-identity sessions already")
+	s.connRejected(s.log.WithFields(ss.peer.Identity.Fields()).WithField(audit.Limit, limitMaxSessions), ss.peer.Addr, ss.addr, ReasonSessionLimit,
+		"session refused: this identity holds as many sessions as one identity may")
 	ss.mux.Close()
 	return false
 }
@@ -168,8 +168,8 @@ func (s *Server) expire(ss *session) (stop func()) {
 	}
 	done := make(chan struct{})
 	t := time.AfterFunc(s.cfg.MaxSessionLifetime, func() {
-		ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionExpiring, "lifetime": s.cfg.MaxSessionLifetime.String()}).
-			Info("session reached --max-session-lifetime: no new streams; closing when its streams are done")
+		ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionExpiring, "lifetime": s.cfg.MaxSessionLifetime.String(), audit.Limit: limitMaxLifetime}).
+			Info("session reached its maximum lifetime: no new streams; closing when its streams are done")
 		ss.goAway()
 		deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 		tick := time.NewTicker(50 * time.Millisecond)

@@ -179,7 +179,14 @@ func (s *Server) flushRefusals(ss *session) {
 	})
 }
 
-// limitFlag names the setting behind each limit reason, for the log line.
+// The settings behind the limits, as the limit field of their log lines
+// names them (their config file keys).
+const (
+	limitMaxSessions = "max_sessions_per_identity"
+	limitMaxLifetime = "max_session_lifetime"
+)
+
+// limitFlag names the setting behind each stream limit reason.
 var limitFlag = map[string]string{
 	mux.ReasonStreamCap:  "max_streams",
 	mux.ReasonStreamRate: "max_stream_rate",
