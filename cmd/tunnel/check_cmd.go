@@ -2,11 +2,11 @@ package main
 
 import (
 	"io"
-	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
-	"go.yaml.in/yaml/v3"
+
+	"github.com/tunnel-dev/tunnel/internal/config"
 )
 
 // checkCommand is `tunnel check`: it takes the flags of the role the config
@@ -118,37 +118,10 @@ func checkRole(args []string) (string, []string, error) {
 		return role, rest, nil
 	case role != "":
 		return "", nil, flagError("--role", "%q is not server or client", role)
-	case roleOfFile(cfg) != "":
-		return roleOfFile(cfg), rest, nil
+	case config.RoleOfFile(cfg) != "":
+		return config.RoleOfFile(cfg), rest, nil
 	case sawForward:
 		return "client", rest, nil
 	}
 	return "server", rest, nil
-}
-
-// roleOfFile guesses from the top-level keys of a config file; "" if it
-// cannot tell (the check itself then reports what is wrong).
-func roleOfFile(path string) string {
-	if path == "" {
-		return ""
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	var doc map[string]any
-	if yaml.Unmarshal(data, &doc) != nil {
-		return ""
-	}
-	for _, k := range []string{"forwards", "server", "server_name"} {
-		if _, ok := doc[k]; ok {
-			return "client"
-		}
-	}
-	for _, k := range []string{"routes", "listen", "allow"} {
-		if _, ok := doc[k]; ok {
-			return "server"
-		}
-	}
-	return ""
 }

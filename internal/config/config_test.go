@@ -141,3 +141,25 @@ func TestSplitValues(t *testing.T) {
 		t.Errorf("SplitValues(route) = %q, want %q", got, want)
 	}
 }
+
+func TestRoleOfFile(t *testing.T) {
+	for body, want := range map[string]string{
+		"forwards: [\"0=db\"]\n":            "client",
+		"server: 127.0.0.1:1\nallow: [x]\n": "client",
+		"routes: [db=127.0.0.1:1]\n":        "server",
+		"listen: 127.0.0.1:1\n":             "server",
+		"log: {level: debug}\n":             "",
+		"[not, a, mapping]\n":               "",
+	} {
+		p := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := RoleOfFile(p); got != want {
+			t.Errorf("RoleOfFile(%q) = %q, want %q", body, got, want)
+		}
+	}
+	if got := RoleOfFile(filepath.Join(t.TempDir(), "missing.yaml")); got != "" {
+		t.Errorf("RoleOfFile(missing) = %q", got)
+	}
+}
