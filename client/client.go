@@ -167,14 +167,7 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 			Warn("server refused the stream: " + se.Code.String())
 		return
 	}
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: out, audit.BytesOut: in,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	log.WithFields(audit.StreamClosedFields(out, in, start, err)).Info("stream closed")
 }
 
 // openStream opens a stream on the current session and writes its header.

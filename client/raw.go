@@ -39,16 +39,9 @@ func (c *Client) serveRaw(ctx context.Context, lc net.Conn, f Forward) {
 		Debug("raw connection opened")
 	start := time.Now()
 	out, in, err := pipe.Run(lc, tc, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory})
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: out, audit.BytesOut: in,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		// In TLS 1.3 a server that refuses our certificate says so with
-		// the first read: the error is its alert.
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	// In TLS 1.3 a server that refuses our certificate says so with the
+	// first read: the error, if any, is its alert.
+	log.WithFields(audit.StreamClosedFields(out, in, start, err)).Info("stream closed")
 }
 
 // dialRaw dials the servers in turn, starting with the one that answered

@@ -83,14 +83,7 @@ func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *lo
 	start := time.Now()
 	in, out, err := pipe.Run(tc, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: s.memory})
 	s.stats.routes.add(route.Name, in, out)
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: in, audit.BytesOut: out,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 	switch {
 	case ctx.Err() != nil:
 		return "closed"

@@ -72,14 +72,7 @@ func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 	in, out, err := pipe.Run(st, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: ss.mux.Budget()})
 	log := ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target})
 	s.stats.routes.add(name, in, out)
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: in, audit.BytesOut: out,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 }
 
 // refuse answers a stream with a non-zero status and logs why; the

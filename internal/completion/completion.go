@@ -138,16 +138,10 @@ func bashCompletion(root *Command) string {
 	fmt.Fprintf(&b, `# bash completion for %[1]s, written by `+"`%[1]s completion bash`"+` from its command
 # definitions. Load it with: source <(%[1]s completion bash)
 
-# %[2]s_value_flag "PATH --flag": whether the flag takes a value.
-%[2]s_value_flag() {
-    case "$1" in
-    %[3]s) return 0 ;;
-    esac
-    return 1
-}
-
-%[2]s() {
-    local cur="${COMP_WORDS[COMP_CWORD]}" prev="" path=%[4]s w i
+`, name)
+	writeValueFlagFunc(&b, fn, root)
+	fmt.Fprintf(&b, `%[2]s() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="" path=%[3]s w i
     COMPREPLY=()
     ((COMP_CWORD > 0)) && prev="${COMP_WORDS[COMP_CWORD-1]}"
     # bash splits --flag=value at "=" (COMP_WORDBREAKS).
@@ -167,15 +161,9 @@ func bashCompletion(root *Command) string {
             elif %[2]s_value_flag "$path $w"; then
                 ((i++))
             fi
-            continue
-            ;;
-        esac
-        case "$path $w" in
-`, name, fn, strings.Join(quoteAll(valueFlagPatterns(root)), "|"), shQuote(name, false))
-	pathCases(&b, root, "        ")
-	b.WriteString(`        esac
-    done
-    # The value of a flag: its choices, or files (complete -o default).
+`, name, fn, shQuote(name, false))
+	writePathStep(&b, root)
+	b.WriteString(`    # The value of a flag: its choices, or files (complete -o default).
     if [[ $prev == -* ]] && ` + fn + `_value_flag "$path $prev"; then
         case "$path $prev" in
 `)
@@ -224,16 +212,10 @@ func zshCompletion(root *Command) string {
 # definitions. Put it in a directory of $fpath as _%[1]s, or in a shell with
 # compinit loaded: source <(%[1]s completion zsh)
 
-# %[2]s_value_flag "PATH --flag": whether the flag takes a value.
-%[2]s_value_flag() {
-    case "$1" in
-    %[3]s) return 0 ;;
-    esac
-    return 1
-}
-
-%[2]s() {
-    local cur="${words[CURRENT]}" prev="${words[CURRENT-1]}" path=%[4]s w i
+`, name)
+	writeValueFlagFunc(&b, fn, root)
+	fmt.Fprintf(&b, `%[2]s() {
+    local cur="${words[CURRENT]}" prev="${words[CURRENT-1]}" path=%[3]s w i
     for ((i = 2; i < CURRENT; i++)); do
         w="${words[i]}"
         case "$w" in
@@ -242,15 +224,9 @@ func zshCompletion(root *Command) string {
             if [[ $w != *=* ]] && %[2]s_value_flag "$path $w"; then
                 ((i++))
             fi
-            continue
-            ;;
-        esac
-        case "$path $w" in
-`, name, fn, strings.Join(quoteAll(valueFlagPatterns(root)), "|"), shQuote(name, false))
-	pathCases(&b, root, "        ")
-	fmt.Fprintf(&b, `        esac
-    done
-    # The value of a flag, as --flag VALUE or --flag=VALUE: its choices, or files.
+`, name, fn, shQuote(name, false))
+	writePathStep(&b, root)
+	fmt.Fprintf(&b, `    # The value of a flag, as --flag VALUE or --flag=VALUE: its choices, or files.
     local flag=""
     if [[ $cur == -*=* ]]; then
         flag="${cur%%%%=*}"
@@ -396,4 +372,33 @@ func fishQuoteAll(words []string) []string {
 		out[i] = shQuote(w, true)
 	}
 	return out
+}
+
+// writeValueFlagFunc writes the bash and zsh function FN_value_flag "PATH
+// --flag", which succeeds when the flag of command PATH takes a value.
+func writeValueFlagFunc(b *strings.Builder, fn string, root *Command) {
+	fmt.Fprintf(b, `# %[1]s_value_flag "PATH --flag": whether the flag takes a value.
+%[1]s_value_flag() {
+    case "$1" in
+    %[2]s) return 0 ;;
+    esac
+    return 1
+}
+
+`, fn, strings.Join(quoteAll(valueFlagPatterns(root)), "|"))
+}
+
+// writePathStep writes, for bash and zsh, the end of the loop over the
+// command line's words: a flag is skipped, and any other word steps the
+// command path to its subcommand.
+func writePathStep(b *strings.Builder, root *Command) {
+	b.WriteString(`            continue
+            ;;
+        esac
+        case "$path $w" in
+`)
+	pathCases(b, root, "        ")
+	b.WriteString(`        esac
+    done
+`)
 }
