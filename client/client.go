@@ -70,17 +70,9 @@ func (c *Client) Listen(ctx context.Context) error {
 	if c.lns != nil {
 		return nil
 	}
-	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
-	lns := make([]net.Listener, 0, len(c.cfg.Forwards))
-	for _, f := range c.cfg.Forwards {
-		ln, err := lc.Listen(ctx, "tcp", f.Listen)
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return &ListenError{Forward: f, Err: err}
-		}
-		lns = append(lns, ln)
+	lns, err := bindForwards(ctx, c.cfg.Forwards)
+	if err != nil {
+		return err
 	}
 	c.lns = lns
 	return nil

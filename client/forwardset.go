@@ -85,17 +85,9 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 			fresh = append(fresh, f)
 		}
 	}
-	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
-	bound := make([]net.Listener, 0, len(fresh))
-	for _, f := range fresh {
-		ln, err := lc.Listen(ctx, "tcp", f.Listen)
-		if err != nil {
-			for _, l := range bound {
-				l.Close()
-			}
-			return &ListenError{Forward: f, Err: err}
-		}
-		bound = append(bound, ln)
+	bound, err := bindForwards(ctx, fresh)
+	if err != nil {
+		return err
 	}
 	for _, f := range gone {
 		ln := fs.lns[f]
@@ -108,6 +100,7 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 		fs.start(ctx, c, f, bound[i], wg)
 	}
 	var errs []error
+	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
 	for _, f := range later {
 		ln, err := lc.Listen(ctx, "tcp", f.Listen)
 		if err != nil {
@@ -124,4 +117,23 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 func isEphemeral(addr string) bool {
 	_, port, err := net.SplitHostPort(addr)
 	return err == nil && port == "0"
+}
+
+// bindForwards binds the local address of every forward of fwds, in order,
+// or none: if one cannot be bound it closes the others and returns a
+// *ListenError.
+func bindForwards(ctx context.Context, fwds []Forward) ([]net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
+	lns := make([]net.Listener, 0, len(fwds))
+	for _, f := range fwds {
+		ln, err := lc.Listen(ctx, "tcp", f.Listen)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, &ListenError{Forward: f, Err: err}
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }
