@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 
 	"github.com/urfave/cli/v2"
@@ -156,6 +158,9 @@ func nameOptions(c *cli.Context) (devpki.Options, error) {
 // configuration error (bad names, existing files, a missing CA are all the
 // operator's to fix).
 func reportFiles(w io.Writer, files []string, err error) error {
+	if errors.Is(err, fs.ErrExist) {
+		err = fmt.Errorf("%w (use --force to overwrite)", err)
+	}
 	if err != nil {
 		return &configError{err: err}
 	}
