@@ -74,7 +74,8 @@ func (v *Values) serverSettings(ps *problems) *Server {
 		s.Allow = al
 	}
 	cfg := &s.Config
-	for _, spec := range v.list(keyRoutes, "") {
+	specs := v.list(keyRoutes, "")
+	for _, spec := range specs {
 		r, err := server.ParseRoute(spec)
 		if err != nil {
 			ps.at(keyRoutes, "%v", err)
@@ -85,7 +86,7 @@ func (v *Values) serverSettings(ps *problems) *Server {
 		}
 		cfg.Routes = append(cfg.Routes, r)
 	}
-	if len(v.vals[keyRoutes]) == 0 {
+	if len(specs) == 0 {
 		ps.at(keyRoutes, "required: at least one NAME=HOST:PORT")
 	}
 	cfg.RawRoute = v.text("raw_route")
@@ -157,7 +158,8 @@ func (v *Values) clientSettings(ps *problems) *Client {
 		}
 		cfg.Source = ip
 	}
-	for _, spec := range v.list(keyForwards, ",") {
+	specs := v.list(keyForwards, ",")
+	for _, spec := range specs {
 		f, err := client.ParseForward(spec)
 		if err != nil {
 			ps.at(keyForwards, "%v", err)
@@ -165,7 +167,7 @@ func (v *Values) clientSettings(ps *problems) *Client {
 		}
 		cfg.Forwards = append(cfg.Forwards, f)
 	}
-	if len(v.vals[keyForwards]) == 0 {
+	if len(specs) == 0 {
 		ps.at(keyForwards, "required: at least one [HOST:]PORT=ROUTE")
 	}
 	v.durations(ps, keyed[time.Duration]{

@@ -125,19 +125,19 @@ func (v *Values) logSettings(ps *problems) Log {
 
 func (v *Values) adminSettings(ps *problems) Admin {
 	a := Admin{Addr: v.text("admin"), AllowRemote: v.boolean(ps, "admin_allow_remote"), TokenFile: v.text("admin_token_file")}
-	switch {
-	case a.Addr == "":
+	if a.Addr == "" {
 		if a.TokenFile != "" {
 			ps.at("admin_token_file", "given without %s: there is no admin listener to protect", v.Flag("admin"))
 		}
 		return a
-	case a.AllowRemote && a.TokenFile == "":
-		ps.at("admin_allow_remote", "requires %s: a network-facing admin listener would take POST /reload and serve /metrics to anyone who reaches it", v.Flag("admin_token_file"))
 	}
 	if err := admin.CheckAddr(a.Addr, a.AllowRemote); errors.Is(err, admin.ErrNotLoopback) {
 		ps.at("admin", "%q: %v (use %s to serve it on a network)", a.Addr, err, v.Flag("admin_allow_remote"))
 	} else if err != nil {
 		ps.at("admin", "%q: %v", a.Addr, err)
+	}
+	if a.AllowRemote && a.TokenFile == "" {
+		ps.at("admin_allow_remote", "requires %s: a network-facing admin listener would take POST /reload and serve /metrics to anyone who reaches it", v.Flag("admin_token_file"))
 	}
 	if a.TokenFile != "" {
 		if _, err := admin.LoadToken(a.TokenFile); err != nil {
