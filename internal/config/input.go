@@ -29,7 +29,7 @@ const (
 type Setting struct {
 	Key     string   // its dotted key path in the config file: "dial_timeout", "tls.cert"
 	Flag    string   // what names a value given on the command line or in the environment: "--dial-timeout"
-	Kind    Kind     //
+	Kind    Kind     // how its value is written
 	Default []string // its value when nothing sets it, as text; none for no value
 	Fields  []string // the library fields it sets ("server.Config.DialTimeout"), by which their errors name it
 }
