@@ -6,13 +6,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunnel-dev/tunnel/client"
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/reload"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/server"
+	"github.com/tunnel-dev/tunnel/trust"
 )
 
 func TestConfigKey(t *testing.T) {
@@ -364,4 +370,38 @@ func settingsOf(t *testing.T, cmd *cli.Command, args ...string) *config.Settings
 		t.Fatalf("%q: %v", args, probs)
 	}
 	return s
+}
+
+// Every field the settings table names is a field of the library type that
+// reports it, so that the type's FieldError finds its setting.
+func TestSettingsTableFieldsExist(t *testing.T) {
+	types := map[string]reflect.Type{
+		"server.Config":          reflect.TypeFor[server.Config](),
+		"client.Config":          reflect.TypeFor[client.Config](),
+		"netfilter.FilterConfig": reflect.TypeFor[netfilter.FilterConfig](),
+		"trust.Sources":          reflect.TypeFor[trust.Sources](),
+		"trust.RevocationPolicy": reflect.TypeFor[trust.RevocationPolicy](),
+		"reload.Config":          reflect.TypeFor[reload.Config](),
+	}
+	for _, table := range [][]setting{serverSettings(), clientSettings()} {
+		for _, row := range table {
+			for _, f := range row.fields {
+				pkg, rest, _ := strings.Cut(f, ".")
+				typ, path, _ := strings.Cut(rest, ".")
+				rt, ok := types[pkg+"."+typ]
+				if !ok {
+					t.Errorf("--%s: field %s: no such type", row.flag.Names()[0], f)
+					continue
+				}
+				for _, name := range strings.Split(path, ".") {
+					sf, found := rt.FieldByName(name)
+					if !found {
+						t.Errorf("--%s: field %s: %s has no field %s", row.flag.Names()[0], f, rt, name)
+						break
+					}
+					rt = sf.Type
+				}
+			}
+		}
+	}
 }
