@@ -35,10 +35,12 @@ func (e *ListenError) Unwrap() error { return e.Err }
 // Client is the client role. Create it with New; Run it once, from one
 // goroutine (Listen first if wanted).
 type Client struct {
-	cfg    Config
-	log    *logrus.Entry
-	keeper *SessionKeeper // in Raw mode only its server rotation is used
-	lns    []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
+	cfg     Config
+	log     *logrus.Entry
+	servers *rotation      // Server and Failover, and the one to dial first
+	memory  *mux.Budget    // the stream buffers of every session and raw connection
+	keeper  *SessionKeeper // nil in Raw mode, which dials per local connection
+	lns     []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
 
 	updates chan forwardUpdate // SetForwards -> Run
 
@@ -53,7 +55,12 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg, log: cfg.Log, keeper: newSessionKeeper(cfg), updates: make(chan forwardUpdate)}, nil
+	c := &Client{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()),
+		memory: mux.NewBudget(mux.DefaultProcessBudget, nil), updates: make(chan forwardUpdate)}
+	if !cfg.Raw {
+		c.keeper = newSessionKeeper(cfg, c.servers, c.memory)
+	}
+	return c, nil
 }
 
 // Listen binds every forward's local address. If one cannot be bound it
@@ -63,17 +70,9 @@ func (c *Client) Listen(ctx context.Context) error {
 	if c.lns != nil {
 		return nil
 	}
-	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
-	lns := make([]net.Listener, 0, len(c.cfg.Forwards))
-	for _, f := range c.cfg.Forwards {
-		ln, err := lc.Listen(ctx, "tcp", f.Listen)
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return &ListenError{Forward: f, Err: err}
-		}
-		lns = append(lns, ln)
+	lns, err := bindForwards(ctx, c.cfg.Forwards)
+	if err != nil {
+		return err
 	}
 	c.lns = lns
 	return nil
@@ -90,7 +89,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if !c.cfg.Raw { // raw mode dials per local connection, see raw.go
+	if c.keeper != nil { // raw mode dials per local connection, see raw.go
 		wg.Go(func() { c.keeper.Run(ctx) })
 	}
 	var fs forwardSet // the live listeners; SetForwards changes them through Run
@@ -153,21 +152,14 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 	// Copy at once: the local side's first bytes follow the header without
 	// waiting for the status, which the first read from the stream checks.
 	start := time.Now()
-	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.keeper.memory})
+	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory})
 	if se, ok := errors.AsType[*wire.StatusError](err); ok {
 		c.streamsFailed.Add(1)
 		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: se.Code.String()}).
 			Warn("server refused the stream: " + se.Code.String())
 		return
 	}
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: out, audit.BytesOut: in,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	log.WithFields(audit.StreamClosedFields(out, in, start, err)).Info("stream closed")
 }
 
 // openStream opens a stream on the current session and writes its header.
@@ -240,7 +232,7 @@ func (s *statusConn) check() error {
 
 // Stats is a snapshot of the client's counters.
 type Stats struct {
-	SessionUp     bool
+	SessionUp     bool // a session to a server is up (never in Raw mode)
 	StreamsActive int64
 	StreamsTotal  uint64
 	StreamsFailed uint64
@@ -248,11 +240,8 @@ type Stats struct {
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
 func (c *Client) Stats() Stats {
-	c.keeper.mu.Lock()
-	up := c.keeper.cur != nil
-	c.keeper.mu.Unlock()
 	return Stats{
-		SessionUp: up, StreamsActive: c.streamsActive.Load(),
+		SessionUp: c.keeper != nil && c.keeper.up(), StreamsActive: c.streamsActive.Load(),
 		StreamsTotal: c.streamsTotal.Load(), StreamsFailed: c.streamsFailed.Load(),
 	}
 }

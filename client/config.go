@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/trust"
 )
 
 // Defaults for the zero values of Config's fields.
@@ -25,7 +28,9 @@ const (
 // it finds a dead peer on a path where nothing else is sent.
 var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4}
 
-// Config configures a Client. It must not be modified after New.
+// Config configures a Client. It must not be modified after New. A
+// negative duration is an error; New reports each bad field as a
+// *FieldError.
 type Config struct {
 	// Server is the server's host:port; required.
 	Server string
@@ -44,13 +49,28 @@ type Config struct {
 	// own mutual-TLS connection to the server, with no ALPN and no yamux,
 	// and the route name of its forward is only a label in the logs. That
 	// is what a stunnel or ghostunnel server, or a tunnel server's raw
-	// route, expects. The TLS config must then offer no ALPN.
+	// route, expects. A TLS config set here must then offer no ALPN.
 	Raw bool
 
-	// TLS returns the TLS configuration for one dial of the server
-	// (trust.ClientConfig); required. It is called for every dial, so a
-	// reloaded certificate is used by the next dial. A config whose
-	// ServerName is empty gets the host of the address being dialled.
+	// Trust holds the TLS material the client presents and verifies the
+	// server with; Reload swaps it. Required unless TLS is set.
+	Trust *trust.Store
+
+	// ServerName is the name the server's certificate must carry; empty
+	// means the host of the address being dialled.
+	ServerName string
+
+	// Revocation, if set, checks the server's chain for revocation on every
+	// dial (when TLS is nil), and Reload has it re-read the CRL files. The
+	// caller starts and closes it.
+	Revocation *trust.RevocationChecker
+
+	// TLS returns the TLS configuration for one dial of the server. It is
+	// called for every dial, so a reloaded certificate is used by the next
+	// dial; a config whose ServerName is empty gets the host of the address
+	// being dialled. Nil means trust.ClientConfig(Trust, ServerName, ALPN,
+	// trust.WithRevocation(Revocation)), where ALPN is trust.ALPNTunnel, or
+	// none in Raw mode.
 	TLS func() *tls.Config
 
 	// Forwards are the local listeners; at least one.
@@ -87,26 +107,38 @@ type Config struct {
 // servers returns Server followed by Failover.
 func (c Config) servers() []string { return append([]string{c.Server}, c.Failover...) }
 
+// FieldError reports a bad value of a Config field: the field, as named in
+// Config ("Server", "Forwards"), and what is wrong with it.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return "client: Config." + e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// withDefaults checks c and returns a copy with zero values replaced by the
+// defaults. Errors are *FieldError.
 func (c Config) withDefaults() (Config, error) {
 	switch {
-	case c.TLS == nil:
-		return c, errors.New("client: Config.TLS is nil")
+	case c.TLS == nil && c.Trust == nil:
+		return c, &FieldError{"Trust", errors.New("required")}
 	case c.Log == nil:
-		return c, errors.New("client: Config.Log is nil")
-	case len(c.Forwards) == 0:
-		return c, errors.New("client: no forwards configured")
+		return c, &FieldError{"Log", errors.New("required")}
 	}
-	for _, s := range c.servers() {
-		if _, _, err := net.SplitHostPort(s); err != nil {
-			return c, fmt.Errorf("client: server address %q: %w", s, err)
+	for i, s := range c.servers() {
+		if host, port, err := net.SplitHostPort(s); err != nil || host == "" || port == "" {
+			field := "Server"
+			if i > 0 {
+				field = "Failover"
+			}
+			return c, &FieldError{field, fmt.Errorf("%q is not HOST:PORT", s)}
 		}
 	}
-	for _, f := range c.Forwards {
-		if err := f.check(); err != nil {
-			return c, fmt.Errorf("client: forward %s=%s: %w", f.Listen, f.Route, err)
-		}
+	if err := checkForwards(c.Forwards); err != nil {
+		return c, err
 	}
-	for _, d := range []struct {
+	durations := []struct {
 		name string
 		v    *time.Duration
 		def  time.Duration
@@ -118,16 +150,42 @@ func (c Config) withDefaults() (Config, error) {
 		{"BackoffMin", &c.BackoffMin, DefaultBackoffMin},
 		{"BackoffMax", &c.BackoffMax, DefaultBackoffMax},
 		{"IdleTimeout", &c.IdleTimeout, 0},
-	} {
+	}
+	for _, d := range durations {
 		if *d.v < 0 {
-			return c, fmt.Errorf("client: Config.%s is negative (%v)", d.name, *d.v)
+			return c, &FieldError{d.name, fmt.Errorf("%v is negative", *d.v)}
 		}
-		if *d.v == 0 {
-			*d.v = d.def
-		}
+		*d.v = cmp.Or(*d.v, d.def)
 	}
 	if c.BackoffMax < c.BackoffMin {
-		return c, fmt.Errorf("client: BackoffMax %v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)
+		return c, &FieldError{"BackoffMax", fmt.Errorf("%v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)}
+	}
+	if c.TLS == nil {
+		alpn := []string{trust.ALPNTunnel}
+		if c.Raw {
+			alpn = nil // what stunnel and ghostunnel servers, and a raw route, expect
+		}
+		store, name, rc := c.Trust, c.ServerName, c.Revocation
+		c.TLS = func() *tls.Config { return trust.ClientConfig(store, name, alpn, trust.WithRevocation(rc)) }
 	}
 	return c, nil
+}
+
+// checkForwards checks a set of forwards, for New and SetForwards alike: at
+// least one, each valid, none given twice. Errors are *FieldError.
+func checkForwards(fwds []Forward) error {
+	if len(fwds) == 0 {
+		return &FieldError{"Forwards", errors.New("no forwards configured")}
+	}
+	seen := map[Forward]bool{}
+	for _, f := range fwds {
+		if err := f.check(); err != nil {
+			return &FieldError{"Forwards", fmt.Errorf("forward %s=%s: %w", f.Listen, f.Route, err)}
+		}
+		if seen[f] {
+			return &FieldError{"Forwards", fmt.Errorf("forward %s=%s given twice", f.Listen, f.Route)}
+		}
+		seen[f] = true
+	}
+	return nil
 }

@@ -38,7 +38,7 @@ func TestParseForward(t *testing.T) {
 }
 
 func TestBackoffFullJitter(t *testing.T) {
-	k := newSessionKeeper(Config{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax})
+	k := newSessionKeeper(Config{BackoffMin: DefaultBackoffMin, BackoffMax: DefaultBackoffMax}, newRotation([]string{"x:1"}), nil)
 	for n := range 40 {
 		ceil := DefaultBackoffMax
 		if n < 30 {

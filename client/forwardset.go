@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 
@@ -27,18 +26,8 @@ type forwardUpdate struct {
 // being replaced, which must close first. It waits for Run to apply the
 // change, or for ctx. Safe for concurrent use while Run runs.
 func (c *Client) SetForwards(ctx context.Context, fwds []Forward) error {
-	if len(fwds) == 0 {
-		return errors.New("client: no forwards configured")
-	}
-	seen := map[Forward]bool{}
-	for _, f := range fwds {
-		if err := f.check(); err != nil {
-			return fmt.Errorf("client: forward %s=%s: %w", f.Listen, f.Route, err)
-		}
-		if seen[f] {
-			return fmt.Errorf("client: forward %s=%s given twice", f.Listen, f.Route)
-		}
-		seen[f] = true
+	if err := checkForwards(fwds); err != nil {
+		return err
 	}
 	u := forwardUpdate{fwds: fwds, done: make(chan error, 1)}
 	select {
@@ -96,17 +85,9 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 			fresh = append(fresh, f)
 		}
 	}
-	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
-	bound := make([]net.Listener, 0, len(fresh))
-	for _, f := range fresh {
-		ln, err := lc.Listen(ctx, "tcp", f.Listen)
-		if err != nil {
-			for _, l := range bound {
-				l.Close()
-			}
-			return &ListenError{Forward: f, Err: err}
-		}
-		bound = append(bound, ln)
+	bound, err := bindForwards(ctx, fresh)
+	if err != nil {
+		return err
 	}
 	for _, f := range gone {
 		ln := fs.lns[f]
@@ -119,6 +100,7 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 		fs.start(ctx, c, f, bound[i], wg)
 	}
 	var errs []error
+	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
 	for _, f := range later {
 		ln, err := lc.Listen(ctx, "tcp", f.Listen)
 		if err != nil {
@@ -135,4 +117,23 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 func isEphemeral(addr string) bool {
 	_, port, err := net.SplitHostPort(addr)
 	return err == nil && port == "0"
+}
+
+// bindForwards binds the local address of every forward of fwds, in order,
+// or none: if one cannot be bound it closes the others and returns a
+// *ListenError.
+func bindForwards(ctx context.Context, fwds []Forward) ([]net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
+	lns := make([]net.Listener, 0, len(fwds))
+	for _, f := range fwds {
+		ln, err := lc.Listen(ctx, "tcp", f.Listen)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, &ListenError{Forward: f, Err: err}
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }

@@ -103,3 +103,53 @@ func TestSetForwards(t *testing.T) {
 		t.Error("SetForwards(nil) succeeded")
 	}
 }
+
+// Reload swaps the forwards, then the material; a forward that cannot be
+// bound fails it before the material changes.
+func TestReload(t *testing.T) {
+	pki := newTestPKI(t)
+	logger, _ := logtest.NewNullLogger()
+	a, b := freeLocal(t), freeLocal(t)
+	store := trust.NewStore(pki.client.Material())
+	c, err := New(Config{
+		Server: "127.0.0.1:1", Raw: true, // never dialled
+		Trust: store, ServerName: "srv.test",
+		Forwards: []Forward{{Listen: a, Route: "db"}},
+		Log:      logrus.NewEntry(logger),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, func() bool { return accepts(a) })
+
+	next := pki.server.Material() // any other material will do
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	if err := c.Reload(ctx, State{Material: next, Forwards: []Forward{{Listen: taken.Addr().String(), Route: "db"}}}); err == nil {
+		t.Fatal("Reload onto a taken port succeeded")
+	}
+	if store.Material() != pki.client.Material() || !accepts(a) {
+		t.Fatal("a failed Reload changed the material or the forwards")
+	}
+	if err := c.Reload(ctx, State{Material: next, Forwards: []Forward{{Listen: b, Route: "db"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if store.Material() != next || !accepts(b) || accepts(a) {
+		t.Errorf("after Reload: material swapped %v, b accepts %v, a accepts %v", store.Material() == next, accepts(b), accepts(a))
+	}
+	// The TLS config New built reads the store: the next dial presents the
+	// new certificate.
+	if got := c.cfg.TLS().Certificates[0].Leaf; got != next.Certificate.Leaf {
+		t.Errorf("the TLS config presents %v, want the reloaded certificate", got.Subject)
+	}
+	if p := c.cfg.TLS().NextProtos; len(p) != 0 {
+		t.Errorf("a raw client offers ALPN %q", p)
+	}
+}

@@ -28,19 +28,24 @@ var ErrSessionUnavailable = errors.New("client: no session to the server")
 type SessionKeeper struct {
 	cfg     Config
 	log     *logrus.Entry
-	servers *rotation // Server and Failover, and the one to dial first
-
-	memory *mux.Budget // the stream buffers of every session it dials
+	servers *rotation   // the Client's: Server and Failover, and the one to dial first
+	memory  *mux.Budget // the Client's: under it, each session's stream buffers
 
 	mu      sync.Mutex
 	cur     *mux.Session  // the session to open streams on; nil while down; guarded by mu
-	up      chan struct{} // closed when cur is set; replaced when it is cleared; guarded by mu
+	upCh    chan struct{} // closed when cur is set; replaced when it is cleared; guarded by mu
 	retired chan struct{} // closed to make Run drop cur and redial; guarded by mu
 }
 
-func newSessionKeeper(cfg Config) *SessionKeeper {
-	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()), up: make(chan struct{}),
-		memory: mux.NewBudget(mux.DefaultProcessBudget, nil)}
+func newSessionKeeper(cfg Config, servers *rotation, memory *mux.Budget) *SessionKeeper {
+	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: servers, memory: memory, upCh: make(chan struct{})}
+}
+
+// up reports whether a session is published.
+func (k *SessionKeeper) up() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur != nil
 }
 
 // rotation is the list of servers to fail over between and the one that
@@ -74,7 +79,7 @@ func (r *rotation) roundOver(failed int) bool { return failed%len(r.addrs) == 0 
 func (k *SessionKeeper) Session(ctx context.Context) (*mux.Session, error) {
 	for {
 		k.mu.Lock()
-		cur, up := k.cur, k.up
+		cur, up := k.cur, k.upCh
 		k.mu.Unlock()
 		if cur != nil && !cur.IsClosed() {
 			return cur, nil
@@ -179,7 +184,7 @@ func (k *SessionKeeper) publish(s *mux.Session) <-chan struct{} {
 	defer k.mu.Unlock()
 	k.cur = s
 	k.retired = make(chan struct{})
-	close(k.up)
+	close(k.upCh)
 	return k.retired
 }
 
@@ -189,7 +194,7 @@ func (k *SessionKeeper) unpublish(s *mux.Session) {
 	if k.cur == s {
 		k.cur = nil
 		k.retired = nil
-		k.up = make(chan struct{})
+		k.upCh = make(chan struct{})
 	}
 }
 

@@ -38,17 +38,10 @@ func (c *Client) serveRaw(ctx context.Context, lc net.Conn, f Forward) {
 	log.WithFields(logrus.Fields{audit.Event: audit.StreamOpened, "tls_version": tls.VersionName(tc.ConnectionState().Version)}).
 		Debug("raw connection opened")
 	start := time.Now()
-	out, in, err := pipe.Run(lc, tc, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.keeper.memory})
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: out, audit.BytesOut: in,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		// In TLS 1.3 a server that refuses our certificate says so with
-		// the first read: the error is its alert.
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	out, in, err := pipe.Run(lc, tc, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory})
+	// In TLS 1.3 a server that refuses our certificate says so with the
+	// first read: the error, if any, is its alert.
+	log.WithFields(audit.StreamClosedFields(out, in, start, err)).Info("stream closed")
 }
 
 // dialRaw dials the servers in turn, starting with the one that answered
@@ -58,15 +51,15 @@ func (c *Client) serveRaw(ctx context.Context, lc net.Conn, f Forward) {
 func (c *Client) dialRaw(ctx context.Context, log *logrus.Entry) (*tls.Conn, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
-	start := c.keeper.servers.first()
+	start := c.servers.first()
 	var errs []error
-	for failed := range len(c.keeper.servers.addrs) {
-		i, addr := c.keeper.servers.pick(start, failed)
+	for failed := range len(c.servers.addrs) {
+		i, addr := c.servers.pick(start, failed)
 		dctx, dcancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 		tc, err := dialTLS(dctx, c.cfg, addr)
 		dcancel()
 		if err == nil {
-			c.keeper.servers.good(i)
+			c.servers.good(i)
 			return tc, addr, nil
 		}
 		log.WithFields(logrus.Fields{

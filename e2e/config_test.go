@@ -183,3 +183,49 @@ routes:
 	srv2.waitEvent(t, waitTimeout, "session_opened with the new client certificate", isEvent("session_opened", "identity_serial", serial))
 	echoCheck(t, cli.forwardAddr(t, "echo2"), 3, 1<<20)
 }
+
+// TestReloadRefusesWhatAStartWould: a reload loads the new config file as a
+// start would, so a value the server's own checks refuse (a negative
+// duration, a raw route that names no route) is a reload_rejected naming
+// the key and line, and the running configuration stays; a valid change
+// the reload cannot apply is reported in restart_needed.
+func TestReloadRefusesWhatAStartWould(t *testing.T) {
+	t.Parallel()
+	pk := pkiDir(t)
+	echo := echoBackend(t)
+	cfg := filepath.Join(t.TempDir(), "server.yaml")
+	conf := func(allow string) string {
+		return fmt.Sprintf("listen: 127.0.0.1:0\ntls: {cert: %s, key: %s, ca: %s}\nallow: [%s]\nlog: {format: json, level: debug}\nroutes: [\"echo=%s\"]\n",
+			pk.serverCert, pk.serverKey, pk.ca, allow, echo)
+	}
+	base := conf("127.0.0.1/32")
+	renameInto(t, cfg, []byte(base))
+	srv := startProc(t, "server", "--config", cfg)
+	addr := srv.addr(t)
+	cli := startProc(t, clientArgs(pk, addr, "echo")...)
+	cli.waitEvent(t, waitTimeout, "session_opened", isEvent("session_opened"))
+
+	for i, tc := range []struct{ extra, want string }{
+		{"dial_timeout: -1s\n", ":6: dial_timeout: -1s is negative"},
+		{"raw_route: nope\n", ":6: raw_route: \"nope\" is not the name of a configured route"},
+	} {
+		renameInto(t, cfg, []byte(base+tc.extra))
+		ev := srv.waitEventN(t, waitTimeout, i+1, "reload_rejected", isEvent("reload_rejected"))[i]
+		if e, _ := ev["error"].(string); !strings.Contains(e, filepath.Base(cfg)+tc.want) {
+			t.Errorf("reload_rejected error %q, want it to contain %q", e, tc.want)
+		}
+	}
+	if n := len(srv.matching(isEvent("reload_applied"))); n != 0 {
+		t.Fatalf("%d reloads applied a configuration a start refuses", n)
+	}
+	echoCheck(t, cli.forwardAddr(t, "echo"), 1, 64<<10) // the running configuration stayed
+
+	renameInto(t, cfg, []byte(conf("127.0.0.1/32, 10.0.0.0/8")+"max_streams: 7\n"))
+	ev := srv.waitEvent(t, waitTimeout, "reload_applied", isEvent("reload_applied"))
+	if got := ev["restart_needed"]; got != "max_streams" {
+		t.Errorf("restart_needed = %v, want max_streams (allow is applied)", got)
+	}
+	if got, _ := ev["allow_prefixes"].(float64); got != 2 {
+		t.Errorf("allow_prefixes = %v, want 2", ev["allow_prefixes"])
+	}
+}

@@ -18,27 +18,6 @@ import (
 	"time"
 )
 
-// raiseNoFile makes sure this process, and the tunnel processes it starts
-// (which inherit the limit), may hold n open files: the attacks below hold
-// thousands of connections at both ends.
-func raiseNoFile(t *testing.T, n uint64) {
-	t.Helper()
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
-	}
-	if lim.Cur >= n {
-		return
-	}
-	if lim.Max < n {
-		t.Fatalf("RLIMIT_NOFILE hard limit is %d; this test needs %d (raise ulimit -Hn)", lim.Max, n)
-	}
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatalf("raise RLIMIT_NOFILE to %d: %v", lim.Max, err)
-	}
-}
-
 // metric returns the value of the series (name and labels, as /metrics
 // writes them) on an admin listener, or -1 when it is absent.
 func metric(t *testing.T, admin, series string) float64 {

@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -79,17 +80,30 @@ type FilterStats struct {
 	Addrs int
 }
 
+// FieldError reports a bad value of a FilterConfig field: the field, as
+// named in FilterConfig ("MaxConnsPerAddr"), and what is wrong with it.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	return "netfilter: FilterConfig." + e.Field + ": " + e.Err.Error()
+}
+func (e *FieldError) Unwrap() error { return e.Err }
+
 // NewFilter validates cfg and returns a Filter. It starts no goroutines.
+// Errors are *FieldError.
 func NewFilter(cfg FilterConfig) (*Filter, error) {
 	switch {
 	case cfg.Allowlist == nil:
-		return nil, errors.New("netfilter: FilterConfig.Allowlist is required")
+		return nil, &FieldError{"Allowlist", errors.New("required")}
 	case cfg.Log == nil:
-		return nil, errors.New("netfilter: FilterConfig.Log is required")
+		return nil, &FieldError{"Log", errors.New("required")}
 	case cfg.LogInterval < 0:
-		return nil, errors.New("netfilter: FilterConfig.LogInterval must not be negative")
+		return nil, &FieldError{"LogInterval", fmt.Errorf("%v is negative", cfg.LogInterval)}
 	case cfg.MaxConnsPerAddr < 0:
-		return nil, errors.New("netfilter: FilterConfig.MaxConnsPerAddr must not be negative")
+		return nil, &FieldError{"MaxConnsPerAddr", fmt.Errorf("%d is negative", cfg.MaxConnsPerAddr)}
 	}
 	interval := cfg.LogInterval
 	if interval == 0 {

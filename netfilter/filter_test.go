@@ -111,9 +111,10 @@ func TestNewFilterValidation(t *testing.T) {
 		wantErr string
 	}{
 		{"baseline", func(*FilterConfig) {}, ""},
-		{"no allowlist", func(c *FilterConfig) { c.Allowlist = nil }, "netfilter: FilterConfig.Allowlist is required"},
-		{"no log", func(c *FilterConfig) { c.Log = nil }, "netfilter: FilterConfig.Log is required"},
-		{"negative interval", func(c *FilterConfig) { c.LogInterval = -time.Second }, "netfilter: FilterConfig.LogInterval must not be negative"},
+		{"no allowlist", func(c *FilterConfig) { c.Allowlist = nil }, "netfilter: FilterConfig.Allowlist: required"},
+		{"no log", func(c *FilterConfig) { c.Log = nil }, "netfilter: FilterConfig.Log: required"},
+		{"negative interval", func(c *FilterConfig) { c.LogInterval = -time.Second }, "netfilter: FilterConfig.LogInterval: -1s is negative"},
+		{"negative cap", func(c *FilterConfig) { c.MaxConnsPerAddr = -1 }, "netfilter: FilterConfig.MaxConnsPerAddr: -1 is negative"},
 		{"empty allowlist", func(c *FilterConfig) { c.Allowlist = mustAllowlist(t) }, ""},
 	}
 	for _, tt := range tests {
@@ -127,8 +128,8 @@ func TestNewFilterValidation(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || err.Error() != tt.wantErr {
-				t.Fatalf("NewFilter error = %v, want %q", err, tt.wantErr)
+			if fe, ok := errors.AsType[*FieldError](err); !ok || err.Error() != tt.wantErr {
+				t.Fatalf("NewFilter error = %v (a FieldError: %v), want %q", err, fe != nil, tt.wantErr)
 			}
 		})
 	}

@@ -7,13 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/sirupsen/logrus"
-
-	"github.com/tunnel-dev/tunnel/internal/audit"
-	"github.com/tunnel-dev/tunnel/internal/mux"
-	"github.com/tunnel-dev/tunnel/internal/wire"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/trust"
 )
@@ -266,16 +260,4 @@ func (u *routeUse) routes() []string {
 		out = append(out, r)
 	}
 	return out
-}
-
-// forbid answers a stream that route's rules refuse with StatusForbidden
-// and logs stream_refused with the identity (the session's fields), the
-// route, the rule set and the reason.
-func (s *Server) forbid(ss *session, st *mux.Stream, route Route, reason string) {
-	code := wire.StatusForbidden
-	s.stats.refused[code].Add(1)
-	st.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
-	_ = wire.WriteStatus(st, code) // the peer may be gone; the log line stands either way
-	s.refusedLine(ss, code, logrus.Fields{audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason},
-		"stream refused: forbidden by the route's rules")
 }

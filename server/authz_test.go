@@ -231,11 +231,20 @@ func TestRouteRules(t *testing.T) {
 	}
 }
 
-// Apply swaps the routes for new streams and closes the sessions that use a
-// route whose new rules refuse them, or that the new Admit check refuses.
-func TestApply(t *testing.T) {
+// Reload swaps the routes for new streams and closes the sessions that use
+// a route whose new rules refuse them, or that the new material or
+// allowlist refuses; a session whose handshake ran under the old material
+// is closed right after it.
+func TestReload(t *testing.T) {
 	pki := newTestPKI(t)
-	r := startServer(t, pki, nil)
+	// The TLS config reads a store of its own, which Reload does not swap:
+	// handshakes keep trusting the old CA, as one that began before a
+	// reload does.
+	old := pki.serverStore.Material()
+	r := startServer(t, pki, func(c *Config) {
+		c.TLS = pki.serverTLS
+		c.Trust = trust.NewStore(old)
+	})
 	app1 := dialSessionAs(t, pki.clientTLS, r.addr)
 	app2 := dialSessionAs(t, pki.otherTLS, r.addr)
 	if _, err := openRoute(t, app1, header(t, "echo")); err != nil {
@@ -245,24 +254,26 @@ func TestApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().SessionsActive == 2 })
+	al := r.srv.cfg.Filter.Allowlist()
 
-	// A bad snapshot changes nothing.
-	if _, err := r.srv.Apply("session_revoked", Snapshot{Routes: []Route{{Name: "a", Target: "x:1"}, {Name: "a", Target: "x:2"}}}); err == nil {
-		t.Fatal("Apply accepted duplicate routes")
+	// A bad state changes nothing.
+	_, err := r.srv.Reload(State{Material: old, Allowlist: al, Routes: []Route{{Name: "a", Target: "x:1"}, {Name: "a", Target: "x:2"}}})
+	if fe, ok := errors.AsType[*FieldError](err); !ok || fe.Field != "Routes" {
+		t.Fatalf("Reload(duplicate routes) = %v, want a FieldError for Routes", err)
 	}
 	if _, ok := r.srv.route("echo"); !ok {
-		t.Fatal("a rejected Apply changed the routes")
+		t.Fatal("a rejected Reload changed the routes")
 	}
 
 	echo, _ := r.srv.route("echo")
 	echo.Access = &Access{Name: "routes.echo", Identities: []IdentityRule{mustRule(t, "cn:app1")}}
-	n, err := r.srv.Apply("session_revoked", Snapshot{Routes: []Route{echo}})
+	n, err := r.srv.Reload(State{Material: old, Allowlist: al, Routes: []Route{echo}})
 	if err != nil || n != 1 {
-		t.Fatalf("Apply(echo for app1 only) = %d, %v; want 1 closed", n, err)
+		t.Fatalf("Reload(echo for app1 only) = %d, %v; want 1 closed", n, err)
 	}
 	waitFor(t, 5*time.Second, func() bool { return app2.IsClosed() })
 	if app1.IsClosed() {
-		t.Fatal("Apply closed the session of the identity the rules still allow")
+		t.Fatal("Reload closed the session of the identity the rules still allow")
 	}
 	var logged bool
 	for _, e := range r.log.AllEntries() {
@@ -281,21 +292,45 @@ func TestApply(t *testing.T) {
 
 	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().SessionsActive == 1 })
 	// A CA bundle without the clients' CA closes the rest, and new sessions
-	// that complete their handshake are closed by the Admit check too.
+	// that complete their handshake are closed right after it.
 	other, err := devpki.NewCA("other CA", devpki.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(other.Cert)
-	n, err = r.srv.Apply("session_revoked", Snapshot{Routes: []Route{echo}, Admit: TrustCheck(&trust.Material{CAPool: pool})})
+	next := &trust.Material{Certificate: old.Certificate, CAPool: pool, CACerts: []*x509.Certificate{other.Cert}}
+	n, err = r.srv.Reload(State{Material: next, Allowlist: al, Routes: []Route{echo}})
 	if err != nil || n != 1 {
-		t.Fatalf("Apply(CA removed) = %d, %v; want 1 closed", n, err)
+		t.Fatalf("Reload(CA removed) = %d, %v; want 1 closed", n, err)
+	}
+	if r.srv.cfg.Trust.Material() != next {
+		t.Error("Reload did not swap the material")
 	}
 	waitFor(t, 5*time.Second, func() bool { return app1.IsClosed() })
-	late := dialSessionAs(t, pki.clientTLS, r.addr) // the server's TLS config still trusts the old CA
+	late := dialSessionAs(t, pki.clientTLS, r.addr) // the TLS config still trusts the old CA
 	late.Ping()
 	waitFor(t, 5*time.Second, func() bool { return late.IsClosed() })
+
+	// An allowlist without the client's address closes a session too, and
+	// the Filter refuses new connections by it.
+	r.srv.cfg.Trust.Swap(old)
+	if _, err := r.srv.Reload(State{Material: old, Allowlist: al, Routes: []Route{echo}}); err != nil {
+		t.Fatal(err)
+	}
+	app1 = dialSessionAs(t, pki.clientTLS, r.addr)
+	waitFor(t, 5*time.Second, func() bool { return r.srv.Stats().SessionsActive == 1 })
+	elsewhere, err := netfilter.ParseAllowlist([]string{"192.0.2.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.srv.Reload(State{Material: old, Allowlist: elsewhere, Routes: []Route{echo}}); err != nil || n != 1 {
+		t.Fatalf("Reload(address not allowed) = %d, %v; want 1 closed", n, err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return app1.IsClosed() })
+	if r.srv.cfg.Filter.Allowlist() != elsewhere {
+		t.Error("Reload did not swap the allowlist")
+	}
 }
 
 func isStatus(err error, code wire.Status) bool {
@@ -319,10 +354,10 @@ func TestTrustCheckKeepsSameCA(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	p := Peer{Chains: [][]*x509.Certificate{{leaf.Cert, ca.Cert}}}
-	if got := TrustCheck(&trust.Material{CAPool: pool})(p); got != "" {
+	if got := trustCheck(&trust.Material{CAPool: pool})(p); got != "" {
 		t.Errorf("TrustCheck(same CA) = %q, want kept", got)
 	}
-	if got := TrustCheck(&trust.Material{CAPool: x509.NewCertPool()})(p); got != ReasonCARemoved {
+	if got := trustCheck(&trust.Material{CAPool: x509.NewCertPool()})(p); got != ReasonCARemoved {
 		t.Errorf("TrustCheck(no CA) = %q, want %q", got, ReasonCARemoved)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
 )
 
 // Defaults for the zero values of Config's fields.
@@ -43,10 +44,25 @@ const (
 // a signature and a key exchange; more in flight only adds latency.
 func DefaultMaxHandshakes() int { return 128 * runtime.GOMAXPROCS(0) }
 
-// Config configures a Server. It must not be modified after New.
+// Config configures a Server. It must not be modified after New. A
+// negative duration or limit is an error; New reports each bad field as a
+// *FieldError.
 type Config struct {
-	// TLS is the server's TLS configuration (trust.ServerConfig); required.
-	// It must require and verify client certificates.
+	// Trust holds the TLS material handshakes use; Reload swaps it.
+	// Required unless TLS is set.
+	Trust *trust.Store
+
+	// Revocation, if set, checks client chains for revocation on every
+	// handshake (when TLS is nil); whenever its CRLs change it closes the
+	// live sessions they now revoke, and Reload has it re-read the CRL
+	// files. New registers itself with it (OnUpdate); the caller starts and
+	// closes it.
+	Revocation *trust.RevocationChecker
+
+	// TLS is the server's TLS configuration. Nil means
+	// trust.ServerConfig(Trust, [trust.ALPNTunnel],
+	// trust.WithRevocation(Revocation)). A config set here must require and
+	// verify client certificates, and read Trust if Reload is to change it.
 	TLS *tls.Config
 
 	// Filter admits or rejects peers by address before any byte is read;
@@ -174,79 +190,66 @@ type Config struct {
 	Log *logrus.Entry
 }
 
-// withDefaults checks c and returns a copy with zero values replaced by the
-// defaults. The error names the field.
+// FieldError reports a bad value of a Config field: the field, as named in
+// Config ("DialTimeout", "Routes"), and what is wrong with it.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return "server: Config." + e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// withDefaults checks c, except its routes (newPolicy checks those, for New
+// and Reload alike), and returns a copy with zero values replaced by the
+// defaults. Errors are *FieldError.
 func (c Config) withDefaults() (Config, error) {
+	required := errors.New("required")
 	switch {
-	case c.TLS == nil:
-		return c, errors.New("server: Config.TLS is nil")
+	case c.TLS == nil && c.Trust == nil:
+		return c, &FieldError{"Trust", required}
 	case c.Filter == nil:
-		return c, errors.New("server: Config.Filter is nil")
+		return c, &FieldError{"Filter", required}
 	case c.Log == nil:
-		return c, errors.New("server: Config.Log is nil")
-	case len(c.Routes) == 0:
-		return c, errors.New("server: no routes configured")
+		return c, &FieldError{"Log", required}
 	}
-	seen := make(map[string]bool, len(c.Routes))
-	for _, r := range c.Routes {
-		if err := r.check(); err != nil {
-			return c, fmt.Errorf("server: route %q: %w", r.Name, err)
-		}
-		if seen[r.Name] {
-			return c, fmt.Errorf("server: route %q configured twice", r.Name)
-		}
-		seen[r.Name] = true
-	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{
-		{"FirstByteTimeout", &c.FirstByteTimeout, DefaultFirstByteTimeout},
-		{"ClientHelloTimeout", &c.ClientHelloTimeout, DefaultClientHelloTimeout},
-		{"HandshakeTimeout", &c.HandshakeTimeout, DefaultHandshakeTimeout},
-		{"DialTimeout", &c.DialTimeout, DefaultDialTimeout},
-		{"HeaderTimeout", &c.HeaderTimeout, DefaultHeaderTimeout},
-		{"Keepalive", &c.Keepalive, DefaultKeepalive},
-		{"IdleTimeout", &c.IdleTimeout, 0},
-		{"ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout},
-		{"MaxSessionLifetime", &c.MaxSessionLifetime, 0},
-		{"ProxyHeaderTimeout", &c.ProxyHeaderTimeout, netfilter.DefaultProxyHeaderTimeout},
+	for _, err := range []error{
+		orDefault("FirstByteTimeout", &c.FirstByteTimeout, DefaultFirstByteTimeout),
+		orDefault("ClientHelloTimeout", &c.ClientHelloTimeout, DefaultClientHelloTimeout),
+		orDefault("MaxPending", &c.MaxPending, DefaultMaxPending),
+		orDefault("HandshakeTimeout", &c.HandshakeTimeout, DefaultHandshakeTimeout),
+		orDefault("MaxHandshakes", &c.MaxHandshakes, DefaultMaxHandshakes()),
+		orDefault("DialTimeout", &c.DialTimeout, DefaultDialTimeout),
+		orDefault("HeaderTimeout", &c.HeaderTimeout, DefaultHeaderTimeout),
+		orDefault("IdleTimeout", &c.IdleTimeout, 0),
+		orDefault("Keepalive", &c.Keepalive, DefaultKeepalive),
+		orDefault("MaxStreamsPerSession", &c.MaxStreamsPerSession, DefaultMaxStreamsPerSession),
+		orDefault("MaxSessionsPerIdentity", &c.MaxSessionsPerIdentity, DefaultMaxSessionsPerIdentity),
+		orDefault("StreamRate", &c.StreamRate, 0),
+		orDefault("SessionMemory", &c.SessionMemory, mux.DefaultSessionBudget),
+		orDefault("MemoryBudget", &c.MemoryBudget, mux.DefaultProcessBudget),
+		orDefault("MaxSessionLifetime", &c.MaxSessionLifetime, 0),
+		orDefault("ShutdownTimeout", &c.ShutdownTimeout, DefaultShutdownTimeout),
+		orDefault("ProxyHeaderTimeout", &c.ProxyHeaderTimeout, netfilter.DefaultProxyHeaderTimeout),
 	} {
-		if *d.v < 0 {
-			return c, fmt.Errorf("server: Config.%s is negative (%v)", d.name, *d.v)
-		}
-		if *d.v == 0 {
-			*d.v = d.def
+		if err != nil {
+			return c, err
 		}
 	}
-	if c.RawRoute != "" && !seen[c.RawRoute] {
-		return c, fmt.Errorf("server: Config.RawRoute %q is not a configured route", c.RawRoute)
-	}
-	if c.MaxHandshakes < 0 || c.MaxStreamsPerSession < 0 || c.MaxSessionsPerIdentity < 0 || c.StreamRate < 0 ||
-		c.SessionMemory < 0 || c.MemoryBudget < 0 {
-		return c, errors.New("server: a limit in Config is negative")
-	}
-	if c.MaxSessionsPerIdentity == 0 {
-		c.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
-	}
-	if c.SessionMemory == 0 {
-		c.SessionMemory = mux.DefaultSessionBudget
-	}
-	if c.MemoryBudget == 0 {
-		c.MemoryBudget = mux.DefaultProcessBudget
-	}
-	if c.MaxHandshakes == 0 {
-		c.MaxHandshakes = DefaultMaxHandshakes()
-	}
-	if c.MaxStreamsPerSession == 0 {
-		c.MaxStreamsPerSession = DefaultMaxStreamsPerSession
-	}
-	switch {
-	case c.MaxPending < 0:
-		return c, fmt.Errorf("server: Config.MaxPending is negative (%d)", c.MaxPending)
-	case c.MaxPending == 0:
-		c.MaxPending = DefaultMaxPending
+	if c.TLS == nil {
+		c.TLS = trust.ServerConfig(c.Trust, []string{trust.ALPNTunnel}, trust.WithRevocation(c.Revocation))
 	}
 	return c, nil
+}
+
+// orDefault refuses a negative *v (a *FieldError naming field) and makes a
+// zero one def, as Config's fields document.
+func orDefault[T int | int64 | time.Duration](field string, v *T, def T) error {
+	switch {
+	case *v < 0:
+		return &FieldError{field, fmt.Errorf("%v is negative", *v)}
+	case *v == 0:
+		*v = def
+	}
+	return nil
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // The pending set holds the connections in their prologue: accepted, not
-// yet handshaking (see prologue.go). Each costs a goroutine and a socket, so
+// yet handshaking (see accept.go). Each costs a goroutine and a socket, so
 // the set is capped; a full set makes room by closing its oldest silent
 // connection, never by refusing the newcomer. A real client leaves the set
 // within a round trip of connecting, so under a flood of silent connections

@@ -40,7 +40,7 @@ type rawConn struct {
 // stream_closed and session_closed as a tunnel session would, counts as an
 // open stream for the drain, and ends when ctx does. The caller closes tc.
 func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
-	route, _ := s.route(s.cfg.RawRoute) // Apply keeps the raw route configured
+	route, _ := s.route(s.cfg.RawRoute) // Reload keeps the raw route configured
 	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
 	if reason := route.Access.Decide(peer); reason != "" { // the route's own rules (server/authz.go)
 		s.rawRefused(log, peer.Addr, wire.StatusForbidden, logrus.Fields{audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason},
@@ -83,14 +83,7 @@ func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *lo
 	start := time.Now()
 	in, out, err := pipe.Run(tc, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: s.memory})
 	s.stats.routes.add(route.Name, in, out)
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: in, audit.BytesOut: out,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
+	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 	switch {
 	case ctx.Err() != nil:
 		return "closed"
@@ -130,23 +123,4 @@ func (s *Server) trackRaw(rc *rawConn, add bool) {
 		s.raws = make(map[*rawConn]struct{})
 	}
 	s.raws[rc] = struct{}{}
-}
-
-// recheckRaw is Recheck for the raw connections: it closes those check
-// refuses, logging event with the reason, and returns how many.
-func (s *Server) recheckRaw(event string, check PeerCheck) int {
-	s.mu.Lock()
-	doomed := map[*rawConn]string{}
-	for rc := range s.raws {
-		if r := check(rc.peer); r != "" {
-			doomed[rc] = r
-		}
-	}
-	s.mu.Unlock()
-	for rc, reason := range doomed {
-		rc.log.WithFields(logrus.Fields{audit.Event: event, audit.Reason: reason, fieldMode: ModeRaw}).
-			Warn("closing raw connection: its client is no longer accepted")
-		rc.tc.Close()
-	}
-	return len(doomed)
 }

@@ -27,9 +27,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testPKI is a CA with a server and a client certificate, in memory.
 type testPKI struct {
-	serverTLS *tls.Config
-	clientTLS *tls.Config // CN app1
-	otherTLS  *tls.Config // CN app2, same CA
+	serverStore *trust.Store // what serverTLS reads
+	serverTLS   *tls.Config
+	clientTLS   *tls.Config // CN app1
+	otherTLS    *tls.Config // CN app2, same CA
 }
 
 func newTestPKI(t testing.TB) testPKI {
@@ -64,9 +65,10 @@ func newTestPKI(t testing.TB) testPKI {
 		return trust.ClientConfig(st, "srv.test", []string{trust.ALPNTunnel})
 	}
 	return testPKI{
-		serverTLS: trust.ServerConfig(srvStore, []string{trust.ALPNTunnel}),
-		clientTLS: client("app1"),
-		otherTLS:  client("app2"),
+		serverStore: srvStore,
+		serverTLS:   trust.ServerConfig(srvStore, []string{trust.ALPNTunnel}),
+		clientTLS:   client("app1"),
+		otherTLS:    client("app2"),
 	}
 }
 
@@ -128,7 +130,7 @@ func startServer(t *testing.T, pki testPKI, mutate func(*Config)) *running {
 		t.Fatal(err)
 	}
 	cfg := Config{
-		TLS: pki.serverTLS, Filter: f, Log: log,
+		Trust: pki.serverStore, Filter: f, Log: log,
 		Routes: []Route{{Name: "echo", Target: echoBackend(t)}, {Name: "down", Target: closedPort(t)}},
 	}
 	if mutate != nil {

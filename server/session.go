@@ -126,3 +126,69 @@ func sessionEndReason(err error) string {
 	}
 	return "error"
 }
+
+// holdIdentity counts ss against its identity's session cap, or closes it
+// if the identity is at the cap. It reports whether ss may go on; if so,
+// releaseIdentity must follow.
+func (s *Server) holdIdentity(ss *session) bool {
+	fp := ss.peer.Identity.Fingerprint
+	s.mu.Lock()
+	ok := s.identities[fp] < s.cfg.MaxSessionsPerIdentity
+	if ok {
+		s.identities[fp]++
+	}
+	s.mu.Unlock()
+	if ok {
+		return true
+	}
+	s.stats.limitSessions.Add(1)
+	s.connRejected(s.log.WithFields(ss.peer.Identity.Fields()).WithField(audit.Limit, limitMaxSessions), ss.peer.Addr, ss.addr, ReasonSessionLimit,
+		"session refused: this identity holds as many sessions as one identity may")
+	ss.mux.Close()
+	return false
+}
+
+func (s *Server) releaseIdentity(ss *session) {
+	fp := ss.peer.Identity.Fingerprint
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.identities[fp] <= 1 {
+		delete(s.identities, fp)
+		return
+	}
+	s.identities[fp]--
+}
+
+// expire ends ss gracefully once it has lived MaxSessionLifetime: GoAway,
+// then close once its streams are done or ShutdownTimeout has passed. It
+// returns a function that cancels it.
+func (s *Server) expire(ss *session) (stop func()) {
+	if s.cfg.MaxSessionLifetime <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	t := time.AfterFunc(s.cfg.MaxSessionLifetime, func() {
+		ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionExpiring, "lifetime": s.cfg.MaxSessionLifetime.String(), audit.Limit: limitMaxLifetime}).
+			Info("session reached its maximum lifetime: no new streams; closing when its streams are done")
+		ss.goAway()
+		deadline := time.Now().Add(s.cfg.ShutdownTimeout)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for ss.active.Load() > 0 && time.Now().Before(deadline) {
+			select {
+			case <-tick.C:
+			case <-done:
+				return
+			}
+		}
+		ss.mux.Close()
+	})
+	return func() {
+		close(done)
+		t.Stop()
+	}
+}
+
+// ReasonSessionLimit is the conn_rejected reason of a session past
+// Config.MaxSessionsPerIdentity.
+const ReasonSessionLimit = "session_limit"

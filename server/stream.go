@@ -72,30 +72,7 @@ func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 	in, out, err := pipe.Run(st, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: ss.mux.Budget()})
 	log := ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target})
 	s.stats.routes.add(name, in, out)
-	fields := logrus.Fields{
-		audit.Event: audit.StreamClosed, audit.BytesIn: in, audit.BytesOut: out,
-		audit.DurationMS: time.Since(start).Milliseconds(),
-	}
-	if err != nil {
-		fields[audit.Error] = err.Error()
-	}
-	log.WithFields(fields).Info("stream closed")
-}
-
-// dial connects to the route's backend under DialTimeout.
-func (s *Server) dial(ctx context.Context, r Route) (net.Conn, error) {
-	network, addr := r.network()
-	d := net.Dialer{
-		Timeout:         s.cfg.DialTimeout,
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4},
-	}
-	// NoDelay is Go's default for TCP; the copy loop writes whole buffers.
-	began := time.Now()
-	c, err := d.DialContext(ctx, network, addr)
-	if err == nil {
-		s.stats.dialTime.observe(time.Since(began))
-	}
-	return c, err
+	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 }
 
 // refuse answers a stream with a non-zero status and logs why; the
@@ -195,9 +172,28 @@ func (s *Server) flushRefusals(ss *session) {
 	})
 }
 
-// limitFlag names the setting behind each limit reason, for the log line.
+// The settings behind the limits, as the limit field of their log lines
+// names them (their config file keys).
+const (
+	limitMaxSessions = "max_sessions_per_identity"
+	limitMaxLifetime = "max_session_lifetime"
+)
+
+// limitFlag names the setting behind each stream limit reason.
 var limitFlag = map[string]string{
 	mux.ReasonStreamCap:  "max_streams",
 	mux.ReasonStreamRate: "max_stream_rate",
 	mux.ReasonBudget:     "session_memory",
+}
+
+// forbid answers a stream that route's rules refuse with StatusForbidden
+// and logs stream_refused with the identity (the session's fields), the
+// route, the rule set and the reason.
+func (s *Server) forbid(ss *session, st *mux.Stream, route Route, reason string) {
+	code := wire.StatusForbidden
+	s.stats.refused[code].Add(1)
+	st.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
+	_ = wire.WriteStatus(st, code) // the peer may be gone; the log line stands either way
+	s.refusedLine(ss, code, logrus.Fields{audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason},
+		"stream refused: forbidden by the route's rules")
 }

@@ -1,5 +1,9 @@
-// Package trust owns the TLS configuration of both roles: certificate, key
-// and CA loading, leaf usage checks, and the identity of a verified peer.
+// Package trust owns what a TLS peer is trusted on, for both roles: loading
+// the certificate, key, CA bundle and CRL files into one immutable Material
+// behind a Store; the TLS configs with their leaf usage checks; the identity
+// of a verified peer; and revocation checking (RevocationChecker) against
+// CRL files and CRLs fetched from Distribution Points through an
+// SSRF-hardened fetcher (CRLFetcher), cached and refreshed (CRLStore).
 package trust
 
 import (
@@ -24,6 +28,19 @@ type Sources struct {
 	KeyFile  string   // PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted
 	CAFile   string   // PEM bundle of the CA certificates that verify the peer
 	CRLFiles []string // CRLs (PEM, one or more per file, or DER) checked against the peer's chain
+}
+
+// Paths returns the files src names (certificate, key, CA bundle, CRL
+// files), without empty names and duplicates: what a reload re-reads and
+// what a file watcher should watch.
+func (s Sources) Paths() []string {
+	var out []string
+	for _, p := range append([]string{s.CertFile, s.KeyFile, s.CAFile}, s.CRLFiles...) {
+		if p != "" && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Material is one immutable, checked load of Sources. It is never mutated
@@ -54,18 +71,19 @@ var (
 	ErrKeyMismatch    = errors.New("does not match certificate")
 )
 
-// LoadError is the error Load returns. Its message names the flag and the
-// file, never the file's contents: `trust: --key "k.pem": does not match
-// certificate "c.pem"`. Err is the cause: an fs error (errors.Is(err,
-// fs.ErrNotExist) works), a parse error, or one of the Err* values above.
+// LoadError reports one file of Sources that Load refused. Its message names
+// the Sources field and the file, never the file's contents: `trust:
+// KeyFile "k.pem": does not match certificate "c.pem"`. Err is the cause: an
+// fs error (errors.Is(err, fs.ErrNotExist) works), a parse error, or one of
+// the Err* values above.
 type LoadError struct {
-	Field string // "cert", "key", "ca" or "crl"
-	Path  string // the file named by Field
+	Field string // the Sources field: "CertFile", "KeyFile", "CAFile" or "CRLFiles"
+	Path  string // the file at fault
 	Err   error
 }
 
 func (e *LoadError) Error() string {
-	return fmt.Sprintf("trust: --%s %q: %v", e.Field, e.Path, e.Err)
+	return fmt.Sprintf("trust: %s %q: %v", e.Field, e.Path, e.Err)
 }
 
 func (e *LoadError) Unwrap() error { return e.Err }
@@ -76,53 +94,66 @@ func (e *LoadError) Unwrap() error { return e.Err }
 // file holds CRLs that ParseCRLs accepts. Load does not check validity dates
 // or usages of its own leaf; the peer does. Nor does it check CRL
 // signatures: a CRL may be issued by an intermediate that only the peer
-// presents. Errors are *LoadError.
+// presents. Every file is checked, so that one error names every bad file:
+// a *LoadError, or several joined (errors.Join) in the order above, the first
+// of which errors.As finds.
 func Load(src Sources) (*Material, error) {
-	chain, err := readCerts("cert", src.CertFile)
-	if err != nil {
-		return nil, err
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
+	chain, err := readCerts("CertFile", src.CertFile)
+	check(err)
 	key, err := readKey(src.KeyFile)
-	if err != nil {
-		return nil, err
+	check(err)
+	if chain != nil && key != nil && !publicKeysEqual(key.Public(), chain[0].PublicKey) {
+		check(&LoadError{Field: "KeyFile", Path: src.KeyFile, Err: fmt.Errorf("%w %q", ErrKeyMismatch, src.CertFile)})
 	}
-	leaf := chain[0]
-	if !publicKeysEqual(key.Public(), leaf.PublicKey) {
-		return nil, &LoadError{Field: "key", Path: src.KeyFile,
-			Err: fmt.Errorf("%w %q", ErrKeyMismatch, src.CertFile)}
+	cas, err := readCerts("CAFile", src.CAFile)
+	check(err)
+	var crls []*CRL
+	for _, path := range src.CRLFiles {
+		cs, err := readCRLs(path)
+		check(err)
+		crls = append(crls, cs...)
 	}
-	cas, err := readCerts("ca", src.CAFile)
-	if err != nil {
-		return nil, err
+	switch len(errs) {
+	case 0:
+	case 1:
+		return nil, errs[0]
+	default:
+		return nil, errors.Join(errs...)
 	}
 	pool := x509.NewCertPool()
 	for _, c := range cas {
 		pool.AddCert(c)
-	}
-	var crls []*CRL
-	for _, path := range src.CRLFiles {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, &LoadError{Field: "crl", Path: path, Err: err}
-		}
-		cs, err := ParseCRLs(data, path)
-		if err != nil {
-			return nil, &LoadError{Field: "crl", Path: path, Err: err}
-		}
-		crls = append(crls, cs...)
 	}
 	ders := make([][]byte, len(chain))
 	for i, c := range chain {
 		ders[i] = c.Raw
 	}
 	return &Material{
-		Certificate: tls.Certificate{Certificate: ders, PrivateKey: key, Leaf: leaf},
+		Certificate: tls.Certificate{Certificate: ders, PrivateKey: key, Leaf: chain[0]},
 		CAPool:      pool,
 		CACerts:     cas,
 		CRLs:        crls,
 		Sources:     src,
 		issuers:     bundleIssuers(cas),
 	}, nil
+}
+
+// readCRLs returns the CRLs of the file at path.
+func readCRLs(path string) ([]*CRL, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		var cs []*CRL
+		if cs, err = ParseCRLs(data, path); err == nil {
+			return cs, nil
+		}
+	}
+	return nil, &LoadError{Field: "CRLFiles", Path: path, Err: err}
 }
 
 // bundleIssuers maps each non-self-signed certificate of cas to its issuer
@@ -217,7 +248,7 @@ func readCerts(field, path string) ([]*x509.Certificate, error) {
 // readKey returns the first private key of the PEM file at path.
 func readKey(path string) (crypto.Signer, error) {
 	fail := func(err error) (crypto.Signer, error) {
-		return nil, &LoadError{Field: "key", Path: path, Err: err}
+		return nil, &LoadError{Field: "KeyFile", Path: path, Err: err}
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,48 +114,48 @@ func TestLoadErrors(t *testing.T) {
 		edit      func(t *testing.T, src *trust.Sources)
 		field     string
 		is        error  // errors.Is target, if any
-		msgSuffix string // the message after `trust: --field "path": `
+		msgSuffix string // the message after `trust: Field "path": `
 	}{
-		{name: "missing cert", field: "cert", is: fs.ErrNotExist, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "missing cert", field: "CertFile", is: fs.ErrNotExist, edit: func(t *testing.T, s *trust.Sources) {
 			s.CertFile = filepath.Join(t.TempDir(), "nope.pem")
 		}},
-		{name: "missing key", field: "key", is: fs.ErrNotExist, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "missing key", field: "KeyFile", is: fs.ErrNotExist, edit: func(t *testing.T, s *trust.Sources) {
 			s.KeyFile = filepath.Join(t.TempDir(), "nope.pem")
 		}},
-		{name: "missing ca", field: "ca", is: fs.ErrNotExist, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "missing ca", field: "CAFile", is: fs.ErrNotExist, edit: func(t *testing.T, s *trust.Sources) {
 			s.CAFile = filepath.Join(t.TempDir(), "nope.pem")
 		}},
-		{name: "cert garbage", field: "cert", is: trust.ErrNoCertificate, msgSuffix: "no PEM certificate found", edit: func(t *testing.T, s *trust.Sources) {
+		{name: "cert garbage", field: "CertFile", is: trust.ErrNoCertificate, msgSuffix: "no PEM certificate found", edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.CertFile), "cert.pem", garbage)
 		}},
-		{name: "cert key only", field: "cert", is: trust.ErrNoCertificate, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "cert key only", field: "CertFile", is: trust.ErrNoCertificate, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.CertFile), "cert.pem", leaf.keyPEM)
 		}},
-		{name: "cert unparsable", field: "cert", edit: func(t *testing.T, s *trust.Sources) {
+		{name: "cert unparsable", field: "CertFile", edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.CertFile), "cert.pem", badCert)
 		}},
-		{name: "key garbage", field: "key", is: trust.ErrNoKey, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "key garbage", field: "KeyFile", is: trust.ErrNoKey, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.KeyFile), "key.pem", garbage)
 		}},
-		{name: "key mismatch", field: "key", is: trust.ErrKeyMismatch, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "key mismatch", field: "KeyFile", is: trust.ErrKeyMismatch, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.KeyFile), "key.pem", other.keyPEM)
 		}},
-		{name: "key encrypted PKCS#8", field: "key", is: trust.ErrEncryptedKey, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "key encrypted PKCS#8", field: "KeyFile", is: trust.ErrEncryptedKey, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.KeyFile), "key.pem", pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte("junk")}))
 		}},
-		{name: "key encrypted legacy", field: "key", is: trust.ErrEncryptedKey, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "key encrypted legacy", field: "KeyFile", is: trust.ErrEncryptedKey, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.KeyFile), "key.pem", legacy)
 		}},
-		{name: "key X25519", field: "key", is: trust.ErrUnsupportedKey, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "key X25519", field: "KeyFile", is: trust.ErrUnsupportedKey, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.KeyFile), "key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: xder}))
 		}},
-		{name: "key unparsable", field: "key", edit: func(t *testing.T, s *trust.Sources) {
+		{name: "key unparsable", field: "KeyFile", edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.KeyFile), "key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte("junk")}))
 		}},
-		{name: "ca key only", field: "ca", is: trust.ErrNoCertificate, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "ca key only", field: "CAFile", is: trust.ErrNoCertificate, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.CAFile), "ca.pem", ca.keyPEM)
 		}},
-		{name: "ca garbage", field: "ca", is: trust.ErrNoCertificate, edit: func(t *testing.T, s *trust.Sources) {
+		{name: "ca garbage", field: "CAFile", is: trust.ErrNoCertificate, edit: func(t *testing.T, s *trust.Sources) {
 			writeFile(t, filepath.Dir(s.CAFile), "ca.pem", garbage)
 		}},
 	}
@@ -170,11 +171,11 @@ func TestLoadErrors(t *testing.T) {
 			if !ok {
 				t.Fatalf("Load error %T %v, want *LoadError", err, err)
 			}
-			path := map[string]string{"cert": src.CertFile, "key": src.KeyFile, "ca": src.CAFile}[tt.field]
+			path := map[string]string{"CertFile": src.CertFile, "KeyFile": src.KeyFile, "CAFile": src.CAFile}[tt.field]
 			if le.Field != tt.field || le.Path != path {
 				t.Errorf("LoadError{Field: %q, Path: %q}, want {%q, %q}", le.Field, le.Path, tt.field, path)
 			}
-			prefix := "trust: --" + tt.field + " \"" + path + "\": "
+			prefix := "trust: " + tt.field + " \"" + path + "\": "
 			if !strings.HasPrefix(err.Error(), prefix) {
 				t.Errorf("error %q does not start with %q", err, prefix)
 			}
@@ -197,9 +198,38 @@ func TestLoadKeyMismatchMessage(t *testing.T) {
 	src := sources(t, leaf, nil, ca)
 	writeFile(t, filepath.Dir(src.KeyFile), "key.pem", ca.keyPEM)
 	_, err := trust.Load(src)
-	want := "trust: --key \"" + src.KeyFile + "\": does not match certificate \"" + src.CertFile + "\""
+	want := "trust: KeyFile \"" + src.KeyFile + "\": does not match certificate \"" + src.CertFile + "\""
 	if err == nil || err.Error() != want {
 		t.Errorf("Load error = %v, want %s", err, want)
+	}
+}
+
+// Load checks every file, so one error names each bad one, in order.
+func TestLoadNamesEveryBadFile(t *testing.T) {
+	ca := newCA(t, "CA")
+	other := newLeaf(t, ca, "app2", x509.ExtKeyUsageClientAuth, nil)
+	src := sources(t, newLeaf(t, ca, "app1", x509.ExtKeyUsageClientAuth, nil), nil, ca)
+	writeFile(t, filepath.Dir(src.KeyFile), "key.pem", other.keyPEM)
+	writeFile(t, filepath.Dir(src.CAFile), "ca.pem", []byte("no CA here\n"))
+	src.CRLFiles = []string{filepath.Join(t.TempDir(), "missing.crl")}
+	_, err := trust.Load(src)
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("Load error %v names one file, want three", err)
+	}
+	var got []string
+	for _, e := range joined.Unwrap() {
+		le, ok := errors.AsType[*trust.LoadError](e)
+		if !ok {
+			t.Fatalf("%v is not a *LoadError", e)
+		}
+		got = append(got, le.Field)
+	}
+	if want := []string{"KeyFile", "CAFile", "CRLFiles"}; !slices.Equal(got, want) {
+		t.Errorf("Load names %q, want %q", got, want)
+	}
+	if le, _ := errors.AsType[*trust.LoadError](err); le.Field != "KeyFile" || !errors.Is(err, trust.ErrKeyMismatch) {
+		t.Errorf("errors.As finds %v first, want the key mismatch", le)
 	}
 }
 
@@ -273,5 +303,12 @@ func TestLooseKeyFile(t *testing.T) {
 	}
 	if _, loose := trust.LooseKeyFile(dir + "/missing"); loose {
 		t.Error("a missing file reported loose")
+	}
+}
+
+func TestSourcesPaths(t *testing.T) {
+	src := trust.Sources{CertFile: "c.pem", KeyFile: "k.pem", CAFile: "c.pem", CRLFiles: []string{"a.crl", "", "b.crl"}}
+	if got, want := src.Paths(), []string{"c.pem", "k.pem", "a.crl", "b.crl"}; !slices.Equal(got, want) {
+		t.Errorf("Paths() = %q, want %q", got, want)
 	}
 }

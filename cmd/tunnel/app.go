@@ -109,16 +109,3 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 func usageError(_ *cli.Context, err error, _ bool) error {
 	return &configError{err: err}
 }
-
-// splitValues returns the entries of a repeatable flag: each occurrence (or
-// the environment variable) may hold several, separated by sep characters
-// and white space.
-func splitValues(vals []string, sep string) []string {
-	var out []string
-	for _, v := range vals {
-		out = append(out, strings.FieldsFunc(v, func(r rune) bool {
-			return strings.ContainsRune(sep, r) || r == ' ' || r == '\t' || r == '\n'
-		})...)
-	}
-	return out
-}

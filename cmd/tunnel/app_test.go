@@ -25,20 +25,6 @@ func TestReorderPositional(t *testing.T) {
 	}
 }
 
-func TestSplitValues(t *testing.T) {
-	got := splitValues([]string{"10.0.0.0/8,::1", " 127.0.0.1/32  192.168.0.0/16 "}, ",")
-	want := []string{"10.0.0.0/8", "::1", "127.0.0.1/32", "192.168.0.0/16"}
-	if !slices.Equal(got, want) {
-		t.Errorf("splitValues(allow) = %q, want %q", got, want)
-	}
-	// Route values keep their commas (route options).
-	got = splitValues([]string{"db=127.0.0.1:5432,proxy-v2 cache=127.0.0.1:6379"}, "")
-	want = []string{"db=127.0.0.1:5432,proxy-v2", "cache=127.0.0.1:6379"}
-	if !slices.Equal(got, want) {
-		t.Errorf("splitValues(route) = %q, want %q", got, want)
-	}
-}
-
 // pki makes a dev PKI with the cert command, as a user would.
 func pki(t *testing.T) string {
 	t.Helper()

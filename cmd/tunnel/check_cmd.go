@@ -1,27 +1,13 @@
 package main
 
 import (
-	"crypto/x509"
-	"errors"
-	"fmt"
 	"io"
-	"os"
 	"strings"
-	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
-	"go.yaml.in/yaml/v3"
 
-	"github.com/tunnel-dev/tunnel/client"
-	"github.com/tunnel-dev/tunnel/netfilter"
-	"github.com/tunnel-dev/tunnel/server"
-	"github.com/tunnel-dev/tunnel/trust"
+	"github.com/tunnel-dev/tunnel/internal/config"
 )
-
-// expiryWarning is how close to its notAfter a certificate makes `tunnel
-// check` warn.
-const expiryWarning = 7 * 24 * time.Hour
 
 // checkCommand is `tunnel check`: it takes the flags of the role the config
 // file is for, so its flag parsing is done by a role command built here.
@@ -68,15 +54,11 @@ func runCheck(c *cli.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var cmd *cli.Command
-	switch role {
-	case "server":
-		cmd = serverCommand(io.Discard)
-		cmd.Action = func(c *cli.Context) error { return checkServer(c, stdout, stderr) }
-	case "client":
-		cmd = clientCommand(io.Discard)
-		cmd.Action = func(c *cli.Context) error { return checkClient(c, stdout, stderr) }
+	cmd, r := serverCommand(io.Discard), serverRole
+	if role == clientRole.name {
+		cmd, r = clientCommand(io.Discard), clientRole
 	}
+	cmd.Action = func(c *cli.Context) error { return r.check(c, stdout, stderr) }
 	app := &cli.App{
 		Name: "tunnel check", Writer: stdout, ErrWriter: stderr, HideVersion: true,
 		DisableSliceFlagSeparator: true,
@@ -136,316 +118,10 @@ func checkRole(args []string) (string, []string, error) {
 		return role, rest, nil
 	case role != "":
 		return "", nil, flagError("--role", "%q is not server or client", role)
-	case roleOfFile(cfg) != "":
-		return roleOfFile(cfg), rest, nil
+	case config.RoleOfFile(cfg) != "":
+		return config.RoleOfFile(cfg), rest, nil
 	case sawForward:
 		return "client", rest, nil
 	}
 	return "server", rest, nil
-}
-
-// roleOfFile guesses from the top-level keys of a config file; "" if it
-// cannot tell (the check itself then reports what is wrong).
-func roleOfFile(path string) string {
-	if path == "" {
-		return ""
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	var doc map[string]any
-	if yaml.Unmarshal(data, &doc) != nil {
-		return ""
-	}
-	for _, k := range []string{"forwards", "server", "server_name"} {
-		if _, ok := doc[k]; ok {
-			return "client"
-		}
-	}
-	for _, k := range []string{"routes", "listen", "allow"} {
-		if _, ok := doc[k]; ok {
-			return "server"
-		}
-	}
-	return ""
-}
-
-// checker collects problems, one per key or flag.
-type checker struct {
-	fc    *fileConfig
-	probs []problem
-	seen  map[string]bool
-}
-
-// add records err as a problem unless one was already recorded for the
-// same key or flag, or the flag's value in the file had one.
-func (ck *checker) add(err error) {
-	if err == nil {
-		return
-	}
-	var ce *configError
-	if errors.As(err, &ce) && ck.fc != nil && ck.fc.broken[strings.TrimPrefix(ce.flag, "--")] {
-		return
-	}
-	p := ck.fc.flagProblem(err)
-	if ck.seen == nil {
-		ck.seen = map[string]bool{}
-	}
-	if p.key != "" && ck.seen[p.key] {
-		return
-	}
-	ck.seen[p.key] = true
-	ck.probs = append(ck.probs, p)
-}
-
-// fail prints the problems and returns the exit-2 error.
-func (ck *checker) fail(stderr io.Writer) error {
-	for _, p := range ck.probs {
-		fmt.Fprintln(stderr, p.String())
-	}
-	return &configError{err: fmt.Errorf("%d problem(s) found", len(ck.probs))}
-}
-
-// resolveForCheck is resolve for `tunnel check`: file problems are printed
-// as the result.
-func resolveForCheck(c *cli.Context, stderr io.Writer) (*cli.Context, *fileConfig, *flagLayers, *checker, error) {
-	layers, err := captureFlags(c)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
-	rc, fc, probs, err := layers.resolveAll()
-	ck := &checker{fc: fc, probs: probs}
-	if err == nil && rc == nil {
-		return nil, nil, nil, nil, ck.fail(stderr) // the file did not parse
-	}
-	return rc, fc, layers, ck, err
-}
-
-func quietLog() *logrus.Entry {
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	return logrus.NewEntry(l)
-}
-
-func checkServer(c *cli.Context, stdout, stderr io.Writer) error {
-	rc, fc, layers, ck, err := resolveForCheck(c, stderr)
-	if err != nil {
-		return err
-	}
-	_, err = newLogger(rc, io.Discard, "server")
-	ck.add(err)
-	ck.add(checkAdmin(rc))
-	if l := rc.String("listen"); checkListen(l) != nil {
-		ck.add(flagError("--listen", "%q: %v", l, checkListen(l)))
-	}
-	if len(rc.StringSlice("allow")) == 0 {
-		ck.add(flagError("--allow", "required: name the client addresses that may connect (0.0.0.0/0 and ::/0 allow all)"))
-	}
-	for _, v := range splitValues(rc.StringSlice("route"), "") {
-		if _, err := server.ParseRoute(v); err != nil {
-			ck.add(&configError{flag: "--route", err: err})
-		}
-	}
-	if len(rc.StringSlice("route")) == 0 {
-		ck.add(flagError("--route", "required: at least one NAME=HOST:PORT"))
-	}
-	m := checkTrust(ck, rc)
-	_, err = revocationPolicy(rc)
-	ck.add(err)
-	var setup *serverSetup
-	if len(ck.probs) == 0 {
-		setup, err = loadServer(rc, fc, quietLog())
-		ck.add(err)
-		if err == nil {
-			_, err = server.New(setup.cfg)
-			ck.add(err)
-		}
-	}
-	if len(ck.probs) > 0 {
-		return ck.fail(stderr)
-	}
-	setup.rc.Close()
-
-	w := &summary{out: stdout, fc: fc, layers: layers}
-	w.header("server", layers)
-	w.line("listen", setup.listen)
-	al := setup.cfg.Filter.Allowlist()
-	w.line("allow", fmt.Sprintf("%d prefix(es): %s", al.Len(), al.String()))
-	w.warnings(allowWarnings(al))
-	for _, r := range setup.cfg.Routes {
-		opts := ""
-		switch {
-		case r.ProxyV1:
-			opts = " (proxy-v1)"
-		case r.ProxyV2:
-			opts = " (proxy-v2)"
-		}
-		w.line("route", fmt.Sprintf("%s -> %s%s: %s", r.Name, r.Target, opts, r.Access))
-		if r.Access != nil && r.Access.Allow != nil && !overlaps(r.Access.Allow, al) {
-			w.warn(fc.routes[r.Name]+".allow", "admits no address the listener allows: the route is closed to everyone")
-		}
-	}
-	if setup.cfg.RawRoute != "" {
-		w.line("raw route", setup.cfg.RawRoute)
-	}
-	if setup.cfg.ProxyProtocolFrom != nil {
-		w.line("proxy from", setup.cfg.ProxyProtocolFrom.String())
-	}
-	if fc != nil && fc.ruled && fc.access == nil {
-		w.warn("--route", "replaces the config file's routes and their allow_identities/allow rules")
-	}
-	w.trust(m, setup.rc.Policy())
-	w.warnings(keyFileWarnings(rc))
-	return nil
-}
-
-func checkClient(c *cli.Context, stdout, stderr io.Writer) error {
-	rc, fc, layers, ck, err := resolveForCheck(c, stderr)
-	if err != nil {
-		return err
-	}
-	_, err = newLogger(rc, io.Discard, "client")
-	ck.add(err)
-	ck.add(checkAdmin(rc))
-	_, _, err = loadServerFlags(rc)
-	ck.add(err)
-	for _, v := range splitValues(rc.StringSlice("forward"), ",") {
-		if _, err := client.ParseForward(v); err != nil {
-			ck.add(&configError{flag: "--forward", err: err})
-		}
-	}
-	if len(rc.StringSlice("forward")) == 0 {
-		ck.add(flagError("--forward", "required: at least one [HOST:]PORT=ROUTE"))
-	}
-	m := checkTrust(ck, rc)
-	_, err = revocationPolicy(rc)
-	ck.add(err)
-	var setup *clientSetup
-	if len(ck.probs) == 0 {
-		setup, err = loadClient(rc, fc, quietLog())
-		ck.add(err)
-		if err == nil {
-			_, err = client.New(setup.cfg)
-			ck.add(err)
-		}
-	}
-	if len(ck.probs) > 0 {
-		return ck.fail(stderr)
-	}
-	setup.rc.Close()
-
-	w := &summary{out: stdout, fc: fc, layers: layers}
-	w.header("client", layers)
-	w.line("server", strings.Join(append([]string{setup.cfg.Server}, setup.cfg.Failover...), ", "))
-	if n := rc.String("server-name"); n != "" {
-		w.line("server name", n)
-	}
-	for _, f := range setup.cfg.Forwards {
-		w.line("forward", f.Listen+" -> route "+f.Route)
-	}
-	w.trust(m, setup.rc.Policy())
-	w.warnings(keyFileWarnings(rc))
-	return nil
-}
-
-// checkTrust loads the TLS files, recording each file's problem.
-func checkTrust(ck *checker, c *cli.Context) *trust.Material {
-	src := trust.Sources{CertFile: c.String("cert"), KeyFile: c.String("key"), CAFile: c.String("ca"), CRLFiles: crlFiles(c)}
-	missing := false
-	for _, f := range []struct{ flag, v string }{{"--cert", src.CertFile}, {"--key", src.KeyFile}, {"--ca", src.CAFile}} {
-		if f.v == "" {
-			ck.add(flagError(f.flag, "required"))
-			missing = true
-		}
-	}
-	if missing {
-		return nil
-	}
-	m, err := loadTrust(src)
-	ck.add(err)
-	if err != nil {
-		// Load stops at the first bad file; a CA bundle problem is worth
-		// reporting next to a key problem.
-		var le *trust.LoadError
-		if errors.As(err, &le) && le.Field != "ca" {
-			if _, err := loadTrust(trust.Sources{CertFile: src.CAFile, KeyFile: src.KeyFile, CAFile: src.CAFile}); err != nil {
-				if errors.As(err, &le) && le.Field == "ca" {
-					ck.add(err)
-				}
-			}
-		}
-	}
-	return m
-}
-
-// overlaps reports whether some address is in both lists.
-func overlaps(a, b *netfilter.Allowlist) bool {
-	for _, p := range a.Prefixes() {
-		for _, q := range b.Prefixes() {
-			if p.Overlaps(q) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// summary writes `tunnel check`'s report.
-type summary struct {
-	out    io.Writer
-	fc     *fileConfig
-	layers *flagLayers
-}
-
-func (s *summary) header(role string, l *flagLayers) {
-	src := "flags"
-	if l.cfgPath != "" {
-		src = l.cfgPath
-	}
-	fmt.Fprintf(s.out, "%s configuration OK (%s)\n", role, src)
-}
-
-func (s *summary) line(what, v string) { fmt.Fprintf(s.out, "  %-12s %s\n", what, v) }
-
-func (s *summary) warn(where, msg string) { fmt.Fprintf(s.out, "warning: %s: %s\n", where, msg) }
-
-// warnings prints each configWarning where its flag's value came from.
-func (s *summary) warnings(ws []configWarning) {
-	for _, w := range ws {
-		s.warn(s.key(w.flag), w.msg)
-	}
-}
-
-// key names where a flag's value came from: its key path or the flag.
-func (s *summary) key(flag string) string {
-	if s.fc != nil && s.layers.fromFile(s.fc, flag) {
-		return s.fc.values[flag].key
-	}
-	return "--" + flag
-}
-
-// trust lists the certificates with their expiry, warning about those that
-// expire within expiryWarning and about intermediates of the CA bundle
-// whose revocation p cannot check.
-func (s *summary) trust(m *trust.Material, p trust.RevocationPolicy) {
-	cert := func(what, key string, c *x509.Certificate) {
-		s.line(what, fmt.Sprintf("%s, serial %s, expires %s", c.Subject, c.SerialNumber.Text(16), c.NotAfter.UTC().Format(time.RFC3339)))
-		switch left := time.Until(c.NotAfter); {
-		case left <= 0:
-			s.warn(key, fmt.Sprintf("%s expired %s", c.Subject, c.NotAfter.UTC().Format(time.RFC3339)))
-		case left < expiryWarning:
-			s.warn(key, fmt.Sprintf("%s expires in %s", c.Subject, left.Round(time.Hour)))
-		}
-	}
-	cert("certificate", s.key("cert"), m.Certificate.Leaf)
-	for _, ca := range m.CACerts {
-		cert("ca", s.key("ca"), ca)
-	}
-	for _, msg := range uncheckedCAWarnings(m, p) {
-		s.warn(s.key("ca"), msg)
-	}
-	if n := len(m.CRLs); n > 0 {
-		s.line("crl files", fmt.Sprintf("%d CRL(s) from %s", n, strings.Join(m.Sources.CRLFiles, ", ")))
-	}
 }

@@ -1,10 +1,11 @@
 package main
 
 import (
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/tunnel-dev/tunnel/internal/config"
 )
 
 // FuzzConfigFile: no config file, however malformed, panics the loader;
@@ -18,21 +19,31 @@ func FuzzConfigFile(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	flags := serverCommand(io.Discard).Flags
 	dir := f.TempDir()
+	in := &config.Input{Role: "server", Given: map[string][]string{}, FileFlag: "--config"}
+	for _, row := range serverSettings() {
+		if key := configKey(row.flag.Names()[0]); key != "" {
+			kind, _ := kindOf(row.flag)
+			in.Settings = append(in.Settings, config.Setting{Key: key, Flag: "--" + row.flag.Names()[0], Kind: kind})
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path := filepath.Join(dir, "fuzz.yaml")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		fc, probs := parseConfigFile(path, flags)
+		in.File = path
+		v, probs := config.Resolve(in)
 		for _, p := range probs {
 			if p.String() == "" {
 				t.Fatalf("an empty problem for %q", data)
 			}
 		}
-		if fc == nil && len(probs) == 0 {
+		if v == nil && len(probs) == 0 {
 			t.Fatalf("no config and no problem for %q", data)
+		}
+		if v != nil {
+			v.Settings() // must not panic either
 		}
 	})
 }

@@ -3,16 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/reload"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/server"
+	"github.com/tunnel-dev/tunnel/trust"
 )
 
 func TestConfigKey(t *testing.T) {
@@ -48,19 +54,24 @@ func writeFile(t *testing.T, name, body string) string {
 }
 
 // resolveCmd parses args with cmd's flags (as `tunnel ROLE args` would) and
-// returns the resolved context, or the error of captureFlags/resolve.
-func resolveCmd(t *testing.T, cmd *cli.Command, args ...string) (*cli.Context, *fileConfig, error) {
+// returns the resolved values with the config file's problems, or the
+// error of captureInput.
+func resolveCmd(t *testing.T, cmd *cli.Command, args ...string) (*config.Values, []config.Problem, error) {
 	t.Helper()
-	var rc *cli.Context
-	var fc *fileConfig
+	var v *config.Values
+	var probs []config.Problem
 	var rerr error
+	role := serverRole
+	if cmd.Name == clientRole.name {
+		role = clientRole
+	}
 	cmd.Action = func(c *cli.Context) error {
-		layers, err := captureFlags(c)
+		in, err := captureInput(c, role.name, role.settings())
 		if err != nil {
 			rerr = err
 			return nil
 		}
-		rc, fc, rerr = layers.resolve()
+		v, probs = config.Resolve(in)
 		return nil
 	}
 	app := &cli.App{Name: "tunnel", Writer: io.Discard, ErrWriter: io.Discard, DisableSliceFlagSeparator: true,
@@ -68,7 +79,7 @@ func resolveCmd(t *testing.T, cmd *cli.Command, args ...string) (*cli.Context, *
 	if err := app.RunContext(context.Background(), append([]string{"tunnel", cmd.Name}, args...)); err != nil {
 		t.Fatalf("parsing %q: %v", args, err)
 	}
-	return rc, fc, rerr
+	return v, probs, rerr
 }
 
 // sampleValues are values for list flags whose items are checked.
@@ -85,10 +96,10 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 	for _, cmd := range []*cli.Command{serverCommand(io.Discard), clientCommand(io.Discard)} {
 		for _, f := range cmd.Flags {
 			name := f.Names()[0]
-			if noConfigKey[name] {
+			key := configKey(name)
+			if key == "" && (name == configFlagName || name == "help") {
 				continue
 			}
-			key := configKey(name)
 			kind, err := kindOf(f)
 			if key == "" || err != nil {
 				t.Errorf("%s: flag --%s has no config key (%v)", cmd.Name, name, err)
@@ -98,38 +109,35 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 			want := "text-value"
 			yamlVal := want
 			switch kind {
-			case kindList:
+			case config.List:
 				want = sampleValues[name]
 				if want == "" {
 					want = "item-value"
 				}
 				yamlVal = "[" + want + "]"
-			case kindBool:
+			case config.Bool:
 				want = "true"
 				if bf, ok := f.(*cli.BoolFlag); ok && bf.Value {
 					want = "false"
 				}
 				yamlVal = want
-			case kindDuration:
+			case config.Duration:
 				want, yamlVal = "17s", "17s"
-			case kindInt, kindUint:
+			case config.Int, config.Uint:
 				want, yamlVal = "1717", "1717"
-			case kindFloat:
+			case config.Float:
 				want, yamlVal = "17.5", "17.5"
 			}
 			doc := yamlAt(key, yamlVal)
 			path := writeFile(t, "c.yaml", doc)
-			rc, _, err := resolveCmd(t, cmd, "--config", path)
-			if err != nil {
-				t.Errorf("%s: flag --%s as key %s: %v\n%s", cmd.Name, name, key, err, doc)
+			v, probs, err := resolveCmd(t, cmd, "--config", path)
+			if err != nil || len(probs) > 0 {
+				t.Errorf("%s: flag --%s as key %s: %v %v\n%s", cmd.Name, name, key, err, probs, doc)
 				continue
 			}
-			got := rc.String(name)
-			if kind == kindList {
-				got = strings.Join(rc.StringSlice(name), ",")
-			}
-			if got != want || !rc.IsSet(name) {
-				t.Errorf("%s: key %s = %q (set %v), want %q for flag --%s", cmd.Name, key, got, rc.IsSet(name), want, name)
+			got := strings.Join(v.Get(key), ",")
+			if got != want || v.Where(key) != key {
+				t.Errorf("%s: key %s = %q (from %s), want %q from the file for flag --%s", cmd.Name, key, got, v.Where(key), want, name)
 			}
 		}
 	}
@@ -154,22 +162,22 @@ allow: [10.0.0.0/8]
 `)
 	t.Setenv("TUNNEL_DIAL_TIMEOUT", "8s")
 	t.Setenv("TUNNEL_IDLE_TIMEOUT", "8s")
-	rc, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path, "--idle-timeout", "9s", "--allow", "192.0.2.0/24")
+	v, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path, "--idle-timeout", "9s", "--allow", "192.0.2.0/24")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for flag, want := range map[string]time.Duration{
-		"handshake-timeout": 7 * time.Second,  // file
-		"dial-timeout":      8 * time.Second,  // environment over file
-		"idle-timeout":      9 * time.Second,  // flag over environment and file
-		"shutdown-timeout":  30 * time.Second, // default
+	for key, want := range map[string]string{
+		"handshake_timeout": "7s",  // file
+		"dial_timeout":      "8s",  // environment over file
+		"idle_timeout":      "9s",  // flag over environment and file
+		"shutdown_timeout":  "30s", // default
 	} {
-		if got := rc.Duration(flag); got != want {
-			t.Errorf("--%s = %v, want %v", flag, got, want)
+		if got := v.Get(key); !slices.Equal(got, []string{want}) {
+			t.Errorf("%s = %q, want %v", key, got, want)
 		}
 	}
-	if got := rc.StringSlice("allow"); !slices.Equal(got, []string{"192.0.2.0/24"}) {
-		t.Errorf("--allow = %q: a list on the command line replaces the file's", got)
+	if got := v.Get("allow"); !slices.Equal(got, []string{"192.0.2.0/24"}) {
+		t.Errorf("allow = %q: a list on the command line replaces the file's", got)
 	}
 }
 
@@ -203,16 +211,12 @@ func TestConfigFileProblems(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeFile(t, "c.yaml", tt.body)
-			_, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
-			if err == nil {
-				t.Fatal("no error")
-			}
-			var pe *problemsError
-			if !errors.As(err, &pe) {
-				t.Fatalf("error %v is not a list of problems", err)
+			_, probs, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
+			if err != nil || len(probs) == 0 {
+				t.Fatalf("no problems (%v)", err)
 			}
 			var got []string
-			for _, p := range pe.list {
+			for _, p := range probs {
 				got = append(got, p.String())
 			}
 			if len(got) != len(tt.want) {
@@ -223,7 +227,7 @@ func TestConfigFileProblems(t *testing.T) {
 					t.Errorf("problem %d = %q, want it to contain %q", i, got[i], w)
 				}
 			}
-			if exitCode(err) != exitConfig {
+			if err := (&configError{err: &problemsError{list: probs}}); exitCode(err) != exitConfig {
 				t.Errorf("exit code %d, want %d", exitCode(err), exitConfig)
 			}
 		})
@@ -245,17 +249,9 @@ routes:
     allow: [127.0.0.0/8]
   - cache=127.0.0.1:6379
 `)
-	rc, fc, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup, err := loadServer(rc, fc, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup.rc.Close()
+	s := settingsOf(t, serverCommand(io.Discard), "--config", path)
 	var db, cache string
-	for _, r := range setup.cfg.Routes {
+	for _, r := range s.Server.Config.Routes {
 		switch r.Name {
 		case "db":
 			db = r.Access.String() + " / " + r.Access.Name
@@ -270,17 +266,9 @@ routes:
 		t.Errorf("route cache rules = %q, want none", cache)
 	}
 
-	rc, fc, err = resolveCmd(t, serverCommand(io.Discard), "--config", path, "--route", "db=127.0.0.1:5432")
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup, err = loadServer(rc, fc, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	setup.rc.Close()
-	if len(setup.cfg.Routes) != 1 || setup.cfg.Routes[0].Access != nil {
-		t.Errorf("--route db: routes %+v, want db alone without the file's rules", setup.cfg.Routes)
+	s = settingsOf(t, serverCommand(io.Discard), "--config", path, "--route", "db=127.0.0.1:5432")
+	if rs := s.Server.Config.Routes; len(rs) != 1 || rs[0].Access != nil || !s.RoutesReplaced() {
+		t.Errorf("--route db: routes %+v, want db alone without the file's rules", rs)
 	}
 }
 
@@ -329,8 +317,8 @@ func TestExampleConfigsParse(t *testing.T) {
 		"../../examples/server.yaml": serverCommand(io.Discard),
 		"../../examples/client.yaml": clientCommand(io.Discard),
 	} {
-		if _, probs := parseConfigFile(file, cmd.Flags); len(probs) > 0 {
-			t.Errorf("%s: %v", file, probs)
+		if _, probs, err := resolveCmd(t, cmd, "--config", file); err != nil || len(probs) > 0 {
+			t.Errorf("%s: %v %v", file, err, probs)
 		}
 	}
 }
@@ -354,18 +342,66 @@ func TestConfigDocListsEveryKey(t *testing.T) {
 // with options, from the file and from the flag.
 func TestConfigListCommas(t *testing.T) {
 	path := writeFile(t, "server.yaml", "routes:\n  - db=127.0.0.1:1,proxy-v2\n  - {name: pg, target: \"127.0.0.1:2\", options: [proxy-v2]}\n  - {name: v1, target: \"127.0.0.1:4\", options: [proxy-v1]}\n")
-	rc, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
+	v, _, err := resolveCmd(t, serverCommand(io.Discard), "--config", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := rc.StringSlice("route"), []string{"db=127.0.0.1:1,proxy-v2", "pg=127.0.0.1:2,proxy-v2", "v1=127.0.0.1:4,proxy-v1"}; !slices.Equal(got, want) {
+	if got, want := v.Get("routes"), []string{"db=127.0.0.1:1,proxy-v2", "pg=127.0.0.1:2,proxy-v2", "v1=127.0.0.1:4,proxy-v1"}; !slices.Equal(got, want) {
 		t.Errorf("routes from the file = %q, want %q", got, want)
 	}
-	rc, _, err = resolveCmd(t, serverCommand(io.Discard), "--config", path, "--route", "x=127.0.0.1:3,proxy-v2")
+	v, _, err = resolveCmd(t, serverCommand(io.Discard), "--config", path, "--route", "x=127.0.0.1:3,proxy-v2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := rc.StringSlice("route"), []string{"x=127.0.0.1:3,proxy-v2"}; !slices.Equal(got, want) {
+	if got, want := v.Get("routes"), []string{"x=127.0.0.1:3,proxy-v2"}; !slices.Equal(got, want) {
 		t.Errorf("routes from the flag = %q, want %q", got, want)
+	}
+}
+
+// settingsOf resolves args as resolveCmd does and builds the settings.
+func settingsOf(t *testing.T, cmd *cli.Command, args ...string) *config.Settings {
+	t.Helper()
+	v, probs, err := resolveCmd(t, cmd, args...)
+	if err != nil || len(probs) > 0 {
+		t.Fatalf("%q: %v %v", args, err, probs)
+	}
+	s, probs := v.Settings()
+	if len(probs) > 0 {
+		t.Fatalf("%q: %v", args, probs)
+	}
+	return s
+}
+
+// Every field the settings table names is a field of the library type that
+// reports it, so that the type's FieldError finds its setting.
+func TestSettingsTableFieldsExist(t *testing.T) {
+	types := map[string]reflect.Type{
+		"server.Config":          reflect.TypeFor[server.Config](),
+		"client.Config":          reflect.TypeFor[client.Config](),
+		"netfilter.FilterConfig": reflect.TypeFor[netfilter.FilterConfig](),
+		"trust.Sources":          reflect.TypeFor[trust.Sources](),
+		"trust.RevocationPolicy": reflect.TypeFor[trust.RevocationPolicy](),
+		"reload.Config":          reflect.TypeFor[reload.Config](),
+	}
+	for _, table := range [][]setting{serverSettings(), clientSettings()} {
+		for _, row := range table {
+			for _, f := range row.fields {
+				pkg, rest, _ := strings.Cut(f, ".")
+				typ, path, _ := strings.Cut(rest, ".")
+				rt, ok := types[pkg+"."+typ]
+				if !ok {
+					t.Errorf("--%s: field %s: no such type", row.flag.Names()[0], f)
+					continue
+				}
+				for _, name := range strings.Split(path, ".") {
+					sf, found := rt.FieldByName(name)
+					if !found {
+						t.Errorf("--%s: field %s: %s has no field %s", row.flag.Names()[0], f, rt, name)
+						break
+					}
+					rt = sf.Type
+				}
+			}
+		}
 	}
 }

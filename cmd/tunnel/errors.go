@@ -3,6 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/config"
 )
 
 // Exit statuses.
@@ -32,6 +36,18 @@ func flagError(flag string, format string, args ...any) error {
 	return &configError{flag: flag, err: fmt.Errorf(format, args...)}
 }
 
+// problemsError is a config file with problems; every one is listed by
+// `tunnel check`, and a start prints the first (exit 2).
+type problemsError struct{ list []config.Problem }
+
+func (e *problemsError) Error() string {
+	s := e.list[0].String()
+	if n := len(e.list) - 1; n > 0 {
+		s += fmt.Sprintf(" (and %d more; `tunnel check` lists them all)", n)
+	}
+	return s
+}
+
 // loggedError is a runtime failure that was already logged as an event; it
 // only sets the exit status.
 type loggedError struct{ err error }
@@ -52,4 +68,11 @@ func exitCode(err error) int {
 		return exitRuntime
 	}
 	return exitRuntime
+}
+
+// fatal logs a runtime failure as one event and returns it for the exit
+// status.
+func fatal(log *logrus.Entry, err error, msg string) error {
+	log.WithError(err).Error(msg)
+	return &loggedError{fmt.Errorf("%s: %w", msg, err)}
 }

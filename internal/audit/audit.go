@@ -16,6 +16,9 @@ const (
 	ListenerStarted = "listener_started" // a listener is bound (addr); tests read the bound address from it
 	ListenerStopped = "listener_stopped" // a listener was closed by a reload (addr)
 	ServerStopping  = "server_stopping"  // shutdown began
+	ServerStopped   = "server_stopped"   // Serve returned; the process exits
+	ClientStopped   = "client_stopped"   // Run returned; the process exits
+	SessionExpiring = "session_expiring" // a session reached its maximum lifetime and was told to go away (lifetime)
 	ReloadApplied   = "reload_applied"
 	ReloadRejected  = "reload_rejected"
 
@@ -59,11 +62,19 @@ const (
 	Issuer     = "issuer"      // a CA's subject
 	Limit      = "limit"       // which cap was hit
 	RuleSet    = "rule_set"    // the per-route rules that refused a stream or closed a session ("routes.db")
-	Trigger    = "trigger"     // what started a reload: sighup, file_changed or poll
+	Trigger    = "trigger"     // what started a reload: sighup, admin or file_changed
 	Kind       = "kind"        // which protocol violation
 	Subject    = "subject"     // a certificate's subject
 	Warning    = "warning"     // what a config_warning is about: allow_covers_all, key_file_mode
 	Path       = "path"        // an admin endpoint's path, or a file
+	Flag       = "flag"        // the flag of the setting a config_warning is about
+
+	// Fields of reload_applied.
+	RestartNeeded  = "restart_needed"  // config keys that changed but take effect only after a restart
+	SessionsClosed = "sessions_closed" // live sessions the new configuration no longer accepts
+	AllowPrefixes  = "allow_prefixes"  // prefixes in the new allowlist
+	Routes         = "routes"          // routes configured now
+	Forwards       = "forwards"        // forwards configured now
 
 	IdentityCN          = "identity_cn"
 	IdentitySANs        = "identity_sans"

@@ -256,7 +256,7 @@ func checkTargets(force bool, paths ...string) error {
 	}
 	for _, p := range paths {
 		if _, err := os.Lstat(p); err == nil {
-			return fmt.Errorf("devpki: %q: %w (use --force to overwrite)", p, fs.ErrExist)
+			return fmt.Errorf("devpki: %q: %w", p, fs.ErrExist)
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("devpki: %w", err)
 		}

@@ -1,10 +1,9 @@
-package trust_test
+package reload_test
 
 import (
 	"context"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -12,26 +11,19 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
-	"github.com/tunnel-dev/tunnel/trust"
+	"github.com/tunnel-dev/tunnel/internal/reload"
 )
 
 // changeWait bounds the wait for a change report; generous for a loaded
 // machine, while the debounce is 100 ms.
 const changeWait = 10 * time.Second
 
-func TestSourcesPaths(t *testing.T) {
-	src := trust.Sources{CertFile: "c.pem", KeyFile: "k.pem", CAFile: "c.pem", CRLFiles: []string{"a.crl", "", "b.crl"}}
-	if got, want := src.Paths(), []string{"c.pem", "k.pem", "a.crl", "b.crl"}; !slices.Equal(got, want) {
-		t.Errorf("Paths() = %q, want %q", got, want)
-	}
-}
-
 // startWatcher runs a Watcher of paths until the test ends.
-func startWatcher(t *testing.T, interval time.Duration, paths ...string) *trust.Watcher {
+func startWatcher(t *testing.T, interval time.Duration, paths ...string) *reload.Watcher {
 	t.Helper()
 	logger, _ := logtest.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)
-	w, err := trust.NewWatcher(paths, trust.WatchConfig{Interval: interval, Log: logger})
+	w, err := reload.NewWatcher(paths, reload.WatchConfig{Interval: interval, Log: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +56,7 @@ func replace(t *testing.T, path, data string) {
 	}
 }
 
-func waitChange(t *testing.T, w *trust.Watcher, what string) {
+func waitChange(t *testing.T, w *reload.Watcher, what string) {
 	t.Helper()
 	select {
 	case <-w.Changes():
@@ -75,7 +67,7 @@ func waitChange(t *testing.T, w *trust.Watcher, what string) {
 
 // noChange asserts that nothing is reported for a while: long enough for
 // several debounce periods to pass.
-func noChange(t *testing.T, w *trust.Watcher, what string) {
+func noChange(t *testing.T, w *reload.Watcher, what string) {
 	t.Helper()
 	select {
 	case <-w.Changes():
@@ -196,12 +188,12 @@ func TestWatcherSetPaths(t *testing.T) {
 
 func TestNewWatcherRejectsBadConfig(t *testing.T) {
 	logger, _ := logtest.NewNullLogger()
-	for name, cfg := range map[string]trust.WatchConfig{
+	for name, cfg := range map[string]reload.WatchConfig{
 		"no log":            {},
 		"negative debounce": {Log: logger, Debounce: -1},
 		"negative interval": {Log: logger, Interval: -1},
 	} {
-		if _, err := trust.NewWatcher(nil, cfg); err == nil {
+		if _, err := reload.NewWatcher(nil, cfg); err == nil {
 			t.Errorf("NewWatcher(%s) succeeded", name)
 		}
 	}

@@ -1,9 +1,10 @@
-package trust
+package reload
 
 import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,19 +24,6 @@ const DefaultWatchDebounce = 100 * time.Millisecond
 // maxDebounceWaits caps a burst: a Watcher checks after at most this many
 // debounce periods since the first event, even if events keep coming.
 const maxDebounceWaits = 10
-
-// Paths returns the files src names (certificate, key, CA bundle, CRL
-// files), without empty names and duplicates: what a reload re-reads and
-// what a Watcher should watch.
-func (s Sources) Paths() []string {
-	var out []string
-	for _, p := range append([]string{s.CertFile, s.KeyFile, s.CAFile}, s.CRLFiles...) {
-		if p != "" && !slices.Contains(out, p) {
-			out = append(out, p)
-		}
-	}
-	return out
-}
 
 // WatchConfig configures a Watcher.
 type WatchConfig struct {
@@ -77,11 +65,11 @@ type Watcher struct {
 func NewWatcher(paths []string, cfg WatchConfig) (*Watcher, error) {
 	switch {
 	case cfg.Log == nil:
-		return nil, errors.New("trust: WatchConfig.Log is nil")
+		return nil, errors.New("reload: WatchConfig.Log is nil")
 	case cfg.Debounce < 0:
-		return nil, errors.New("trust: WatchConfig.Debounce is negative")
+		return nil, &FieldError{Field: "Debounce", Err: fmt.Errorf("%v is negative", cfg.Debounce)}
 	case cfg.Interval < 0:
-		return nil, errors.New("trust: WatchConfig.Interval is negative")
+		return nil, &FieldError{Field: "Interval", Err: fmt.Errorf("%v is negative", cfg.Interval)}
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = DefaultWatchDebounce

@@ -9,7 +9,8 @@ import (
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
-// The collectors read the packages' Stats() at scrape time, so the hot
+// The collectors read the packages' Stats() at scrape time (admin sits above
+// the roles it reports on: they never import it), so the hot
 // paths keep their plain atomic counters and nothing is counted twice.
 // Metric names are stable; docs/METRICS.md lists them.
 
@@ -63,8 +64,8 @@ func ReloadCollector(counts func() (applied, rejected uint64)) prometheus.Collec
 	}
 }
 
-// ServerCollector exports a server's and its filter's counters.
-func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector {
+// ServerCollector exports a server's counters, its Filter's included.
+func ServerCollector(s *server.Server) prometheus.Collector {
 	var (
 		rejected   = desc("connections_rejected_total", "Connections refused before a session began (conn_rejected), by reason.", "reason")
 		pending    = desc("pending_connections", "Connections before their handshake, by stage (silent, client_hello).", "stage")
@@ -89,7 +90,6 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 		descs: []*prometheus.Desc{rejected, pending, inFlight, hsWaiting, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
 			violations, memHeld, memBudget, resumed},
 		collect: func(ch chan<- prometheus.Metric) {
-			fst := f.Stats()
 			st := s.Stats() // its Rejected holds the filter's reasons too, each from zero
 			for reason, n := range st.Rejected {
 				counter(ch, rejected, n, reason)
@@ -102,7 +102,7 @@ func ServerCollector(s *server.Server, f *netfilter.Filter) prometheus.Collector
 			for l, n := range st.LimitHits {
 				counter(ch, limits, n, l)
 			}
-			counter(ch, limits, fst.Rejected[netfilter.ReasonConnLimit], "conns_per_addr")
+			counter(ch, limits, st.Rejected[netfilter.ReasonConnLimit], "conns_per_addr")
 			histogram(ch, hsTime, st.HandshakeDuration)
 			histogram(ch, dialTime, st.DialDuration)
 			for route, rs := range st.Routes {

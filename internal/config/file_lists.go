@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -16,14 +16,14 @@ import (
 
 // parseRoutes reads the routes list: each item is "NAME=TARGET[,OPTION]..."
 // or a mapping with name, target, options, allow_identities and allow.
-func (fc *fileConfig) parseRoutes(n *yaml.Node, key string) []problem {
+func (fc *fileConfig) parseRoutes(n *yaml.Node, key string) []Problem {
 	if n.Kind != yaml.SequenceNode {
-		return []problem{fc.at(n, key, "want a list of routes")}
+		return []Problem{fc.at(n, key, "want a list of routes")}
 	}
 	fc.access = map[string]*server.Access{}
 	fc.routes = map[string]string{}
 	fv := fileValue{key: key, line: n.Line}
-	var probs []problem
+	var probs []Problem
 	for i, item := range n.Content {
 		path := fmt.Sprintf("%s[%d]", key, i)
 		spec, access, nameNode, ps := fc.parseRoute(item, path)
@@ -50,22 +50,22 @@ func (fc *fileConfig) parseRoutes(n *yaml.Node, key string) []problem {
 		fv.lines = append(fv.lines, item.Line)
 	}
 	if len(probs) == 0 {
-		fc.values["route"] = fv
+		fc.values[keyRoutes] = fv
 	}
 	return probs
 }
 
 // parseRoute reads one item of the routes list.
-func (fc *fileConfig) parseRoute(item *yaml.Node, path string) (spec string, access *server.Access, nameNode *yaml.Node, probs []problem) {
+func (fc *fileConfig) parseRoute(item *yaml.Node, path string) (spec string, access *server.Access, nameNode *yaml.Node, probs []Problem) {
 	if item.Kind == yaml.ScalarNode {
 		v, p := fc.scalar(item, path)
 		if p != nil {
-			return "", nil, item, []problem{*p}
+			return "", nil, item, []Problem{*p}
 		}
 		return v, nil, item, nil
 	}
 	if item.Kind != yaml.MappingNode {
-		return "", nil, item, []problem{fc.at(item, path, "want NAME=TARGET or a mapping with name and target")}
+		return "", nil, item, []Problem{fc.at(item, path, "want NAME=TARGET or a mapping with name and target")}
 	}
 	var name, target string
 	var opts []string
@@ -149,12 +149,12 @@ func (fc *fileConfig) parseRoute(item *yaml.Node, path string) (spec string, acc
 
 // parseForwards reads the forwards list: each item is "[HOST:]PORT=ROUTE"
 // or a mapping with listen and route.
-func (fc *fileConfig) parseForwards(n *yaml.Node, key string) []problem {
+func (fc *fileConfig) parseForwards(n *yaml.Node, key string) []Problem {
 	if n.Kind != yaml.SequenceNode {
-		return []problem{fc.at(n, key, "want a list of forwards")}
+		return []Problem{fc.at(n, key, "want a list of forwards")}
 	}
 	fv := fileValue{key: key, line: n.Line}
-	var probs []problem
+	var probs []Problem
 	for i, item := range n.Content {
 		path := fmt.Sprintf("%s[%d]", key, i)
 		var spec string
@@ -202,15 +202,7 @@ func (fc *fileConfig) parseForwards(n *yaml.Node, key string) []problem {
 		fv.lines = append(fv.lines, item.Line)
 	}
 	if len(probs) == 0 {
-		fc.values["forward"] = fv
+		fc.values[keyForwards] = fv
 	}
 	return probs
-}
-
-// routeAccess returns the rules of the file's route name, or nil.
-func (fc *fileConfig) routeAccess(name string) *server.Access {
-	if fc == nil {
-		return nil
-	}
-	return fc.access[name]
 }

@@ -1,5 +1,7 @@
 // Package admin owns the admin listener: Prometheus metrics, /healthz,
 // /readyz, and the reload and CRL-refresh endpoints, and who may call them.
+// It sits above the roles whose counters it exports (server, client,
+// trust); they never import it, and only it imports Prometheus.
 package admin
 
 import (
@@ -186,10 +188,14 @@ func (h *Handler) Close() {
 	}
 }
 
+// ErrNotLoopback is CheckAddr's error for an address that is not loopback.
+var ErrNotLoopback = errors.New("not a loopback address")
+
 // CheckAddr refuses an admin address that is not a loopback IP literal
 // unless allowRemote: metrics and the reload endpoint are for the host's
 // own operator, and a POST /reload must not face a network unless a token
-// guards it (the CLI requires one with allowRemote).
+// guards it (the CLI requires one with allowRemote). The error for a
+// non-loopback address is ErrNotLoopback.
 func CheckAddr(addr string, allowRemote bool) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -208,7 +214,7 @@ func CheckAddr(addr string, allowRemote bool) error {
 	if allowRemote || host != "" && ip.Unmap().IsLoopback() {
 		return nil
 	}
-	return errors.New("not a loopback address (use --admin-allow-remote to serve it on a network)")
+	return ErrNotLoopback
 }
 
 // Serve serves h on ln until ctx ends, then shuts down within a second.

@@ -4,41 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"time"
-
-	"github.com/tunnel-dev/tunnel/netfilter"
-	"github.com/tunnel-dev/tunnel/trust"
-)
-
-// The prologue is what a connection goes through between Accept and its
-// TLS handshake, each step waiting on the peer under its own deadline, in
-// the pending set and without a handshake slot:
-//
-//	PROXY header (trusted upstreams only)  ProxyHeaderTimeout
-//	first byte                             FirstByteTimeout
-//	rest of the ClientHello                ClientHelloTimeout
-//
-// A handshake slot is then taken by a peer whose whole ClientHello is in,
-// so the slot bounds handshake work: the server's first flight needs
-// nothing more from the peer. Once that flight is written, the handshake
-// waits on its peer and gives its slot up to a newcomer when the set is
-// full (slots.go).
-
-// Reasons of the conn_rejected events of the prologue.
-const (
-	// ReasonPendingEvicted: the pending set was full and this was its
-	// oldest silent connection (or, with none silent, the oldest with an
-	// unfinished ClientHello).
-	ReasonPendingEvicted = "pending_evicted"
-	// ReasonFirstByteTimeout: nothing came within FirstByteTimeout.
-	ReasonFirstByteTimeout = "first_byte_timeout"
-	// ReasonClientHelloTimeout: the ClientHello began but was not complete
-	// within ClientHelloTimeout.
-	ReasonClientHelloTimeout = "client_hello_timeout"
-	// ReasonBadClientHello: the first records were larger than any
-	// ClientHello crypto/tls accepts (maxPrologue).
-	ReasonBadClientHello = "bad_client_hello"
 )
 
 // TLS record layer facts, as crypto/tls applies them to a server's first
@@ -58,84 +23,6 @@ const (
 )
 
 var errHelloTooLarge = errors.New("server: ClientHello records exceed 72 KiB")
-
-// prologue runs the steps before the handshake. It returns the connection
-// to use from then on, whose RemoteAddr is the client's and which the
-// caller closes, and the ClientHello bytes it read, which the handshake must
-// be given first (helloConn). It returns false when c was refused, evicted,
-// closed by the peer or by shutdown; each case is logged and counted where
-// it happened, and the caller only closes the connection.
-func (s *Server) prologue(c net.Conn) (net.Conn, []byte, bool) {
-	ip, _ := netfilter.PeerAddr(c.RemoteAddr()) // an upstream's address until its header names the client
-	pc, v := s.pending.add(c, ip)
-	if v != nil {
-		s.evict(*v)
-	}
-	if pc == nil { // shutting down
-		return c, nil, false
-	}
-	defer s.pending.leave(pc)
-
-	c, ok := s.admit(c, pc)
-	if !ok {
-		return c, nil, false
-	}
-	ip, _ = netfilter.PeerAddr(c.RemoteAddr())
-	s.pending.setAddr(pc, ip)
-
-	hello, err := s.readHello(c, pc)
-	switch {
-	case err == nil:
-		if !s.pending.leave(pc) { // evicted just now; the reset is on its way
-			return c, nil, false
-		}
-		return c, hello, true
-	case s.pending.isGone(pc):
-		// Evicted (logged by the evictor) or shut down: nothing to add.
-	case errors.Is(err, os.ErrDeadlineExceeded) && len(hello) == 0:
-		s.cfg.Filter.Reject(c, ip, ReasonFirstByteTimeout)
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		s.cfg.Filter.Reject(c, ip, ReasonClientHelloTimeout)
-	case errors.Is(err, errHelloTooLarge):
-		s.cfg.Filter.Reject(c, ip, ReasonBadClientHello)
-	default:
-		// The peer left or reset before its ClientHello was complete: a
-		// port check, or a client giving up. A handshake that read EOF
-		// logged this before the prologue existed; it still does.
-		s.stats.handshakesFailed.Add(1)
-		s.handshakeFailed(c, c.RemoteAddr().String(), trust.FailureReason(err), err)
-	}
-	return c, nil, false
-}
-
-// evict resets a connection the pending set took out to make room.
-func (s *Server) evict(v victim) {
-	s.stats.pendingEvicted.Add(1)
-	s.cfg.Filter.Reject(v.conn, v.ip, ReasonPendingEvicted)
-}
-
-// readHello waits up to FirstByteTimeout for c's first byte, then up to
-// ClientHelloTimeout for the rest of its ClientHello, and clears the
-// deadline. It moves pc to the ClientHello stage when the first byte comes,
-// and accounts its buffer in the pending set's byte budget.
-func (s *Server) readHello(c net.Conn, pc *pendingConn) ([]byte, error) {
-	if err := c.SetReadDeadline(time.Now().Add(s.cfg.FirstByteTimeout)); err != nil {
-		return nil, err
-	}
-	first := true
-	hello, err := readClientHello(c, func(size int) {
-		if first {
-			first = false
-			s.pending.started(pc)
-			_ = c.SetReadDeadline(time.Now().Add(s.cfg.ClientHelloTimeout)) // a failure shows on the next read
-		}
-		for _, v := range s.pending.hold(pc, size) {
-			s.evict(v)
-		}
-	})
-	_ = c.SetReadDeadline(time.Time{})
-	return hello, err
-}
 
 // readClientHello reads TLS records from r until they hold one whole
 // handshake message (a client's ClientHello), or until crypto/tls, given

@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/tunnel-dev/tunnel/internal/admin"
+	"github.com/tunnel-dev/tunnel/admin"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -313,5 +313,38 @@ func TestServeStopsWithContext(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not return after cancel")
+	}
+}
+
+// A Token re-read from its file changes only when its reload is applied; a
+// bad file changes nothing.
+func TestTokenReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte("first-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := admin.NewToken(path)
+	if err != nil || string(tok.Get()) != "first-token-0123456789" {
+		t.Fatalf("NewToken = %q, %v", tok.Get(), err)
+	}
+	if err := os.WriteFile(path, []byte("second-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	apply, err := tok.Reload()
+	if err != nil || string(tok.Get()) != "first-token-0123456789" {
+		t.Fatalf("Reload = %v; token %q before apply", err, tok.Get())
+	}
+	apply()
+	if string(tok.Get()) != "second-token-0123456789" {
+		t.Fatalf("after apply: %q", tok.Get())
+	}
+	if err := os.WriteFile(path, []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.Reload(); err == nil || string(tok.Get()) != "second-token-0123456789" {
+		t.Fatalf("Reload of a bad file = %v, token %q", err, tok.Get())
+	}
+	if none, err := admin.NewToken(""); err != nil || none.Get() != nil || none.Path() != "" {
+		t.Fatalf("NewToken(\"\") = %v, %v", none, err)
 	}
 }

@@ -6,8 +6,24 @@ import (
 	"net"
 	"time"
 
-	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto"
 )
+
+// dial connects to the route's backend under DialTimeout.
+func (s *Server) dial(ctx context.Context, r Route) (net.Conn, error) {
+	network, addr := r.network()
+	d := net.Dialer{
+		Timeout:         s.cfg.DialTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4},
+	}
+	// NoDelay is Go's default for TCP; the copy loop writes whole buffers.
+	began := time.Now()
+	c, err := d.DialContext(ctx, network, addr)
+	if err == nil {
+		s.stats.dialTime.observe(time.Since(began))
+	}
+	return c, err
+}
 
 // dialBackend dials the route's backend and, for a ProxyV1 or ProxyV2
 // route, writes a PROXY header of that version naming client (the real

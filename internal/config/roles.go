@@ -1,0 +1,192 @@
+package config
+
+import (
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/client"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/server"
+)
+
+// Server is the server role's own settings.
+type Server struct {
+	Listen          string
+	Allow           *netfilter.Allowlist
+	MaxConnsPerAddr int
+	// Config is all of the server's Config but what the running process
+	// supplies: Trust, Revocation, TLS, Filter and Log.
+	Config server.Config
+}
+
+// Client is the client role's own settings.
+type Client struct {
+	// Config is all of the client's Config but what the running process
+	// supplies: Trust, Revocation, TLS and Log.
+	Config client.Config
+}
+
+// reloadable are the settings a reload applies (server.State,
+// client.State), by role; a change to any other takes a restart.
+var reloadable = map[string][]string{
+	"server": {"tls.cert", "tls.key", "tls.ca", "crl.files", "allow", keyRoutes},
+	"client": {"tls.cert", "tls.key", "tls.ca", "crl.files", keyForwards},
+}
+
+// ServerState is what a reload of a running server applies.
+func (s *Settings) ServerState() server.State {
+	return server.State{Material: s.Material, Allowlist: s.Server.Allow, Routes: s.Server.Config.Routes}
+}
+
+// ClientState is what a reload of a running client applies.
+func (s *Settings) ClientState() client.State {
+	return client.State{Material: s.Material, Forwards: s.Client.Config.Forwards}
+}
+
+// RestartNeeded returns the keys whose values differ from running's that a
+// reload does not apply: they take effect only after a restart.
+func (s *Settings) RestartNeeded(running *Settings) []string {
+	return s.Values.Changed(running.Values, reloadable[s.Role])
+}
+
+// RoutesReplaced reports whether routes given as flags replaced the config
+// file's, whose rules are then not used.
+func (s *Settings) RoutesReplaced() bool {
+	f := s.Values.file
+	return f != nil && f.ruled && f.access == nil
+}
+
+// serverSettings are the server's own settings. Library rules (negative
+// durations and limits, the raw route) are server.New's; these are the
+// settings': what is required, how values are written, and that a value
+// shown as the default is never 0, which a Config reads as "the default".
+func (v *Values) serverSettings(ps *problems) *Server {
+	s := &Server{Listen: v.text("listen")}
+	if err := checkListen(s.Listen); err != nil {
+		ps.at("listen", "%q: %v", s.Listen, err)
+	}
+	if allow := v.list("allow", ","); len(allow) == 0 {
+		ps.at("allow", "required: name the client addresses that may connect (%[1]s 0.0.0.0/0 %[1]s ::/0 allows every address)", v.Flag("allow"))
+	} else if al, err := netfilter.ParseAllowlist(allow); err != nil {
+		ps.at("allow", "%v", err)
+	} else {
+		s.Allow = al
+	}
+	cfg := &s.Config
+	specs := v.list(keyRoutes, "")
+	for _, spec := range specs {
+		r, err := server.ParseRoute(spec)
+		if err != nil {
+			ps.at(keyRoutes, "%v", err)
+			continue
+		}
+		if v.file != nil {
+			r.Access = v.file.access[r.Name] // allow_identities and allow of the config file
+		}
+		cfg.Routes = append(cfg.Routes, r)
+	}
+	if len(specs) == 0 {
+		ps.at(keyRoutes, "required: at least one NAME=HOST:PORT")
+	}
+	cfg.RawRoute = v.text("raw_route")
+	if from := v.list("proxy_protocol_from", ","); len(from) > 0 {
+		up, err := netfilter.ParseAllowlist(from)
+		if err != nil {
+			ps.at("proxy_protocol_from", "%v", err)
+		}
+		cfg.ProxyProtocolFrom = up
+	}
+	v.durations(ps, keyed[time.Duration]{
+		{"proxy_header_timeout", &cfg.ProxyHeaderTimeout}, {"idle_timeout", &cfg.IdleTimeout},
+		{"shutdown_timeout", &cfg.ShutdownTimeout}, {"max_session_lifetime", &cfg.MaxSessionLifetime},
+	})
+	for _, d := range v.durations(ps, keyed[time.Duration]{{"first_byte_timeout", &cfg.FirstByteTimeout}, {"client_hello_timeout", &cfg.ClientHelloTimeout}}) {
+		if *d.v <= 0 { // every wait on a peer has a deadline
+			ps.at(d.key, "%v is not a positive duration", *d.v)
+		}
+	}
+	for _, d := range v.durations(ps, keyed[time.Duration]{{"handshake_timeout", &cfg.HandshakeTimeout}, {"dial_timeout", &cfg.DialTimeout}}) {
+		if *d.v == 0 {
+			ps.at(d.key, "must be positive")
+		}
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = time.Nanosecond // 0 on the command line: do not wait
+	}
+	limits := keyed[int]{
+		{"max_pending", &cfg.MaxPending}, {"max_handshakes", &cfg.MaxHandshakes},
+		{"max_streams", &cfg.MaxStreamsPerSession}, {"max_sessions_per_identity", &cfg.MaxSessionsPerIdentity},
+	}
+	for _, n := range limits {
+		if *n.v = int(v.integer(ps, n.key)); *n.v < 1 {
+			ps.at(n.key, "%d is not a positive number", *n.v)
+		}
+	}
+	cfg.StreamRate = int(v.integer(ps, "max_stream_rate"))
+	s.MaxConnsPerAddr = int(v.integer(ps, "max_conns_per_addr"))
+	var err error
+	if cfg.SessionMemory, err = parseSize(v.text("session_memory")); err != nil {
+		ps.at("session_memory", "%v", err)
+	}
+	if cfg.MemoryBudget, err = parseSize(v.text("memory_budget")); err != nil {
+		ps.at("memory_budget", "%v", err)
+	}
+	if cfg.SessionMemory > cfg.MemoryBudget && cfg.MemoryBudget > 0 {
+		ps.at("session_memory", "%s is more than %s %s", v.text("session_memory"), v.Flag("memory_budget"), v.text("memory_budget"))
+	}
+	return s
+}
+
+// clientSettings are the client's own settings; client.New checks the
+// servers' addresses and the forwards' values.
+func (v *Values) clientSettings(ps *problems) *Client {
+	c := &Client{}
+	cfg := &c.Config
+	servers := v.list("server", ",")
+	if len(servers) == 0 {
+		ps.at("server", "required: the server's HOST:PORT")
+	} else {
+		cfg.Server, cfg.Failover = servers[0], slices.Clip(servers[1:])
+	}
+	cfg.ServerName = v.text("server_name") // empty: each dial checks the host it dialled
+	cfg.Raw = v.boolean(ps, "raw")
+	if src := v.text("source"); src != "" {
+		ip, err := netip.ParseAddr(src)
+		if err != nil || ip.Zone() != "" {
+			ps.at("source", "%q is not an IP address", src)
+		}
+		cfg.Source = ip
+	}
+	specs := v.list(keyForwards, ",")
+	for _, spec := range specs {
+		f, err := client.ParseForward(spec)
+		if err != nil {
+			ps.at(keyForwards, "%v", err)
+			continue
+		}
+		cfg.Forwards = append(cfg.Forwards, f)
+	}
+	if len(specs) == 0 {
+		ps.at(keyForwards, "required: at least one [HOST:]PORT=ROUTE")
+	}
+	v.durations(ps, keyed[time.Duration]{
+		{"connect_timeout", &cfg.ConnectTimeout}, {"dial_timeout", &cfg.DialTimeout},
+		{"keepalive", &cfg.Keepalive}, {"keepalive_timeout", &cfg.KeepaliveTimeout}, {"idle_timeout", &cfg.IdleTimeout},
+	})
+	return c
+}
+
+// keyed are settings and where their typed values go, in order.
+type keyed[T any] []struct {
+	key string
+	v   *T
+}
+
+// durations reads each duration setting of ds into its place, and returns ds.
+func (v *Values) durations(ps *problems, ds keyed[time.Duration]) keyed[time.Duration] {
+	for _, d := range ds {
+		*d.v = v.duration(ps, d.key)
+	}
+	return ds
+}

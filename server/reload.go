@@ -1,0 +1,130 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/netfilter"
+	"github.com/tunnel-dev/tunnel/trust"
+)
+
+// State is the part of a Server's configuration that a reload replaces,
+// whole. Limits, timeouts and the listener are not in it: they take a
+// restart.
+type State struct {
+	Material  *trust.Material      // the TLS material from now on; required
+	Allowlist *netfilter.Allowlist // the client addresses the Filter admits from now on; required
+	Routes    []Route              // replace Config.Routes, rules and all; Config.RawRoute must stay among them
+}
+
+// Reload applies st to the running server and closes the live sessions (and
+// raw connections) that st no longer accepts, logging session_revoked for
+// each. It works in this order:
+//
+//  1. check st: on error nothing changes (a *FieldError names the field);
+//  2. publish the routes together with the check every session must pass
+//     under st (a chain to the new CA pool, an address on the new
+//     allowlist), and close the live sessions that fail it or whose open
+//     streams' routes now refuse them;
+//  3. swap the material into Config.Trust: handshakes from now on use it;
+//  4. swap the allowlist into Config.Filter: connections from now on are
+//     filtered by it;
+//  5. have Config.Revocation (if set) take in the CRL files and CA bundle
+//     that came with the material, then close the sessions it now finds
+//     revoked.
+//
+// Step 2 comes first so that nothing slips through between the steps: a
+// session tracked by then is rechecked at once, and one that completes its
+// handshake later (it may have begun under the old material, or been
+// accepted by the old allowlist) runs the published check right after its
+// handshake. Streams opened after step 2 see the new rules by themselves.
+// Reload returns how many connections it closed. It is safe for concurrent
+// use, but meant for the one reload goroutine.
+func (s *Server) Reload(st State) (closed int, err error) {
+	switch {
+	case s.cfg.Trust == nil:
+		return 0, &FieldError{"Trust", errors.New("required to reload")}
+	case st.Material == nil:
+		return 0, errors.New("server: State.Material is nil")
+	case st.Allowlist == nil:
+		return 0, errors.New("server: State.Allowlist is nil")
+	}
+	p, err := newPolicy(st.Routes, s.cfg.RawRoute)
+	if err != nil {
+		return 0, err
+	}
+	p.admit = joinChecks(trustCheck(st.Material), allowlistCheck(st.Allowlist))
+	s.policy.Store(p)
+	closed = s.Recheck(audit.SessionRevoked, p.admit)
+	if s.cfg.RawRoute != "" {
+		// A raw connection always uses the raw route.
+		raw := p.routes[s.cfg.RawRoute]
+		closed += s.recheckRaw(audit.SessionRevoked, func(peer Peer) string { return raw.Access.Decide(peer) })
+	}
+	s.cfg.Trust.Swap(st.Material)
+	if err := s.cfg.Filter.SetAllowlist(st.Allowlist); err != nil {
+		return closed, err // unreachable: checked above
+	}
+	if rc := s.cfg.Revocation; rc != nil {
+		rc.Reloaded()
+		closed += s.Recheck(audit.SessionRevoked, RevocationCheck(rc))
+	}
+	return closed, nil
+}
+
+// policy is the part of a Server that Reload replaces: the routes with
+// their rules, and the check every session must pass. It is never modified
+// once published.
+type policy struct {
+	routes map[string]Route
+	admit  PeerCheck // nil admits every peer
+}
+
+// newPolicy checks routes, and that rawRoute (if set) is one of them, and
+// indexes them by name: the one check of a server's routes, for New and
+// Reload alike. Errors are *FieldError.
+func newPolicy(routes []Route, rawRoute string) (*policy, error) {
+	if len(routes) == 0 {
+		return nil, &FieldError{"Routes", errors.New("no routes configured")}
+	}
+	m := make(map[string]Route, len(routes))
+	for _, r := range routes {
+		if err := r.check(); err != nil {
+			return nil, &FieldError{"Routes", fmt.Errorf("route %q: %w", r.Name, err)}
+		}
+		if _, dup := m[r.Name]; dup {
+			return nil, &FieldError{"Routes", fmt.Errorf("route %q configured twice", r.Name)}
+		}
+		m[r.Name] = r
+	}
+	if _, ok := m[rawRoute]; rawRoute != "" && !ok {
+		return nil, &FieldError{"RawRoute", fmt.Errorf("%q is not the name of a configured route", rawRoute)}
+	}
+	return &policy{routes: m}, nil
+}
+
+// route returns the current route named name.
+func (s *Server) route(name string) (Route, bool) {
+	r, ok := s.policy.Load().routes[name]
+	return r, ok
+}
+
+// admitSession runs the current policy's check on a session that has just
+// been tracked, and closes it if refused. It reports whether it may go on.
+func (s *Server) admitSession(ss *session) bool {
+	check := s.policy.Load().admit
+	if check == nil {
+		return true
+	}
+	reason := check(ss.peer)
+	if reason == "" {
+		return true
+	}
+	ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionRevoked, audit.Reason: reason}).
+		Warn("closing session: its client is not accepted by the configuration loaded during its handshake")
+	ss.mux.Close()
+	return false
+}
