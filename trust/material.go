@@ -34,7 +34,13 @@ type Material struct {
 	CAPool      *x509.CertPool  // built from CACerts; verifies the peer
 	CACerts     []*x509.Certificate
 	CRLs        []*CRL  // parsed from Sources.CRLFiles; signatures are checked when used
-	Sources     Sources // the files this was loaded from
+	Sources     Sources // the files this was loaded from; zero for other sources
+
+	// SPIFFE is set on material from the SPIFFE Workload API
+	// (SPIFFESource): then a peer must present an X.509-SVID that chains
+	// to the bundle of its own trust domain, whichever CA of CAPool
+	// crypto/tls found a chain to. Nil for material from files.
+	SPIFFE *SPIFFEMaterial
 
 	// issuers maps each non-self-signed certificate of CACerts (by its
 	// DER) to the certificate of CACerts that issued it. Every certificate
