@@ -181,7 +181,7 @@ type RevocationStats struct {
 type RevocationChecker struct {
 	policy RevocationPolicy
 	store  *Store
-	crls   *CRLStore // nil when fetching is off or the method is OCSP only
+	crls   *CRLStore  // nil when fetching is off or the method is OCSP only
 	ocsp   *OCSPStore // nil unless the method uses OCSP
 	log    logrus.FieldLogger
 

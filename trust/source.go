@@ -1,6 +1,7 @@
 package trust
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -216,3 +217,19 @@ func (f *FileSource) Close() error { return nil }
 
 // errSourceClosed is the error of a Source used after Close.
 var errSourceClosed = errors.New("trust: source closed")
+
+// Follow calls apply with src's material after each change, one call at a
+// time, until ctx ends; then it returns. apply typically re-checks live
+// sessions against the new material (server.TrustCheck closes those whose
+// CA left the bundle) and Swaps it into the role's Store. A Source whose
+// Changes is nil makes Follow wait for ctx alone.
+func Follow(ctx context.Context, src Source, apply func(*Material)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-src.Changes():
+			apply(src.Material())
+		}
+	}
+}

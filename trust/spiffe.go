@@ -354,7 +354,9 @@ func verifySVID(certs []*x509.Certificate, sm *SPIFFEMaterial, usage x509.ExtKey
 // chain to that trust domain's bundle.
 type SPIFFEVerifyError struct{ Err error }
 
-func (e *SPIFFEVerifyError) Error() string { return "trust: peer is not a valid X.509-SVID: " + e.Err.Error() }
+func (e *SPIFFEVerifyError) Error() string {
+	return "trust: peer is not a valid X.509-SVID: " + e.Err.Error()
+}
 func (e *SPIFFEVerifyError) Unwrap() error { return e.Err }
 
 // SPIFFEIDError is the error of a server whose SPIFFE ID is not the one
