@@ -240,7 +240,7 @@ func TestSPIFFEEntryDeleted(t *testing.T) {
 // on the next handshake; a bundle update that drops the peer's trust domain
 // closes its live session (session_revoked, ca_removed) mid-transfer.
 func TestSPIFFEFederatedBundles(t *testing.T) {
-	t.Parallel() // each runs its own SPIRE; most of the time is waiting on TTLs
+	t.Parallel()                               // each runs its own SPIRE; most of the time is waiting on TTLs
 	srvA := spiretest.StartServer(t, "a.test") // the tunnel server's trust domain
 	srvB := spiretest.StartServer(t, "b.test") // the tunnel client's
 	agentA := spiretest.StartAgent(t, srvA)
@@ -338,4 +338,3 @@ func TestSPIFFEAgentUnreachable(t *testing.T) {
 	}
 	t.Logf("ok again %v after the agent restarted", time.Since(restarted).Round(time.Millisecond))
 }
-

@@ -173,7 +173,9 @@ func (s *Server) MustRun(t testing.TB, args ...string) string {
 }
 
 // ID returns the SPIFFE ID spiffe://TRUSTDOMAIN/path.
-func (s *Server) ID(path string) string { return "spiffe://" + s.TrustDomain + "/" + strings.TrimPrefix(path, "/") }
+func (s *Server) ID(path string) string {
+	return "spiffe://" + s.TrustDomain + "/" + strings.TrimPrefix(path, "/")
+}
 
 var (
 	entryIDRe = regexp.MustCompile(`(?m)^Entry ID\s*:\s*(\S+)`)
