@@ -680,6 +680,11 @@ func (r *RevocationChecker) judge(m *Material, cert, issuer *x509.Certificate, r
 			j.ok = !oNeeds || oGood
 			return j
 		}
+		if r.policy.Method == RevocationPreferOCSP && register && r.policy.DenyOnUnavailable && len(j.ocspKeys) > 0 {
+			// Fail-closed waits for the preferred answer before it falls
+			// back (fail-open falls back at once, below).
+			return j
+		}
 	}
 	var urls []string
 	var unusable []UnusableDP

@@ -151,9 +151,9 @@ func TestSPIFFERotationDuringTransfer(t *testing.T) {
 	}
 	t.Logf("both SVIDs rotated %v into the transfer (TTL 20 s)", time.Since(start).Round(time.Millisecond))
 	time.Sleep(time.Second) // keep the stream going across the swap
-	n, intact := live.finish(t)
+	n, intact, err := live.finish()
 	if !intact || n == 0 {
-		t.Fatalf("transfer across the rotation: %d bytes, SHA-256 intact %v", n, intact)
+		t.Fatalf("transfer across the rotation: %d bytes, SHA-256 intact %v, error %v", n, intact, err)
 	}
 	t.Logf("%d bytes echoed across the rotation, SHA-256 intact", n)
 	if got := events(ts.log, audit.SessionClosed); len(got) > 0 {
@@ -304,7 +304,7 @@ func TestSPIFFEFederatedBundles(t *testing.T) {
 		t.Fatalf("the session of the b.test client was not closed after b.test left the bundle\n%s", agentA.Log())
 	}
 	t.Logf("session closed (session_revoked ca_removed) %v after `spire-server bundle delete`", time.Since(dropped).Round(time.Millisecond))
-	if n, intact := live.finish(t); intact {
+	if n, intact, _ := live.finish(); intact {
 		t.Errorf("the live transfer went on (%d bytes) after its peer's trust domain left the bundle", n)
 	}
 	if err := dialVerdict(ts.addr, dial()); err == nil {
