@@ -20,8 +20,11 @@ import (
 // Sources names the files a role loads its TLS material from. The first
 // three are required; CertFile may hold a chain, leaf first.
 type Sources struct {
-	CertFile string   // PEM certificate, optionally followed by its intermediates
-	KeyFile  string   // PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted
+	CertFile string // PEM certificate, optionally followed by its intermediates
+	// KeyFile is a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC,
+	// unencrypted), or an RFC 7512 pkcs11: URI naming a key in a token
+	// (see ParsePKCS11URI; needs a build with -tags pkcs11).
+	KeyFile  string
 	CAFile   string   // PEM bundle of the CA certificates that verify the peer
 	CRLFiles []string // CRLs (PEM, one or more per file, or DER) checked against the peer's chain
 }
@@ -78,7 +81,8 @@ func (e *LoadError) Unwrap() error { return e.Err }
 
 // Load reads and checks every file of src: the certificate chain parses, the
 // key parses, is unencrypted, is a supported type (RSA, ECDSA, Ed25519) and
-// matches the leaf, the CA file holds at least one certificate, and each CRL
+// matches the leaf (a PKCS#11 key is found in its token, logged in to with
+// the PIN of its pin-source, and its public key matches the leaf), the CA file holds at least one certificate, and each CRL
 // file holds CRLs that ParseCRLs accepts. Load does not check validity dates
 // or usages of its own leaf; the peer does. Nor does it check CRL
 // signatures: a CRL may be issued by an intermediate that only the peer
@@ -88,13 +92,19 @@ func Load(src Sources) (*Material, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := readKey(src.KeyFile)
-	if err != nil {
+	var key crypto.Signer
+	keyName := src.KeyFile
+	if IsPKCS11URI(src.KeyFile) {
+		keyName = RedactPKCS11URI(src.KeyFile)
+		if key, err = openPKCS11Key(src.KeyFile); err != nil {
+			return nil, &LoadError{Field: "key", Path: keyName, Err: err}
+		}
+	} else if key, err = readKey(src.KeyFile); err != nil {
 		return nil, err
 	}
 	leaf := chain[0]
 	if !publicKeysEqual(key.Public(), leaf.PublicKey) {
-		return nil, &LoadError{Field: "key", Path: src.KeyFile,
+		return nil, &LoadError{Field: "key", Path: keyName,
 			Err: fmt.Errorf("%w %q", ErrKeyMismatch, src.CertFile)}
 	}
 	cas, err := readCerts("ca", src.CAFile)
