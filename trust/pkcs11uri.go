@@ -34,7 +34,20 @@ const pkcs11Scheme = "pkcs11:"
 
 // IsPKCS11URI reports whether a --key value is a PKCS#11 URI rather than a
 // file name.
-func IsPKCS11URI(s string) bool { return strings.HasPrefix(strings.ToLower(s), pkcs11Scheme) }
+func IsPKCS11URI(s string) bool {
+	return len(s) >= len(pkcs11Scheme) && asciiLower(s[:len(pkcs11Scheme)]) == pkcs11Scheme
+}
+
+// asciiLower lowercases ASCII letters only, so byte offsets stay those of s.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
 
 // ParsePKCS11URI parses s as RFC 7512 describes, with the attributes this
 // package can use: token, serial, slot-id, object, id and type (which must be
@@ -47,7 +60,7 @@ func IsPKCS11URI(s string) bool { return strings.HasPrefix(strings.ToLower(s), p
 func ParsePKCS11URI(s string) (PKCS11URI, error) {
 	var u PKCS11URI
 	fail := func(format string, args ...any) (PKCS11URI, error) {
-		return PKCS11URI{}, fmt.Errorf("trust: PKCS#11 URI %q: %s", RedactPKCS11URI(s), fmt.Sprintf(format, args...))
+		return PKCS11URI{}, fmt.Errorf("trust: PKCS#11 URI %q: %s", RedactPKCS11URI(s), redactPIN(fmt.Sprintf(format, args...)))
 	}
 	if !IsPKCS11URI(s) {
 		return fail("does not start with %q", pkcs11Scheme)
@@ -63,7 +76,7 @@ func ParsePKCS11URI(s string) (PKCS11URI, error) {
 		if !ok || k == "" {
 			return "", "", fmt.Errorf("%q is not NAME=VALUE", truncate(part, 60))
 		}
-		k = strings.ToLower(k)
+		k = asciiLower(k)
 		if seen[sep+k] {
 			return "", "", fmt.Errorf("attribute %q given twice", k)
 		}
@@ -197,16 +210,28 @@ func (u PKCS11URI) keyName() string {
 	return fmt.Sprintf("id %x", u.ID)
 }
 
-// RedactPKCS11URI returns s with the value of any pin-value attribute
-// replaced, for messages and logs.
-func RedactPKCS11URI(s string) string {
-	i := strings.Index(strings.ToLower(s), "pin-value=")
-	if i < 0 {
-		return truncate(s, 300)
+// RedactPKCS11URI returns s with the value of every pin-value attribute
+// replaced, cut to 300 bytes, for messages and logs.
+func RedactPKCS11URI(s string) string { return truncate(redactPIN(s), 300) }
+
+// redactPIN replaces the value after each "pin-value=" (any case) up to the
+// next "&", ";" or "#".
+func redactPIN(s string) string {
+	const attr = "pin-value="
+	var b strings.Builder
+	for {
+		i := strings.Index(asciiLower(s), attr)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i+len(attr)])
+		b.WriteString("REDACTED")
+		s = s[i+len(attr):]
+		if j := strings.IndexAny(s, "&;#"); j >= 0 {
+			s = s[j:]
+		} else {
+			s = ""
+		}
 	}
-	end := len(s)
-	if j := strings.IndexAny(s[i:], "&;#"); j >= 0 {
-		end = i + j
-	}
-	return truncate(s[:i]+"pin-value=REDACTED"+s[end:], 300)
 }
