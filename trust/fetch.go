@@ -372,3 +372,15 @@ func isDigits(s string) bool {
 	}
 	return true
 }
+
+// CheckFetchURL reports whether a CRL Distribution Point or an OCSP
+// responder URL would be fetched under opts: "" and nil if so, else the
+// reason (ReasonSchemeNotFetched or ReasonURLRefused) and an error naming
+// the problem. It sends nothing: an IP literal is judged by the SSRF guard
+// now, a host name's addresses only when a fetch dials them. It is what
+// `tunnel check` runs on the responders and Distribution Points it finds.
+func CheckFetchURL(raw string, opts FetchOptions) (reason string, err error) {
+	f := &CRLFetcher{opts: opts, guard: ssrf.New(ssrf.WithAnyPort()), allow: testAllowPrefixes}
+	_, reason, err = f.precheck(raw)
+	return reason, err
+}

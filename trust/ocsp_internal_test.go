@@ -36,3 +36,18 @@ func TestOCSPRefreshAfter(t *testing.T) {
 		t.Error("a response without nextUpdate is used past MinCRLRefresh")
 	}
 }
+
+func TestCheckFetchURL(t *testing.T) {
+	opts := DefaultFetchOptions()
+	for _, tt := range []struct{ url, reason string }{
+		{"http://ocsp.example.com", ""},
+		{"http://203.0.113.7:8080/ocsp", ReasonURLRefused}, // documentation range
+		{"http://127.0.0.1/ocsp", ReasonURLRefused},
+		{"http://0x7f.1/", ReasonURLRefused},
+		{"ldap://ocsp.example.com", ReasonSchemeNotFetched},
+	} {
+		if r, err := CheckFetchURL(tt.url, opts); r != tt.reason || (r == "") != (err == nil) {
+			t.Errorf("CheckFetchURL(%q) = %q, %v; want %q", tt.url, r, err, tt.reason)
+		}
+	}
+}
