@@ -4,6 +4,8 @@
 package softhsmtest
 
 import (
+	"crypto"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"os/exec"
@@ -90,6 +92,24 @@ func (tk *Token) GenerateKey(t testing.TB, keyType, label, id string) {
 	t.Helper()
 	run(t, "pkcs11-tool", "--module", tk.Module, "--token-label", tk.Label, "--login", "--pin", tk.PIN,
 		"--keypairgen", "--key-type", keyType, "--label", label, "--id", id)
+}
+
+// PublicKey returns the public key of the token key with CKA_ID id (hex),
+// read with pkcs11-tool: what a certificate for the key is issued for.
+func (tk *Token) PublicKey(t testing.TB, id string) crypto.PublicKey {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "pub.der")
+	run(t, "pkcs11-tool", "--module", tk.Module, "--token-label", tk.Label, "--read-object", "--type", "pubkey",
+		"--id", id, "-o", out)
+	der, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		t.Fatalf("public key %s: %v", id, err)
+	}
+	return pub
 }
 
 // URI returns the RFC 7512 URI of the key labelled object, with the PIN
