@@ -2,7 +2,6 @@ package trust
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,14 +93,13 @@ type sourceState struct {
 	cur         atomic.Pointer[Material]
 	changes     chan struct{} // capacity 1; nil for a source that changes only when asked
 
-	mu          sync.Mutex
-	updated     time.Time // guarded by mu
-	updates     uint64    // guarded by mu
-	failures    uint64    // guarded by mu
-	lastErr     error     // guarded by mu
-	lastErrAt   time.Time // guarded by mu
-	now         func() time.Time
-	lastSignals atomic.Uint64 // values sent on changes, for tests
+	mu        sync.Mutex
+	updated   time.Time // guarded by mu
+	updates   uint64    // guarded by mu
+	failures  uint64    // guarded by mu
+	lastErr   error     // guarded by mu
+	lastErrAt time.Time // guarded by mu
+	now       func() time.Time
 }
 
 func newSourceState(kind, where string, signals bool) *sourceState {
@@ -124,7 +122,6 @@ func (s *sourceState) take(m *Material) {
 	if !first && s.changes != nil {
 		select {
 		case s.changes <- struct{}{}:
-			s.lastSignals.Add(1)
 		default:
 		}
 	}
@@ -214,9 +211,6 @@ func (f *FileSource) Status() SourceStatus { return f.st.status() }
 
 // Close does nothing; a FileSource runs nothing in the background.
 func (f *FileSource) Close() error { return nil }
-
-// errSourceClosed is the error of a Source used after Close.
-var errSourceClosed = errors.New("trust: source closed")
 
 // Follow calls apply with src's material after each change, one call at a
 // time, until ctx ends; then it returns. apply typically re-checks live

@@ -65,20 +65,20 @@ type Stapler struct {
 	fetcher *CRLFetcher
 	log     logrus.FieldLogger
 
-	cur atomic.Pointer[staple] // the response stapled now, or nil
+	cur  atomic.Pointer[staple]           // the response stapled now, or nil
+	last atomic.Pointer[x509.Certificate] // the leaf of the last renewal attempt
 
-	mu          sync.Mutex
-	renewals    uint64    // guarded by mu
-	failures    uint64    // guarded by mu
-	lastErr     error     // guarded by mu
-	lastErrAt   time.Time // guarded by mu
-	lastSource  string    // guarded by mu
-	wake        chan struct{}
-	ctx         context.Context
-	cancel      context.CancelFunc
-	wg          sync.WaitGroup
-	startOnce   sync.Once
-	refreshDone chan struct{} // receives after each renewal attempt, for tests
+	mu         sync.Mutex
+	renewals   uint64    // guarded by mu
+	failures   uint64    // guarded by mu
+	lastErr    error     // guarded by mu
+	lastErrAt  time.Time // guarded by mu
+	lastSource string    // guarded by mu
+	wake       chan struct{}
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	startOnce  sync.Once
 }
 
 // staple is one verified response for one leaf.
@@ -106,7 +106,7 @@ func NewStapler(ctx context.Context, cfg StaplerConfig) (*Stapler, error) {
 		log = l
 	}
 	s := &Stapler{cfg: cfg, fetcher: NewCRLFetcher(cfg.FetchOptions), log: log.WithField(audit.Component, "ocsp_staple"),
-		wake: make(chan struct{}, 1), refreshDone: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	leaf, issuer, err := s.target()
 	if err != nil {
@@ -164,11 +164,15 @@ func (s *Stapler) Refresh() {
 }
 
 // Staple returns the DER response to staple for leaf: the current one if it
-// is for leaf and still in date, else nil (and a renewal is asked for).
+// is for leaf and still in date, else nil. A leaf it has not tried to renew
+// for yet (the certificate was just swapped) is renewed at once; otherwise
+// retries keep their schedule, so handshakes never drive fetches.
 func (s *Stapler) Staple(leaf *x509.Certificate) []byte {
 	cur := s.cur.Load()
 	if cur == nil || !cur.leaf.Equal(leaf) || cur.st.usableAt(time.Now()) != "" {
-		s.Refresh()
+		if last := s.last.Load(); last == nil || !last.Equal(leaf) {
+			s.Refresh()
+		}
 		return nil
 	}
 	return cur.st.Raw
@@ -201,10 +205,6 @@ func (s *Stapler) run() {
 		} else {
 			_ = s.renew(s.ctx, leaf, issuer) // logged and counted
 		}
-		select {
-		case s.refreshDone <- struct{}{}:
-		default:
-		}
 		timer.Reset(s.nextWait())
 	}
 }
@@ -230,6 +230,7 @@ func (s *Stapler) failureCount() uint64 {
 
 // renew gets, verifies and publishes a response for leaf.
 func (s *Stapler) renew(ctx context.Context, leaf, issuer *x509.Certificate) error {
+	s.last.Store(leaf)
 	var (
 		der    []byte
 		nonce  []byte
