@@ -304,14 +304,7 @@ func TestOCSPRevocationClosesLiveSession(t *testing.T) {
 	ca.Revoke(t, app.Cert)
 	start := time.Now()
 	rc.Refresh() // what SIGHUP and POST /crl/refresh do; otherwise the refresh before nextUpdate
-	if !waitUntil(20*time.Second, func() bool {
-		for _, e := range events(ts.log, audit.SessionRevoked) {
-			if e.Data[audit.Reason] == trust.ReasonRevoked {
-				return true
-			}
-		}
-		return false
-	}) {
+	if !waitEvent(ts.log, audit.SessionRevoked, trust.ReasonRevoked, 20*time.Second) {
 		t.Fatalf("the revoked client's session was not closed\n%s", resp.Log())
 	}
 	t.Logf("session closed (session_revoked, revoked) %v after the refresh", time.Since(start).Round(time.Millisecond))

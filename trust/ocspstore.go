@@ -14,7 +14,6 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
-	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 )
 
 // OCSP store defaults. Responses are per certificate, so their cache is
@@ -88,20 +87,13 @@ type OCSPStore struct {
 	entries     map[string]*ocspEntry // by ocspKey; at most cfg.MaxResponses
 	responders  *lru[string, bool]    // responder URLs seen; bounds the new-URL rate
 	refusedURLs *lru[string, string]  // refused URL -> reason
-	busy        map[string]bool       // hosts with a fetch in flight
-	active      int
 	winStart    time.Time
 	winCount    int
 	closed      bool
 
-	wake   chan struct{}
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
 	fetchOK, fetchFailed, refused atomic.Uint64
-	limitHits                     sync.Map // limit name -> *atomic.Uint64
-	limitLog                      *logthrottle.Throttle[string]
+
+	fetchSched // the loop, its caps and cap-hit counters
 }
 
 // ocspEntry is the state of one certificate at one responder.
@@ -133,18 +125,15 @@ func NewOCSPStore(cfg OCSPStoreConfig) *OCSPStore {
 		cfg.MaxBytes = DefaultOCSPMaxBytes
 	}
 	caps := cfg.Limits.withDefaults()
-	ctx, cancel := context.WithCancel(context.Background())
 	return &OCSPStore{cfg: cfg, caps: caps, log: log.WithField(audit.Component, "ocsp"),
 		entries: map[string]*ocspEntry{}, responders: newLRU[string, bool](caps.TrackedURLs),
-		refusedURLs: newLRU[string, string](caps.RefusedURLs), busy: map[string]bool{},
-		limitLog: &logthrottle.Throttle[string]{Interval: limitLogInterval, Max: 16},
-		wake:     make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+		refusedURLs: newLRU[string, string](caps.RefusedURLs), fetchSched: newFetchSched()}
 }
 
 // Start launches the goroutine that fetches and refreshes.
 func (s *OCSPStore) Start() {
 	s.wg.Add(1)
-	go s.run()
+	go s.loop(s.startDue)
 }
 
 // Close stops the refresher, aborts fetches in flight and waits for them.
@@ -241,7 +230,7 @@ func (s *OCSPStore) trackLocked(raw, key string, cert, issuer *x509.Certificate,
 	if _, known := s.responders.get(raw); !known {
 		if reason != "" {
 			if s.refusedURLs.add(raw, reason) {
-				s.limitHitLocked(LimitSeenURLs, raw, "refused OCSP responder forgotten to remember a new one")
+				s.limitHit(s.log, LimitSeenURLs, raw, "refused OCSP responder forgotten to remember a new one")
 			}
 			if reason == ReasonURLRefused {
 				s.refused.Add(1)
@@ -258,7 +247,7 @@ func (s *OCSPStore) trackLocked(raw, key string, cert, issuer *x509.Certificate,
 				s.winStart, s.winCount = now, 0
 			}
 			if s.winCount >= s.caps.NewURLsPerMinute {
-				s.limitHitLocked(LimitFetchRate, raw, "OCSP store limit reached; new responder dropped for now")
+				s.limitHit(s.log, LimitFetchRate, raw, "OCSP store limit reached; new responder dropped for now")
 				return nil, reasonLimitPrefix + LimitFetchRate
 			}
 			s.winCount++
@@ -266,7 +255,7 @@ func (s *OCSPStore) trackLocked(raw, key string, cert, issuer *x509.Certificate,
 		s.responders.add(raw, true)
 	}
 	if len(s.entries) >= s.cfg.MaxResponses && !s.evictLocked() {
-		s.limitHitLocked(LimitOCSPResponses, raw, "OCSP store full and nothing can be evicted; certificate not checked by OCSP for now")
+		s.limitHit(s.log, LimitOCSPResponses, raw, "OCSP store full and nothing can be evicted; certificate not checked by OCSP for now")
 		return nil, reasonLimitPrefix + LimitOCSPResponses
 	}
 	if reason != "" { // a known responder is one that passed
@@ -300,7 +289,7 @@ func (s *OCSPStore) evictLocked() bool {
 		return false
 	}
 	s.dropLocked(victim)
-	s.limitHitLocked(LimitOCSPResponses, victim.url, "OCSP store full; least recently used response evicted")
+	s.limitHit(s.log, LimitOCSPResponses, victim.url, "OCSP store full; least recently used response evicted")
 	return true
 }
 
@@ -311,16 +300,6 @@ func (s *OCSPStore) dropLocked(e *ocspEntry) {
 	default:
 		close(e.attempted)
 	}
-}
-
-func (s *OCSPStore) limitHitLocked(limit, raw, msg string) {
-	v, _ := s.limitHits.LoadOrStore(limit, new(atomic.Uint64))
-	n := v.(*atomic.Uint64).Add(1)
-	if _, _, ok := s.limitLog.Hit(limit); !ok {
-		return
-	}
-	s.log.WithFields(logrus.Fields{audit.Event: audit.CRLLimit, audit.Limit: limit, audit.URL: truncate(raw, 200),
-		audit.Count: n}).Warn(msg)
 }
 
 // unpin clears the pin of every entry whose certificate is not among keep
@@ -367,11 +346,7 @@ func (s *OCSPStore) RefreshAll() {
 // Stats returns the store's counters.
 func (s *OCSPStore) Stats() OCSPStoreStats {
 	st := OCSPStoreStats{FetchesOK: s.fetchOK.Load(), FetchesFailed: s.fetchFailed.Load(), URLsRefused: s.refused.Load(),
-		LimitHits: map[string]uint64{}}
-	s.limitHits.Range(func(k, v any) bool {
-		st.LimitHits[k.(string)] = v.(*atomic.Uint64).Load()
-		return true
-	})
+		LimitHits: s.limitCounts()}
 	now := time.Now()
 	s.mu.Lock()
 	for _, e := range s.entries {
@@ -386,28 +361,6 @@ func (s *OCSPStore) Stats() OCSPStoreStats {
 	}
 	s.mu.Unlock()
 	return st
-}
-
-func (s *OCSPStore) kick() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (s *OCSPStore) run() {
-	defer s.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		timer.Reset(s.startDue())
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.wake:
-		case <-timer.C:
-		}
-	}
 }
 
 // startDue launches every due fetch it may, drops entries whose certificate
@@ -429,12 +382,11 @@ func (s *OCSPStore) startDue() time.Duration {
 			s.dropLocked(e) // nobody can present it any more
 			continue
 		}
-		if s.active >= maxConcurrentFetches || s.busy[e.host] {
+		if !s.mayStartLocked(e.host) {
 			continue
 		}
 		e.inflight = true
-		s.busy[e.host] = true
-		s.active++
+		s.startedLocked(e.host)
 		s.wg.Add(1)
 		go s.fetch(e)
 	}
@@ -454,8 +406,7 @@ func (s *OCSPStore) fetch(e *ocspEntry) {
 
 	s.mu.Lock()
 	e.inflight = false
-	delete(s.busy, e.host)
-	s.active--
+	s.endedLocked(e.host)
 	log := s.log.WithFields(logrus.Fields{audit.URL: truncate(e.url, 200), audit.Serial: serialText(e.cert.SerialNumber)})
 	if err != nil {
 		e.failures++

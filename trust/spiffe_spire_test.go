@@ -223,14 +223,7 @@ func TestSPIFFEEntryDeleted(t *testing.T) {
 	if err == nil {
 		t.Fatal("a workload whose entry was deleted still got in after its SVID expired")
 	}
-	if !waitUntil(10*time.Second, func() bool {
-		for _, e := range events(ts.log, audit.HandshakeFailed) {
-			if e.Data[audit.Reason] == "expired_or_not_yet_valid" {
-				return true
-			}
-		}
-		return false
-	}) {
+	if !waitEvent(ts.log, audit.HandshakeFailed, "expired_or_not_yet_valid", 10*time.Second) {
 		t.Errorf("the server did not log handshake_failed expired_or_not_yet_valid")
 	}
 	t.Logf("refused %v after the deletion (SVID TTL 15 s)", time.Since(deleted).Round(time.Millisecond))
@@ -264,14 +257,7 @@ func TestSPIFFEFederatedBundles(t *testing.T) {
 	if err := dialVerdict(ts.addr, dial()); err == nil {
 		t.Fatal("the server admitted a b.test client without b.test's bundle")
 	}
-	if !waitUntil(10*time.Second, func() bool {
-		for _, e := range events(ts.log, audit.HandshakeFailed) {
-			if e.Data[audit.Reason] == "unknown_authority" {
-				return true
-			}
-		}
-		return false
-	}) {
+	if !waitEvent(ts.log, audit.HandshakeFailed, "unknown_authority", 10*time.Second) {
 		t.Fatalf("no handshake_failed unknown_authority on the server")
 	}
 
@@ -293,14 +279,7 @@ func TestSPIFFEFederatedBundles(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	srvA.DeleteFederatedBundle(t, "b.test")
 	dropped := time.Now()
-	if !waitUntil(30*time.Second, func() bool {
-		for _, e := range events(ts.log, audit.SessionRevoked) {
-			if e.Data[audit.Reason] == server.ReasonCARemoved {
-				return true
-			}
-		}
-		return false
-	}) {
+	if !waitEvent(ts.log, audit.SessionRevoked, server.ReasonCARemoved, 30*time.Second) {
 		t.Fatalf("the session of the b.test client was not closed after b.test left the bundle\n%s", agentA.Log())
 	}
 	t.Logf("session closed (session_revoked ca_removed) %v after `spire-server bundle delete`", time.Since(dropped).Round(time.Millisecond))

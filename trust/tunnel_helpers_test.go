@@ -136,6 +136,18 @@ func events(h *logtest.Hook, ev string) []*logrus.Entry {
 	return out
 }
 
+// waitEvent waits up to d for a log entry with event ev and reason.
+func waitEvent(h *logtest.Hook, ev, reason string, d time.Duration) bool {
+	return waitUntil(d, func() bool {
+		for _, e := range events(h, ev) {
+			if e.Data[audit.Reason] == reason {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // freeAddr returns a loopback address that was free a moment ago.
 func freeAddr(t *testing.T) string {
 	t.Helper()
