@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 # `make test` runs without -race and says so; under CI it fails instead.
 RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race,)
 
-.PHONY: all build test demo vet fmt fmtcheck cross man completions dist-bin release deb check-deb check-static image bench bench-smoke microbench soak fuzz clean
+.PHONY: all build build-pkcs11 test test-pkcs11 spire demo vet fmt fmtcheck cross man completions dist-bin release deb check-deb check-static image bench bench-smoke microbench soak fuzz clean
 
 all: build
 
@@ -21,7 +21,15 @@ all: build
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tunnel
 
-## test: vet, gofmt check, then every test (unit and end-to-end) with -race
+## build-pkcs11: bin/tunnel with keys in PKCS#11 tokens (--key pkcs11:...);
+## needs cgo and a C compiler, and links dynamically (it loads the token's
+## module at run time), unlike the static release binaries
+build-pkcs11:
+	CGO_ENABLED=1 $(GO) build -tags pkcs11 -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tunnel
+
+## test: vet, gofmt check, then every test (unit and end-to-end) with -race,
+## then the PKCS#11 tests built with -tags pkcs11 (SoftHSM2). The SPIFFE
+## tests need SPIRE built first (make spire; .ci/run does it).
 test: vet fmtcheck
 	@if [ -z "$(RACE)" ]; then \
 		if [ -n "$$CI" ]; then \
@@ -30,6 +38,19 @@ test: vet fmtcheck
 		echo "WARNING: cgo is off (no C compiler?): running the tests WITHOUT -race" >&2; \
 	fi
 	$(GO) test $(RACE) -count=1 ./...
+	$(MAKE) --no-print-directory test-pkcs11
+
+## test-pkcs11: the trust package's PKCS#11 tests with -tags pkcs11, against
+## a SoftHSM2 token made at test time (apt-get install softhsm2 opensc)
+test-pkcs11:
+	$(GO) vet -tags pkcs11 ./trust/
+	$(GO) test $(RACE) -count=1 -tags pkcs11 -run 'PKCS11' ./trust/
+
+## spire: build spire-server and spire-agent (SPIRE 1.13.3) into the cache
+## the SPIFFE tests use ($$TUNNEL_SPIRE_DIR or ~/.cache/tunnel-spire); about
+## 9 minutes cold, nothing when cached
+spire:
+	scripts/spire/build.sh
 
 ## soak: random streams across 20 client sessions with backend restarts and
 ## certificate reloads for SOAK_DURATION (default 10m); CI runs 60s

@@ -64,6 +64,11 @@ func runMain(m *testing.M) int {
 // effect is to let TUNNEL_TEST_CRL_ALLOW open the CRL fetcher's SSRF guard
 // to the tests' CRL servers on loopback.
 func buildTunnel(dir string) (string, error) {
+	return buildTunnelTags(dir, "tunnel", "tunnel_testhooks")
+}
+
+// buildTunnelTags builds ./cmd/tunnel with the build tags into dir/name.
+func buildTunnelTags(dir, name, tags string) (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
@@ -72,8 +77,8 @@ func buildTunnel(dir string) (string, error) {
 	if gomod == "" || gomod == os.DevNull {
 		return "", errors.New("not inside a Go module")
 	}
-	bin := filepath.Join(dir, "tunnel")
-	cmd := exec.Command("go", "build", "-tags", "tunnel_testhooks", "-o", bin, "./cmd/tunnel")
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", bin, "./cmd/tunnel")
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/tunnel: %w\n%s", err, out)
@@ -134,8 +139,15 @@ func startProc(t *testing.T, args ...string) *proc {
 // startProcEnv is startProc with extra environment variables ("K=V").
 func startProcEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startProcBin(t, tunnelBin, env, args...)
+}
+
+// startProcBin is startProcEnv running the tunnel binary bin (a build with
+// other tags).
+func startProcBin(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: args[0], done: make(chan struct{})}
-	p.cmd = exec.CommandContext(t.Context(), tunnelBin, args...)
+	p.cmd = exec.CommandContext(t.Context(), bin, args...)
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -101,6 +102,9 @@ const (
 	KindURI    = "uri"    // a URI SAN; "*" ends a path segment and matches within it
 	KindIP     = "ip"     // an IP SAN, equal to an address or inside a CIDR
 	KindSHA256 = "sha256" // the SHA-256 fingerprint of the leaf's DER, hex
+	// KindSPIFFETD: the trust domain of the leaf's SPIFFE ID (its only URI
+	// SAN, a well-formed SPIFFE ID), exact.
+	KindSPIFFETD = "spiffe-td"
 )
 
 // IdentityRule matches one field of a verified leaf. The zero value is
@@ -111,8 +115,8 @@ type IdentityRule struct {
 	prefix  netip.Prefix // KindIP only
 }
 
-// ParseIdentityRule parses "KIND:PATTERN" where KIND is cn, ou, dns, uri, ip
-// or sha256. The wildcard grammar (docs/CONFIG.md has it as a table of
+// ParseIdentityRule parses "KIND:PATTERN" where KIND is cn, ou, dns, uri, ip,
+// sha256 or spiffe-td. The wildcard grammar (docs/CONFIG.md has it as a table of
 // examples, which the tests run): a dns pattern is a host name whose labels
 // are RFC 1123 labels or "*", and "*" matches exactly one label of a SAN
 // that is itself a valid host name ("*.batch.corp" matches "a.batch.corp",
@@ -124,7 +128,9 @@ type IdentityRule struct {
 // matches ".../payments/api", not ".../payments/api/v2", ".../payments/..",
 // ".../payments/%2e%2e" nor ".../payments/a%2Fadmin"). A uri pattern has no
 // "." or ".." segment itself. ip takes an address or a CIDR. sha256 takes 64
-// hex digits, colons allowed. cn and ou match exactly and take no wildcard;
+// hex digits, colons allowed. spiffe-td takes a SPIFFE trust domain
+// ("example.org", or "spiffe://example.org") and matches a leaf whose only
+// URI SAN is a SPIFFE ID in it. cn and ou match exactly and take no wildcard;
 // a cn rule never matches a leaf with several common names, nor, under a
 // name-constrained CA, a leaf without a SAN the constraints govern.
 func ParseIdentityRule(s string) (IdentityRule, error) {
@@ -135,7 +141,7 @@ func ParseIdentityRule(s string) (IdentityRule, error) {
 		return IdentityRule{}, fmt.Errorf("server: identity rule %q: %s", s, fmt.Sprintf(format, args...))
 	}
 	if !ok {
-		return fail("want KIND:PATTERN with KIND one of cn, ou, dns, uri, ip, sha256")
+		return fail("want KIND:PATTERN with KIND one of cn, ou, dns, uri, ip, sha256, spiffe-td")
 	}
 	if pat == "" {
 		return fail("empty pattern")
@@ -165,6 +171,12 @@ func ParseIdentityRule(s string) (IdentityRule, error) {
 			return fail("%q is not an IP address or CIDR", pat)
 		}
 		r.pattern = r.prefix.String()
+	case KindSPIFFETD:
+		td, err := trust.CheckTrustDomain(pat)
+		if err != nil {
+			return fail("%v", errors.Unwrap(err))
+		}
+		r.pattern = td
 	case KindSHA256:
 		h := strings.ToLower(strings.ReplaceAll(pat, ":", ""))
 		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 {
@@ -172,7 +184,7 @@ func ParseIdentityRule(s string) (IdentityRule, error) {
 		}
 		r.pattern = h
 	default:
-		return fail("unknown kind %q: want cn, ou, dns, uri, ip or sha256", kind)
+		return fail("unknown kind %q: want cn, ou, dns, uri, ip, sha256 or spiffe-td", kind)
 	}
 	return r, nil
 }
@@ -214,6 +226,8 @@ func (r IdentityRule) match(id trust.Identity) (bool, string) {
 		}), ""
 	case KindSHA256:
 		return id.Fingerprint == r.pattern, ""
+	case KindSPIFFETD:
+		return id.SPIFFEID != "" && id.SPIFFETrustDomain() == r.pattern, ""
 	}
 	return false, "" // the zero rule matches nothing
 }

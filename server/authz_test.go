@@ -52,6 +52,11 @@ func TestParseIdentityRule(t *testing.T) {
 		{"ip:fe80::1%eth0", ""},
 		{"sha256:abcd", ""},
 		{"email:a@b", ""},
+		{"spiffe-td:example.org", "spiffe-td:example.org"},
+		{"spiffe-td:spiffe://example.org", "spiffe-td:example.org"},
+		{"spiffe-td:Example.org", ""},
+		{"spiffe-td:example.org/path", ""},
+		{"spiffe-td:exa mple.org", ""},
 	}
 	for _, tt := range tests {
 		r, err := ParseIdentityRule(tt.in)
@@ -359,5 +364,43 @@ func TestTrustCheckKeepsSameCA(t *testing.T) {
 	}
 	if got := trustCheck(&trust.Material{CAPool: x509.NewCertPool()})(p); got != ReasonCARemoved {
 		t.Errorf("TrustCheck(no CA) = %q, want %q", got, ReasonCARemoved)
+	}
+}
+
+// spiffe-td: matches the trust domain of a leaf whose only URI SAN is a
+// SPIFFE ID, as trust.IdentityOf reads it from a real certificate.
+func TestSPIFFETrustDomainRule(t *testing.T) {
+	ca, err := devpki.NewCA("", devpki.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := func(uris ...string) trust.Identity {
+		kp, err := devpki.NewLeaf(ca, &x509.Certificate{KeyUsage: x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, devpki.Options{URIs: uris})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return trust.IdentityOf(kp.Cert)
+	}
+	r, err := ParseIdentityRule("spiffe-td:example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		id   trust.Identity
+		want bool
+	}{
+		{"its SPIFFE ID", leaf("spiffe://example.org/payments/api"), true},
+		{"another trust domain", leaf("spiffe://example.org.evil/payments/api"), false},
+		{"a parent of the trust domain", leaf("spiffe://org/payments"), false},
+		{"two URI SANs (not an SVID)", leaf("spiffe://example.org/a", "spiffe://example.org/b"), false},
+		{"not a SPIFFE URI", leaf("https://example.org/a"), false},
+		{"no URI SAN", leaf(), false},
+	}
+	for _, tt := range tests {
+		if got := r.Matches(tt.id); got != tt.want {
+			t.Errorf("%s: spiffe-td:example.org matches %v = %v, want %v", tt.name, tt.id.URIs, got, tt.want)
+		}
 	}
 }

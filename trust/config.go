@@ -6,6 +6,10 @@ import (
 	"errors"
 	"slices"
 	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // ALPNTunnel is the ALPN protocol of a yamux tunnel session.
@@ -82,7 +86,17 @@ func (sc *serverConfigs) forClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 		ClientAuth:       tls.RequireAndVerifyClientCert,
 		ClientCAs:        m.CAPool,
 		NextProtos:       sc.nextProtos,
-		VerifyConnection: verifyPeer(x509.ExtKeyUsageClientAuth, sc.opts.revocation),
+		VerifyConnection: verifyPeer(x509.ExtKeyUsageClientAuth, m, sc.opts),
+	}
+	if st := sc.opts.stapler; st != nil {
+		// The staple changes under one material (it is renewed before its
+		// nextUpdate), so it is attached per handshake.
+		cfg.Certificates = nil
+		cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c := m.Certificate
+			c.OCSPStaple = st.Staple(c.Leaf)
+			return &c, nil
+		}
 	}
 	sc.cached.Store(&builtConfig{m: m, cfg: cfg})
 	return cfg, nil
@@ -103,14 +117,22 @@ func (sc *serverConfigs) forClient(*tls.ClientHelloInfo) (*tls.Config, error) {
 // The caller owns the returned config; nextProtos is copied.
 func ClientConfig(s *Store, serverName string, nextProtos []string, opts ...ConfigOption) *tls.Config {
 	o := collect(opts)
+	m := s.Material()
 	cfg := &tls.Config{
 		MinVersion:       minVersion,
 		CipherSuites:     cipherSuites,
 		ServerName:       serverName,
 		NextProtos:       slices.Clone(nextProtos),
-		VerifyConnection: verifyPeer(x509.ExtKeyUsageServerAuth, o.revocation),
+		VerifyConnection: verifyPeer(x509.ExtKeyUsageServerAuth, m, o),
 	}
-	if m := s.Material(); m != nil {
+	if !o.serverID.IsZero() {
+		// The server is known by its SPIFFE ID, not by a DNS name:
+		// crypto/tls would check serverName against the DNS SANs, so the
+		// chain is verified in VerifyConnection instead (verifyServer),
+		// against the same roots and with the same usage.
+		cfg.InsecureSkipVerify = true
+	}
+	if m != nil {
 		cert := &m.Certificate
 		cfg.Certificates = []tls.Certificate{*cert} // informative; GetClientCertificate decides
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -127,7 +149,10 @@ func ClientConfig(s *Store, serverName string, nextProtos []string, opts ...Conf
 type ConfigOption func(*configOptions)
 
 type configOptions struct {
-	revocation *RevocationChecker
+	revocation    *RevocationChecker
+	serverID      spiffeid.ID // client: the server's required SPIFFE ID
+	requireStaple bool        // client: refuse a server that staples no OCSP response
+	stapler       *Stapler    // server: staples its own OCSP response
 }
 
 func collect(opts []ConfigOption) configOptions {
@@ -144,23 +169,119 @@ func WithRevocation(rc *RevocationChecker) ConfigOption {
 	return func(o *configOptions) { o.revocation = rc }
 }
 
-// verifyPeer returns a VerifyConnection hook that checks the peer's leaf for
-// usage, then its chains for revocation if rc is set. It runs on every
-// handshake, resumed or not, which VerifyPeerCertificate does not.
-func verifyPeer(usage x509.ExtKeyUsage, rc *RevocationChecker) func(tls.ConnectionState) error {
+// WithServerSPIFFEID makes ClientConfig require the server's certificate to
+// carry exactly one URI SAN, the SPIFFE ID id, in place of checking the
+// server name against its DNS SANs. The chain is still verified against the
+// material's CA pool (and, for SPIFFE material, against the bundle of id's
+// trust domain), with EKU serverAuth. A zero id requires nothing.
+func WithServerSPIFFEID(id spiffeid.ID) ConfigOption {
+	return func(o *configOptions) { o.serverID = id }
+}
+
+// WithRequireOCSPStaple makes ClientConfig refuse a server that staples no
+// OCSP response. A stapled response is always verified when present, and a
+// server certificate with the TLS feature status_request (must-staple) always
+// needs one, with or without this option.
+func WithRequireOCSPStaple() ConfigOption {
+	return func(o *configOptions) { o.requireStaple = true }
+}
+
+// WithStapler makes ServerConfig staple st's current OCSP response for the
+// server's certificate to every handshake that asks for one (crypto/tls
+// sends it only to clients that offer status_request). A nil st staples
+// nothing.
+func WithStapler(st *Stapler) ConfigOption {
+	return func(o *configOptions) { o.stapler = st }
+}
+
+// verifyPeer returns a VerifyConnection hook for material m that checks the
+// peer's leaf for usage, an X.509-SVID against its trust domain's bundle if
+// m is SPIFFE material, the server's SPIFFE ID and stapled OCSP response on
+// the client, then the chains for revocation if o.revocation is set. It runs
+// on every handshake, resumed or not, which VerifyPeerCertificate does not.
+func verifyPeer(usage x509.ExtKeyUsage, m *Material, o configOptions) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		leaf := peerLeaf(cs)
 		if leaf == nil {
 			return errNoPeerCertificate
 		}
+		chains := cs.VerifiedChains
+		if !o.serverID.IsZero() && usage == x509.ExtKeyUsageServerAuth {
+			var err error
+			if chains, err = verifyServer(cs.PeerCertificates, m); err != nil {
+				return err
+			}
+		}
 		if err := CheckLeaf(leaf, usage); err != nil {
 			return err
 		}
-		if rc != nil {
-			return rc.CheckChains(cs.VerifiedChains)
+		if m != nil && m.SPIFFE != nil {
+			id, svidChains, err := verifySVID(cs.PeerCertificates, m.SPIFFE, usage)
+			if err != nil {
+				return err
+			}
+			chains = svidChains
+			if !o.serverID.IsZero() && usage == x509.ExtKeyUsageServerAuth && id != o.serverID {
+				return &SPIFFEIDError{Want: o.serverID.String(), Got: id.String()}
+			}
+		} else if !o.serverID.IsZero() && usage == x509.ExtKeyUsageServerAuth {
+			if err := checkSPIFFEID(leaf, o.serverID); err != nil {
+				return err
+			}
+		}
+		if usage == x509.ExtKeyUsageServerAuth {
+			if err := checkStaple(cs.OCSPResponse, m.extendChain(firstChain(chains)), o.requireStaple, time.Now()); err != nil {
+				return err
+			}
+		}
+		if o.revocation != nil {
+			return o.revocation.CheckChains(chains)
 		}
 		return nil
 	}
+}
+
+// verifyServer verifies the server's presented chain as crypto/tls would,
+// but without a server name: against m's CA pool, the other presented
+// certificates as intermediates, EKU serverAuth.
+func verifyServer(certs []*x509.Certificate, m *Material) ([][]*x509.Certificate, error) {
+	if len(certs) == 0 {
+		return nil, errNoPeerCertificate
+	}
+	roots := x509.NewCertPool() // no material: nothing verifies
+	if m != nil {
+		roots = m.CAPool
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return nil, &tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: err}
+	}
+	return chains, nil
+}
+
+// checkSPIFFEID checks that leaf names exactly one URI SAN, and that it is want.
+func checkSPIFFEID(leaf *x509.Certificate, want spiffeid.ID) error {
+	got, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return &SPIFFEIDError{Want: want.String(), Got: "(" + err.Error() + ")"}
+	}
+	if got != want {
+		return &SPIFFEIDError{Want: want.String(), Got: got.String()}
+	}
+	return nil
+}
+
+// firstChain returns the first of chains, or nil.
+func firstChain(chains [][]*x509.Certificate) []*x509.Certificate {
+	if len(chains) == 0 {
+		return nil
+	}
+	return chains[0]
 }
 
 var errNoPeerCertificate = errors.New("trust: peer presented no certificate")

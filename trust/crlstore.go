@@ -13,7 +13,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
-	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 )
 
 // Refresh bounds and the caps of CRLStore. A peer chooses which
@@ -146,20 +145,13 @@ type CRLStore struct {
 	entries     map[string]*crlEntry // tracked URLs; at most caps.TrackedURLs
 	refusedURLs *lru[string, string] // refused URL -> its reason; forgets the least recently used
 	hosts       map[string]int       // host -> number of tracked URLs
-	busy        map[string]bool      // hosts with a fetch in flight
-	active      int
-	winStart    time.Time // the new-URL rate window
+	winStart    time.Time            // the new-URL rate window
 	winCount    int
 	closed      bool
 
-	wake   chan struct{}
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
 	fetchOK, fetchFailed, refused atomic.Uint64
-	limitHits                     sync.Map // limit name -> *atomic.Uint64
-	limitLog                      *logthrottle.Throttle[string]
+
+	fetchSched // the loop, its caps and cap-hit counters
 }
 
 // crlEntry is the state of one URL.
@@ -184,21 +176,18 @@ func NewCRLStore(cfg CRLStoreConfig) *CRLStore {
 		l.SetOutput(discard{})
 		log = l
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	caps := cfg.Limits.withDefaults()
 	return &CRLStore{
 		cfg: cfg, caps: caps, log: log.WithField(audit.Component, "crl"),
 		entries: map[string]*crlEntry{}, refusedURLs: newLRU[string, string](caps.RefusedURLs),
-		hosts: map[string]int{}, busy: map[string]bool{},
-		limitLog: &logthrottle.Throttle[string]{Interval: limitLogInterval, Max: 16},
-		wake:     make(chan struct{}, 1), ctx: ctx, cancel: cancel,
+		hosts: map[string]int{}, fetchSched: newFetchSched(),
 	}
 }
 
 // Start launches the goroutine that fetches and refreshes. Close stops it.
 func (s *CRLStore) Start() {
 	s.wg.Add(1)
-	go s.run()
+	go s.loop(s.startDue)
 }
 
 // Close stops the refresher, aborts fetches in flight and waits for them.
@@ -287,7 +276,7 @@ func (s *CRLStore) track(raw string, issuer *x509.Certificate, pin bool) (string
 	u, reason, err := s.cfg.Fetcher.precheck(raw)
 	if reason != "" {
 		if s.refusedURLs.add(raw, reason) {
-			s.limitHitLocked(LimitSeenURLs, raw, "refused Distribution Point forgotten to remember a new one")
+			s.limitHit(s.log, LimitSeenURLs, raw, "refused Distribution Point forgotten to remember a new one")
 		}
 		if reason == ReasonURLRefused {
 			s.refused.Add(1)
@@ -307,13 +296,13 @@ func (s *CRLStore) track(raw string, issuer *x509.Certificate, pin bool) (string
 		}
 		if s.winCount >= s.caps.NewURLsPerMinute {
 			// Not remembered: a later handshake may bring it again.
-			s.limitHitLocked(LimitFetchRate, raw, "CRL store limit reached; Distribution Point dropped for now")
+			s.limitHit(s.log, LimitFetchRate, raw, "CRL store limit reached; Distribution Point dropped for now")
 			return "", reasonLimitPrefix + LimitFetchRate
 		}
 		s.winCount++
 	}
 	if len(s.entries) >= s.caps.TrackedURLs && !s.evictLocked() {
-		s.limitHitLocked(LimitCached, raw, "CRL store limit reached and nothing can be evicted; Distribution Point dropped for now")
+		s.limitHit(s.log, LimitCached, raw, "CRL store limit reached and nothing can be evicted; Distribution Point dropped for now")
 		return "", reasonLimitPrefix + LimitCached
 	}
 	host := u.Host
@@ -349,7 +338,7 @@ func (s *CRLStore) evictLocked() bool {
 	default:
 		close(victim.attempted) // nobody waits for a fetch that will not happen
 	}
-	s.limitHitLocked(LimitCached, victim.url, "CRL store full; least recently used Distribution Point evicted")
+	s.limitHit(s.log, LimitCached, victim.url, "CRL store full; least recently used Distribution Point evicted")
 	return true
 }
 
@@ -363,17 +352,6 @@ func (e *crlEntry) addIssuer(issuer *x509.Certificate) {
 		}
 	}
 	e.issuers = append(e.issuers, issuer)
-}
-
-// limitHitLocked counts a cap hit and logs msg at most once a minute per cap.
-func (s *CRLStore) limitHitLocked(limit, raw, msg string) {
-	v, _ := s.limitHits.LoadOrStore(limit, new(atomic.Uint64))
-	n := v.(*atomic.Uint64).Add(1)
-	if _, _, ok := s.limitLog.Hit(limit); !ok {
-		return
-	}
-	s.log.WithFields(logrus.Fields{audit.Event: audit.CRLLimit, audit.Limit: limit, audit.URL: truncate(raw, 200),
-		audit.Count: n}).Warn(msg)
 }
 
 // CRL returns the verified CRL cached for url, or nil.
@@ -449,11 +427,7 @@ func (s *CRLStore) RefreshAll() {
 // Stats returns the store's counters.
 func (s *CRLStore) Stats() CRLStoreStats {
 	st := CRLStoreStats{FetchesOK: s.fetchOK.Load(), FetchesFailed: s.fetchFailed.Load(),
-		URLsRefused: s.refused.Load(), LimitHits: map[string]uint64{}}
-	s.limitHits.Range(func(k, v any) bool {
-		st.LimitHits[k.(string)] = v.(*atomic.Uint64).Load()
-		return true
-	})
+		URLsRefused: s.refused.Load(), LimitHits: s.limitCounts()}
 	s.mu.Lock()
 	st.Tracked = len(s.entries)
 	for _, e := range s.entries {
@@ -463,31 +437,6 @@ func (s *CRLStore) Stats() CRLStoreStats {
 	}
 	s.mu.Unlock()
 	return st
-}
-
-func (s *CRLStore) kick() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// run starts due fetches within the concurrency caps and sleeps until the
-// next one is due or something changes.
-func (s *CRLStore) run() {
-	defer s.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		wait := s.startDue()
-		timer.Reset(wait)
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.wake:
-		case <-timer.C:
-		}
-	}
 }
 
 // startDue launches every due fetch it may and returns how long to sleep.
@@ -504,12 +453,11 @@ func (s *CRLStore) startDue() time.Duration {
 			wait = min(wait, d)
 			continue
 		}
-		if s.active >= maxConcurrentFetches || s.busy[e.host] {
+		if !s.mayStartLocked(e.host) {
 			continue // a finishing fetch kicks the loop
 		}
 		e.inflight = true
-		s.busy[e.host] = true
-		s.active++
+		s.startedLocked(e.host)
 		s.wg.Add(1)
 		go s.fetch(e)
 	}
@@ -530,8 +478,7 @@ func (s *CRLStore) fetch(e *crlEntry) {
 
 	s.mu.Lock()
 	e.inflight = false
-	delete(s.busy, e.host)
-	s.active--
+	s.endedLocked(e.host)
 	log := s.log.WithField(audit.URL, truncate(e.url, 200))
 	if err != nil {
 		e.failures++

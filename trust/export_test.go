@@ -2,8 +2,10 @@ package trust
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // SetTestAllowPrefixes lets fetchers created until restore is called dial
@@ -19,4 +21,10 @@ func SetTestAllowPrefixes(p ...netip.Prefix) (restore func()) {
 // a guarded net.Dialer, so a test sees what would be dialled.
 func NewCRLFetcherDialer(opts FetchOptions, dial func(ctx context.Context, network, address string) (net.Conn, error)) *CRLFetcher {
 	return newCRLFetcher(opts, dial)
+}
+
+// VerifyOCSP is verifyOCSP with the source "test", for checking real
+// responses at chosen times.
+func VerifyOCSP(der []byte, cert, issuer *x509.Certificate, nonce []byte, now time.Time) (*OCSPStatus, error) {
+	return verifyOCSP(der, cert, issuer, nonce, now, "test")
 }

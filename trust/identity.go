@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
 )
@@ -32,6 +34,10 @@ type Identity struct {
 	IPs         []string
 	Serial      string // lowercase hex of the serial number
 	Fingerprint string // lowercase hex SHA-256 of the leaf's DER
+
+	// SPIFFEID is the leaf's SPIFFE ID when it has exactly one URI SAN and
+	// that is a well-formed SPIFFE ID (what an X.509-SVID carries), else "".
+	SPIFFEID string
 
 	// NameConstrained is set by PeerIdentity when a CA of a verified
 	// chain carries name constraints, and ConstrainedSAN when, for every
@@ -69,6 +75,9 @@ func IdentityOf(leaf *x509.Certificate) Identity {
 	}
 	for _, u := range leaf.URIs {
 		id.URIs = append(id.URIs, u.String())
+	}
+	if sid, err := x509svid.IDFromCert(leaf); err == nil {
+		id.SPIFFEID = sid.String()
 	}
 	for _, ip := range leaf.IPAddresses {
 		id.IPs = append(id.IPs, ip.String())
@@ -157,4 +166,25 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + "..."
+}
+
+// SPIFFETrustDomain returns the trust domain of SPIFFEID ("example.org"),
+// or "" if the identity has no SPIFFE ID.
+func (id Identity) SPIFFETrustDomain() string {
+	sid, err := spiffeid.FromString(id.SPIFFEID)
+	if err != nil {
+		return ""
+	}
+	return sid.TrustDomain().Name()
+}
+
+// CheckTrustDomain checks a SPIFFE trust domain name as SPIFFE defines it
+// (lowercase letters, digits, ".", "-" and "_"; "spiffe://" in front is
+// accepted) and returns it bare.
+func CheckTrustDomain(s string) (string, error) {
+	td, err := spiffeid.TrustDomainFromString(s)
+	if err != nil {
+		return "", fmt.Errorf("trust: trust domain %q: %w", truncate(s, 100), err)
+	}
+	return td.Name(), nil
 }

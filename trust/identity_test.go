@@ -39,6 +39,7 @@ func TestIdentityOf(t *testing.T) {
 		IPs:         []string{"127.0.0.1", "::1"},
 		Serial:      "abcdef",
 		Fingerprint: fp,
+		SPIFFEID:    "spiffe://example.org/app1", // its only URI SAN is a SPIFFE ID
 	}
 	id := trust.IdentityOf(leaf.cert)
 	if !reflect.DeepEqual(id, want) {

@@ -24,8 +24,11 @@ import (
 // Sources names the files a role loads its TLS material from. The first
 // three are required; CertFile may hold a chain, leaf first.
 type Sources struct {
-	CertFile string   // PEM certificate, optionally followed by its intermediates
-	KeyFile  string   // PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), unencrypted
+	CertFile string // PEM certificate, optionally followed by its intermediates
+	// KeyFile is a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC,
+	// unencrypted), or an RFC 7512 pkcs11: URI naming a key in a token
+	// (see ParsePKCS11URI; needs a build with -tags pkcs11).
+	KeyFile  string
 	CAFile   string   // PEM bundle of the CA certificates that verify the peer
 	CRLFiles []string // CRLs (PEM, one or more per file, or DER) checked against the peer's chain
 }
@@ -51,7 +54,13 @@ type Material struct {
 	CAPool      *x509.CertPool  // built from CACerts; verifies the peer
 	CACerts     []*x509.Certificate
 	CRLs        []*CRL  // parsed from Sources.CRLFiles; signatures are checked when used
-	Sources     Sources // the files this was loaded from
+	Sources     Sources // the files this was loaded from; zero for other sources
+
+	// SPIFFE is set on material from the SPIFFE Workload API
+	// (SPIFFESource): then a peer must present an X.509-SVID that chains
+	// to the bundle of its own trust domain, whichever CA of CAPool
+	// crypto/tls found a chain to. Nil for material from files.
+	SPIFFE *SPIFFEMaterial
 
 	// issuers maps each non-self-signed certificate of CACerts (by its
 	// DER) to the certificate of CACerts that issued it. Every certificate
@@ -90,7 +99,8 @@ func (e *LoadError) Unwrap() error { return e.Err }
 
 // Load reads and checks every file of src: the certificate chain parses, the
 // key parses, is unencrypted, is a supported type (RSA, ECDSA, Ed25519) and
-// matches the leaf, the CA file holds at least one certificate, and each CRL
+// matches the leaf (a PKCS#11 key is found in its token, logged in to with
+// the PIN of its pin-source, and its public key matches the leaf), the CA file holds at least one certificate, and each CRL
 // file holds CRLs that ParseCRLs accepts. Load does not check validity dates
 // or usages of its own leaf; the peer does. Nor does it check CRL
 // signatures: a CRL may be issued by an intermediate that only the peer
@@ -106,10 +116,19 @@ func Load(src Sources) (*Material, error) {
 	}
 	chain, err := readCerts("CertFile", src.CertFile)
 	check(err)
-	key, err := readKey(src.KeyFile)
-	check(err)
+	var key crypto.Signer
+	keyName := src.KeyFile
+	if IsPKCS11URI(src.KeyFile) {
+		keyName = RedactPKCS11URI(src.KeyFile)
+		if key, err = openPKCS11Key(src.KeyFile); err != nil {
+			check(&LoadError{Field: "KeyFile", Path: keyName, Err: err})
+		}
+	} else {
+		key, err = readKey(src.KeyFile)
+		check(err)
+	}
 	if chain != nil && key != nil && !publicKeysEqual(key.Public(), chain[0].PublicKey) {
-		check(&LoadError{Field: "KeyFile", Path: src.KeyFile, Err: fmt.Errorf("%w %q", ErrKeyMismatch, src.CertFile)})
+		check(&LoadError{Field: "KeyFile", Path: keyName, Err: fmt.Errorf("%w %q", ErrKeyMismatch, src.CertFile)})
 	}
 	cas, err := readCerts("CAFile", src.CAFile)
 	check(err)

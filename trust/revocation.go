@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/logthrottle"
@@ -32,9 +33,40 @@ const (
 
 // Reasons for FailureReason and session_revoked lines.
 const (
-	ReasonRevoked        = "revoked"
-	ReasonCRLUnavailable = "crl_unavailable"
+	ReasonRevoked         = "revoked"
+	ReasonCRLUnavailable  = "crl_unavailable"
+	ReasonOCSPUnavailable = "ocsp_unavailable"
 )
+
+// Revocation methods: where RevocationPolicy.Method takes revocation status
+// from. The zero value is RevocationCRL.
+const (
+	// RevocationCRL: CRLs only (files and Distribution Points), as before
+	// OCSP existed.
+	RevocationCRL = "crl"
+	// RevocationOCSP: OCSP only, for each certificate whose Authority
+	// Information Access names a responder; CRLs are not looked at.
+	RevocationOCSP = "ocsp"
+	// RevocationBoth: both; revoked if either says so, and each that a
+	// certificate needs must be usable.
+	RevocationBoth = "both"
+	// RevocationPreferOCSP: OCSP where the certificate names a responder
+	// and it answers good or revoked; CRLs otherwise (no responder, or no
+	// usable answer from it).
+	RevocationPreferOCSP = "prefer-ocsp"
+)
+
+// ParseRevocationMethod checks a --revocation value: crl, ocsp, both or
+// prefer-ocsp ("" is crl).
+func ParseRevocationMethod(s string) (string, error) {
+	switch s {
+	case "":
+		return RevocationCRL, nil
+	case RevocationCRL, RevocationOCSP, RevocationBoth, RevocationPreferOCSP:
+		return s, nil
+	}
+	return "", fmt.Errorf("trust: revocation method %q: want crl, ocsp, both or prefer-ocsp", truncate(s, 40))
+}
 
 // RevocationPolicy says how certificates are checked for revocation. The
 // zero value checks nothing; start from DefaultRevocationPolicy.
@@ -48,7 +80,27 @@ type RevocationPolicy struct {
 	RefreshInterval   time.Duration // 0: derived from each CRL's nextUpdate
 	BootstrapTimeout  time.Duration // start-up wait for the CA chain's CRLs, all together
 	FetchOptions      FetchOptions
+
+	// Method is where status comes from: RevocationCRL (""), RevocationOCSP,
+	// RevocationBoth or RevocationPreferOCSP. The other fields apply to
+	// OCSP as to CRLs: DenyOnUnavailable, EndEntityOnly, RefreshInterval,
+	// BootstrapTimeout (the CA bundle's responders), FetchOptions (the
+	// same fetcher, guard and caps). An OCSP response is never used past
+	// its nextUpdate (StaleGrace is for CRLs).
+	Method string
+	// OCSPGET sends OCSP requests by GET without a nonce (RFC 5019) when
+	// short enough; the default is POST with a nonce.
+	OCSPGET bool
+	// OCSPMaxResponses caps the OCSP responses cached
+	// (DefaultOCSPResponses when zero).
+	OCSPMaxResponses int
 }
+
+func (p RevocationPolicy) useOCSP() bool {
+	return !p.Disabled && (p.Method == RevocationOCSP || p.Method == RevocationBoth || p.Method == RevocationPreferOCSP)
+}
+
+func (p RevocationPolicy) useCRL() bool { return p.Method != RevocationOCSP }
 
 // DefaultRevocationPolicy is revocation on, fetching on, full chain,
 // fail-open, expiration enforced with a 24 h grace.
@@ -67,17 +119,25 @@ type RevokedError struct {
 	Serial    string // lowercase hex
 	Subject   string
 	Depth     int    // 0 for the leaf, 1 for its issuer, ...
-	Source    string // the CRL's file or URL
+	Source    string // the CRL's file or URL, or the OCSP responder's URL
 	RevokedAt time.Time
+	Via       string // "CRL" ("" reads so too) or "OCSP"
 }
+
+// viaOCSP is RevokedError.Via of an OCSP answer.
+const viaOCSP = "OCSP"
 
 func (e *RevokedError) Error() string {
 	what := "certificate"
 	if e.Depth > 0 {
 		what = "intermediate CA certificate"
 	}
-	return fmt.Sprintf("trust: %s serial %s (%s) is revoked since %s by CRL %s",
-		what, e.Serial, truncate(e.Subject, 100), e.RevokedAt.UTC().Format(time.RFC3339), truncate(e.Source, 200))
+	by := "CRL " + truncate(e.Source, 200)
+	if e.Via == viaOCSP {
+		by = "OCSP (" + truncate(e.Source, 200) + ")"
+	}
+	return fmt.Sprintf("trust: %s serial %s (%s) is revoked since %s by %s",
+		what, e.Serial, truncate(e.Subject, 100), e.RevokedAt.UTC().Format(time.RFC3339), by)
 }
 
 // UnavailableError is the error of a chain whose revocation status cannot be
@@ -85,13 +145,18 @@ func (e *RevokedError) Error() string {
 type UnavailableError struct {
 	Serial  string
 	Subject string
-	Sources []string // the Distribution Points or files that were not usable
+	Sources []string // the Distribution Points, files or OCSP responders that were not usable
 	Why     string
+	OCSP    bool // the missing status is an OCSP response's, not a CRL's
 }
 
 func (e *UnavailableError) Error() string {
-	return fmt.Sprintf("trust: no usable CRL for certificate serial %s (%s): %s (%s)",
-		e.Serial, truncate(e.Subject, 100), e.Why, truncate(strings.Join(e.Sources, ", "), 300))
+	what := "CRL"
+	if e.OCSP {
+		what = "OCSP response"
+	}
+	return fmt.Sprintf("trust: no usable %s for certificate serial %s (%s): %s (%s)",
+		what, e.Serial, truncate(e.Subject, 100), e.Why, truncate(strings.Join(e.Sources, ", "), 300))
 }
 
 // RevocationStats are counters of a RevocationChecker.
@@ -106,6 +171,8 @@ type RevocationStats struct {
 	// CARevoked is how many CA certificates of the bundle a usable CRL
 	// lists as revoked, as of the last look (start-up, reload, CRL change).
 	CARevoked int
+	// OCSP are the OCSP store's counters (zero unless the method uses OCSP).
+	OCSP OCSPStoreStats
 }
 
 // RevocationChecker checks certificate chains against CRLs: those loaded from
@@ -114,7 +181,8 @@ type RevocationStats struct {
 type RevocationChecker struct {
 	policy RevocationPolicy
 	store  *Store
-	crls   *CRLStore // nil when fetching is off
+	crls   *CRLStore  // nil when fetching is off or the method is OCSP only
+	ocsp   *OCSPStore // nil unless the method uses OCSP
 	log    logrus.FieldLogger
 
 	onUpdate atomic.Pointer[func()]
@@ -144,12 +212,26 @@ func NewRevocationChecker(policy RevocationPolicy, store *Store, log logrus.Fiel
 	}
 	r := &RevocationChecker{policy: policy, store: store, log: log.WithField(audit.Component, "revocation"),
 		warnings: &logthrottle.Throttle[string]{Interval: warnInterval, Max: maxWarnKeys}}
-	if !policy.Disabled && policy.Fetch {
+	var fetcher *CRLFetcher
+	if !policy.Disabled && (policy.Fetch && policy.useCRL() || policy.useOCSP()) {
+		fetcher = NewCRLFetcher(policy.FetchOptions)
+	}
+	if !policy.Disabled && policy.Fetch && policy.useCRL() {
 		r.crls = NewCRLStore(CRLStoreConfig{
-			Fetcher:         NewCRLFetcher(policy.FetchOptions),
+			Fetcher:         fetcher,
 			RefreshInterval: policy.RefreshInterval,
 			Log:             log,
 			OnUpdate:        func(string) { r.notify() },
+		})
+	}
+	if policy.useOCSP() {
+		r.ocsp = NewOCSPStore(OCSPStoreConfig{
+			Fetcher:         fetcher,
+			RefreshInterval: policy.RefreshInterval,
+			MaxResponses:    policy.OCSPMaxResponses,
+			GET:             policy.OCSPGET,
+			Log:             log,
+			OnUpdate:        r.notify,
 		})
 	}
 	return r
@@ -193,19 +275,31 @@ func (r *RevocationChecker) Start(ctx context.Context) {
 	}
 	r.auditFiles(m)
 	r.warnUnchecked(m)
-	if r.crls != nil {
-		r.startOnce.Do(r.crls.Start)
-	}
-	if urls := r.discoverBundle(m); len(urls) > 0 {
+	r.startOnce.Do(func() {
+		if r.crls != nil {
+			r.crls.Start()
+		}
+		if r.ocsp != nil {
+			r.ocsp.Start()
+		}
+	})
+	urls, keys := r.discoverBundle(m)
+	if len(urls)+len(keys) > 0 {
 		ctx, cancel := context.WithTimeout(ctx, r.policy.BootstrapTimeout)
 		start := time.Now()
-		err := r.crls.Wait(ctx, urls)
+		var err error
+		if len(urls) > 0 {
+			err = r.crls.Wait(ctx, urls)
+		}
+		if err == nil && len(keys) > 0 {
+			err = r.ocsp.Wait(ctx, keys)
+		}
 		cancel()
-		entry := r.log.WithFields(logrus.Fields{"urls": len(urls), audit.DurationMS: time.Since(start).Milliseconds()})
+		entry := r.log.WithFields(logrus.Fields{"urls": len(urls), "ocsp_responses": len(keys), audit.DurationMS: time.Since(start).Milliseconds()})
 		if err != nil {
-			entry.Warn("CRL bootstrap deadline reached; fetching goes on in the background")
+			entry.Warn("revocation bootstrap deadline reached; fetching goes on in the background")
 		} else {
-			entry.Info("CRL bootstrap done")
+			entry.Info("revocation bootstrap done")
 		}
 	}
 	r.checkBundle(m)
@@ -230,21 +324,34 @@ func (r *RevocationChecker) Reloaded() {
 	r.checkBundle(m)
 }
 
-// discoverBundle registers, pinned, the Distribution Points of every CA
-// certificate of m that has its issuer in m, and returns them.
-func (r *RevocationChecker) discoverBundle(m *Material) []string {
-	if r.crls == nil || m == nil || r.policy.EndEntityOnly {
-		return nil
+// discoverBundle registers, pinned, the Distribution Points and OCSP
+// responders of every CA certificate of m that has its issuer in m, and
+// returns the URLs and the OCSP entries whose first fetch has not ended.
+func (r *RevocationChecker) discoverBundle(m *Material) (urls, keys []string) {
+	if m == nil || r.policy.EndEntityOnly || r.policy.Disabled {
+		return nil, nil
 	}
-	var urls []string
+	now := time.Now()
 	for _, ca := range m.CACerts {
-		if issuer := m.caIssuer(ca); issuer != nil {
+		issuer := m.caIssuer(ca)
+		if issuer == nil {
+			continue
+		}
+		if r.crls != nil {
 			u, _ := r.crls.discover(ca, issuer, true)
 			urls = append(urls, u...)
 		}
+		if r.ocsp != nil {
+			keys = append(keys, r.ocsp.lookup(ca, issuer, true, true, now).pending...)
+		}
 	}
-	r.crls.pinOnly(urls)
-	return urls
+	if r.crls != nil {
+		r.crls.pinOnly(urls)
+	}
+	if r.ocsp != nil {
+		r.ocsp.unpin(func(c *x509.Certificate) bool { return m.caIssuer(c) != nil })
+	}
+	return urls, keys
 }
 
 // warnUnchecked logs one ca_unchecked line naming the intermediates of m
@@ -282,13 +389,13 @@ func (r *RevocationChecker) checkBundle(m *Material) {
 		if issuer == nil {
 			continue
 		}
-		urls, unusable := r.discover(ca, issuer, true)
-		v, usable, needs, why := r.evaluate(m, ca, issuer, urls, unusable, now)
+		jv := r.judge(m, ca, issuer, true, true, now)
+		v, why := jv.revoked, jv.why
 		st := "ok"
 		switch {
 		case v != nil:
 			st, revoked = "revoked", revoked+1
-		case needs && !usable:
+		case !jv.ok:
 			st = "unavailable:" + why
 		}
 		key := string(ca.Raw)
@@ -309,9 +416,13 @@ func (r *RevocationChecker) checkBundle(m *Material) {
 			if r.policy.DenyOnUnavailable {
 				action = "chains through it are refused (--crl-deny-on-unavailable)"
 			}
-			log.WithFields(logrus.Fields{audit.Event: audit.CRLUnavailable, audit.Reason: why,
-				audit.Source: truncate(strings.Join(sourcesOf(m, issuer, urls, unusable), ", "), 300)}).
-				Warn("no usable CRL for a CA certificate of the CA bundle; " + action)
+			event, what := audit.CRLUnavailable, "CRL"
+			if jv.ocspFailed {
+				event, what = audit.OCSPUnavailable, "OCSP response"
+			}
+			log.WithFields(logrus.Fields{audit.Event: event, audit.Reason: why,
+				audit.Source: truncate(strings.Join(jv.sources, ", "), 300)}).
+				Warn("no usable " + what + " for a CA certificate of the CA bundle; " + action)
 		default:
 			log.WithField(audit.Event, audit.CAReinstated).Info("a CA certificate of the CA bundle has a usable CRL that does not list it")
 		}
@@ -322,16 +433,26 @@ func (r *RevocationChecker) checkBundle(m *Material) {
 
 // Close stops fetching and waits for fetches in flight.
 func (r *RevocationChecker) Close() {
+	r.startOnce.Do(func() {}) // a Close before Start must not start it later
 	if r.crls != nil {
-		r.startOnce.Do(func() {}) // a Close before Start must not start it later
 		r.crls.Close()
+	}
+	if r.ocsp != nil {
+		r.ocsp.Close()
+	}
+	if r.crls == nil && r.ocsp != nil {
+		r.ocsp.cfg.Fetcher.Close() // the CRL store closes it otherwise
 	}
 }
 
-// Refresh refetches every Distribution Point now (SIGHUP, admin endpoint).
+// Refresh refetches every Distribution Point and OCSP response now (SIGHUP,
+// admin endpoint).
 func (r *RevocationChecker) Refresh() {
 	if r.crls != nil {
 		r.crls.RefreshAll()
+	}
+	if r.ocsp != nil {
+		r.ocsp.RefreshAll()
 	}
 }
 
@@ -350,6 +471,9 @@ func (r *RevocationChecker) Stats() RevocationStats {
 		for url, c := range r.crls.cachedCRLs() {
 			st.CRLAges[url] = now.Sub(c.List.ThisUpdate)
 		}
+	}
+	if r.ocsp != nil {
+		st.OCSP = r.ocsp.Stats()
 	}
 	return st
 }
@@ -401,12 +525,11 @@ func (r *RevocationChecker) revokedIn(m *Material, chain []*x509.Certificate) *R
 	if r.policy.EndEntityOnly {
 		n = min(n, 1)
 	}
+	now := time.Now()
 	for i := 0; i < n; i++ {
-		var urls []string
-		if r.crls != nil {
-			urls = r.crls.known(chain[i]) // never registers: see known
-		}
-		if v, _, _, _ := r.evaluate(m, chain[i], chain[i+1], urls, nil, time.Now()); v != nil {
+		// Never registers (see CRLStore.known): a re-check must not churn
+		// the stores.
+		if v := r.judge(m, chain[i], chain[i+1], false, false, now).revoked; v != nil {
 			v.Depth = i
 			return v
 		}
@@ -469,45 +592,132 @@ func (r *RevocationChecker) discover(cert, issuer *x509.Certificate, pin bool) (
 	return r.crls.discover(cert, issuer, pin)
 }
 
-// checkCert checks cert, issued by issuer, at depth in its chain.
+// checkCert checks cert, issued by issuer, at depth in its chain, by the
+// policy's method (see judge).
 func (r *RevocationChecker) checkCert(m *Material, cert, issuer *x509.Certificate, depth int) error {
-	now := time.Now()
-	urls, unusable := r.discover(cert, issuer, m.caIssuer(cert) != nil)
-	verdict, usable, needs, why := r.evaluate(m, cert, issuer, urls, unusable, now)
-	if verdict != nil {
-		r.revoked.Add(1)
-		verdict.Depth = depth
-		return verdict
+	pin := m.caIssuer(cert) != nil
+	jv := r.judge(m, cert, issuer, true, pin, time.Now())
+	if jv.revoked == nil && !jv.ok && r.policy.DenyOnUnavailable && r.waitFirstFetch(jv) {
+		jv = r.judge(m, cert, issuer, true, pin, time.Now())
 	}
-	if usable || !needs {
+	if jv.revoked != nil {
+		r.revoked.Add(1)
+		jv.revoked.Depth = depth
+		return jv.revoked
+	}
+	if jv.ok {
 		return nil
 	}
-	if r.policy.DenyOnUnavailable && r.crls != nil && r.waitFirstFetch(urls) {
-		verdict, usable, _, why = r.evaluate(m, cert, issuer, urls, unusable, time.Now())
-		if verdict != nil {
-			r.revoked.Add(1)
-			verdict.Depth = depth
-			return verdict
-		}
-		if usable {
-			return nil
-		}
-	}
 	r.unavail.Add(1)
-	sources := sourcesOf(m, issuer, urls, unusable)
 	serial := serialText(cert.SerialNumber)
 	action := "allowing (fail-open)"
 	if r.policy.DenyOnUnavailable {
 		action = "refusing (--crl-deny-on-unavailable)"
 	}
-	r.warn("unavailable|"+why+"|"+strings.Join(sources, "|"), logrus.Fields{
-		audit.Event: audit.CRLUnavailable, audit.Reason: why, audit.Serial: serial,
-		audit.Source: truncate(strings.Join(sources, ", "), 300),
-	}, "no usable CRL for a certificate that needs one; "+action)
+	event, what := audit.CRLUnavailable, "CRL"
+	if jv.ocspFailed {
+		event, what = audit.OCSPUnavailable, "OCSP response"
+	}
+	r.warn("unavailable|"+event+"|"+jv.why+"|"+strings.Join(jv.sources, "|"), logrus.Fields{
+		audit.Event: event, audit.Reason: jv.why, audit.Serial: serial,
+		audit.Source: truncate(strings.Join(jv.sources, ", "), 300),
+	}, "no usable "+what+" for a certificate that needs one; "+action)
 	if r.policy.DenyOnUnavailable {
-		return &UnavailableError{Serial: serial, Subject: cert.Subject.String(), Sources: sources, Why: why}
+		return &UnavailableError{Serial: serial, Subject: cert.Subject.String(), Sources: jv.sources, Why: jv.why, OCSP: jv.ocspFailed}
 	}
 	return nil
+}
+
+// judgement is the revocation status of one certificate by the policy's
+// method, from every source it uses.
+type judgement struct {
+	revoked *RevokedError // a usable source says revoked
+	ok      bool          // else: a usable answer that it is not, or nothing needed
+	// With ok false: why, from which sources, and whether it is the OCSP
+	// part that failed (else the CRL part).
+	why        string
+	sources    []string
+	ocspFailed bool
+	// First fetches that have not ended, for the fail-closed wait.
+	crlURLs  []string
+	ocspKeys []string
+}
+
+// judge finds cert's status, cert issued by issuer, at now. With register
+// it registers new Distribution Points and responders for fetching (pin:
+// as a CA bundle certificate's); without, it reads what the stores hold.
+//
+//   - crl: a usable CRL for cert's issuer, if cert needs one (see Check).
+//   - ocsp: a good response from a responder cert names, if it names one.
+//   - both: each of the two that cert needs; revoked if either says so.
+//   - prefer-ocsp: a good or revoked response if cert names a responder;
+//     otherwise, or without a usable answer, the CRL rule; a certificate
+//     that names a responder and has neither is unavailable.
+//
+// An "unknown" OCSP answer is no answer (ReasonOCSPUnknown).
+func (r *RevocationChecker) judge(m *Material, cert, issuer *x509.Certificate, register, pin bool, now time.Time) judgement {
+	var j judgement
+	oNeeds, oGood := false, false
+	if r.policy.useOCSP() && r.ocsp != nil {
+		ov := r.ocsp.lookup(cert, issuer, register, pin, now)
+		oNeeds, j.ocspKeys = ov.needs, ov.pending
+		if ov.status != nil {
+			switch ov.status.Status {
+			case ocsp.Good:
+				oGood = true
+			case ocsp.Revoked:
+				j.revoked = &RevokedError{Serial: serialText(cert.SerialNumber), Subject: cert.Subject.String(),
+					Source: ov.status.Source, RevokedAt: ov.status.RevokedAt, Via: viaOCSP}
+				return j
+			default:
+				ov.why = ReasonOCSPUnknown
+			}
+		}
+		if oNeeds && !oGood {
+			j.why, j.sources, j.ocspFailed = ov.why, ov.sources, true
+		}
+		if r.policy.Method == RevocationOCSP || r.policy.Method == RevocationPreferOCSP && oGood {
+			j.ok = !oNeeds || oGood
+			return j
+		}
+		if r.policy.Method == RevocationPreferOCSP && register && r.policy.DenyOnUnavailable && len(j.ocspKeys) > 0 {
+			// Fail-closed waits for the preferred answer before it falls
+			// back (fail-open falls back at once, below).
+			return j
+		}
+	}
+	var urls []string
+	var unusable []UnusableDP
+	switch {
+	case register:
+		urls, unusable = r.discover(cert, issuer, pin)
+	case r.crls != nil:
+		urls = r.crls.known(cert)
+	}
+	v, usable, needs, why := r.evaluate(m, cert, issuer, urls, unusable, now)
+	if v != nil {
+		j.revoked = v
+		return j
+	}
+	for _, u := range urls {
+		if r.crls != nil && !r.crls.Attempted(u) {
+			j.crlURLs = append(j.crlURLs, u)
+		}
+	}
+	crlOK := usable || !needs
+	switch r.policy.Method {
+	case RevocationBoth:
+		j.ok = (!oNeeds || oGood) && crlOK
+	case RevocationPreferOCSP:
+		// OCSP was needed and gave no good answer (or was not needed).
+		j.ok = oNeeds && needs && usable || !oNeeds && crlOK
+	default:
+		j.ok = crlOK
+	}
+	if !j.ok && !j.ocspFailed {
+		j.why, j.sources, j.ocspFailed = why, sourcesOf(m, issuer, urls, unusable), false
+	}
+	return j
 }
 
 // sourcesOf names where a CRL for a certificate of issuer was looked for:
@@ -571,21 +781,20 @@ func (r *RevocationChecker) evaluate(m *Material, cert, issuer *x509.Certificate
 	return nil, usable, needs, why
 }
 
-// waitFirstFetch waits up to denyWait for URLs never fetched before, and
-// reports whether it waited for any.
-func (r *RevocationChecker) waitFirstFetch(urls []string) bool {
-	var pending []string
-	for _, u := range urls {
-		if !r.crls.Attempted(u) {
-			pending = append(pending, u)
-		}
-	}
-	if len(pending) == 0 {
+// waitFirstFetch waits up to denyWait for the first fetches of j's CRL
+// URLs and OCSP responses, and reports whether there were any.
+func (r *RevocationChecker) waitFirstFetch(j judgement) bool {
+	if len(j.crlURLs)+len(j.ocspKeys) == 0 {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), denyWait)
 	defer cancel()
-	_ = r.crls.Wait(ctx, pending) // a timeout leaves them unavailable
+	if len(j.crlURLs) > 0 && r.crls != nil {
+		_ = r.crls.Wait(ctx, j.crlURLs) // a timeout leaves them unavailable
+	}
+	if len(j.ocspKeys) > 0 && r.ocsp != nil {
+		_ = r.ocsp.Wait(ctx, j.ocspKeys)
+	}
 	return true
 }
 

@@ -20,6 +20,9 @@ const (
 	ReasonBadKeyUsage = "bad_key_usage"
 	ReasonBadEKU      = "bad_eku"
 	ReasonCALeaf      = "ca_certificate" // a CA certificate presented as a client certificate
+
+	ReasonSPIFFEIDMismatch = "spiffe_id_mismatch" // the server's SPIFFE ID is not the one required
+	ReasonBadSVID          = "bad_svid"           // not a valid X.509-SVID for its trust domain's bundle
 )
 
 // UsageError is returned by CheckLeaf when a leaf may not be used as asked.
@@ -78,7 +81,12 @@ func ekuName(u x509.ExtKeyUsage) string {
 // otherwise invalid: CA not allowed to sign, name constraints, unhandled
 // critical extension, insecure algorithm), "bad_key_usage", "bad_eku",
 // "ca_certificate" (a CA certificate presented as a client certificate),
-// "name_mismatch", "revoked", "crl_unavailable", "no_client_certificate", "protocol_version",
+// "name_mismatch", "revoked", "crl_unavailable", "ocsp_unavailable",
+// "ocsp_staple_missing", "ocsp_staple_invalid", "ocsp_unknown" (a stapled
+// response says unknown), "spiffe_id_mismatch" (not the server SPIFFE ID the
+// client requires), "bad_svid" (not an X.509-SVID of a trust domain we hold
+// a bundle for, or not chaining to that domain's bundle),
+// "no_client_certificate", "protocol_version",
 // "no_common_alpn", "eof", "not_tls", "peer_alert_<alert>" (the peer refused
 // us with that TLS alert, e.g. "peer_alert_bad_certificate",
 // "peer_alert_unknown_ca"), or "other". A nil error gives "".
@@ -138,8 +146,20 @@ func certReason(err error) string {
 	if _, ok := errors.AsType[*RevokedError](err); ok {
 		return ReasonRevoked
 	}
-	if _, ok := errors.AsType[*UnavailableError](err); ok {
+	if ue, ok := errors.AsType[*UnavailableError](err); ok {
+		if ue.OCSP {
+			return ReasonOCSPUnavailable
+		}
 		return ReasonCRLUnavailable
+	}
+	if se, ok := errors.AsType[*StapleError](err); ok {
+		return se.Reason
+	}
+	if _, ok := errors.AsType[*SPIFFEIDError](err); ok {
+		return ReasonSPIFFEIDMismatch
+	}
+	if _, ok := errors.AsType[*SPIFFEVerifyError](err); ok {
+		return ReasonBadSVID
 	}
 	if _, ok := errors.AsType[x509.HostnameError](err); ok {
 		return "name_mismatch"

@@ -35,6 +35,15 @@ const (
 	CAReinstated   = "ca_reinstated" // a bundle CA that was revoked or had no usable CRL is usable again (serial, subject)
 	CAUnchecked    = "ca_unchecked"  // bundle intermediates whose issuer is not in the bundle: revocation cannot be checked
 
+	IdentityUpdated      = "identity_updated"       // a SPIFFE source took in a new SVID or bundle set (spiffe_id, serial, not_after)
+	IdentitySourceFailed = "identity_source_failed" // a source could not update; the last material stays (source, error, state)
+
+	OCSPRefreshed   = "ocsp_refreshed"        // an OCSP response was fetched and verified (url, serial, cert_status)
+	OCSPFetchFailed = "ocsp_fetch_failed"     // an OCSP fetch failed or its response did not verify; the previous one stays (url, error)
+	OCSPUnavailable = "ocsp_unavailable"      // no usable OCSP response for a certificate that needs one (url, reason)
+	StapleRefreshed = "ocsp_staple_refreshed" // the server's own OCSP staple was fetched or read (source, next_update)
+	StapleFailed    = "ocsp_staple_failed"    // the server's own staple could not be renewed (source, error)
+
 	ConfigWarning = "config_warning" // a configuration that works but is probably not what was meant (warning)
 	AdminRequest  = "admin_request"  // an admin endpoint that changes state was called (path, addr)
 	AdminRefused  = "admin_refused"  // an admin request was refused (reason, path, addr)

@@ -1,0 +1,7 @@
+package ocsptest
+
+import "syscall"
+
+// sysProcAttr makes a responder die with the test binary, so a test
+// that is killed leaves none behind.
+func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} }
