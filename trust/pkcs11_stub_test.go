@@ -11,7 +11,8 @@ import (
 )
 
 // The default (static) build refuses a PKCS#11 key with an error that says
-// how to get one that takes it, naming the flag and the URI.
+// how to get one that takes it, naming the field (the CLI maps it to
+// --key) and the URI.
 func TestPKCS11NotBuiltIn(t *testing.T) {
 	ca := newCA(t, "CA")
 	leaf := newLeaf(t, ca, "app", 0, nil)
@@ -21,7 +22,7 @@ func TestPKCS11NotBuiltIn(t *testing.T) {
 	if !errors.Is(err, trust.ErrNoPKCS11) {
 		t.Fatalf("Load = %v, want ErrNoPKCS11", err)
 	}
-	for _, want := range []string{"--key", "pkcs11:token=t;object=k", "built without PKCS#11", "-tags pkcs11", "make build-pkcs11"} {
+	for _, want := range []string{"KeyFile", "pkcs11:token=t;object=k", "built without PKCS#11", "-tags pkcs11", "make build-pkcs11"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not contain %q", err, want)
 		}
