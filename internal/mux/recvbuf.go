@@ -2,11 +2,40 @@ package mux
 
 import "sync"
 
-// chunkSize is the size of a receive-buffer chunk: two TLS records, so
-// that most records' plaintext lands in one chunk with one read.
-const chunkSize = 32 << 10
+// Receive-buffer chunks come in two sizes: two TLS records, so that most
+// records' plaintext lands in one chunk with one read; and a small one for
+// a frame that starts an empty buffer and fits it, so that a peer sending a
+// byte on each of many streams makes each hold 2 KiB, not 32 (the memory
+// budget counts bytes, not chunks: the small size bounds the difference).
+const (
+	chunkSize      = 32 << 10
+	smallChunkSize = 2 << 10
+)
 
-var chunkPool = sync.Pool{New: func() any { return &chunk{b: make([]byte, chunkSize)} }}
+var (
+	chunkPool      = sync.Pool{New: func() any { return &chunk{b: make([]byte, chunkSize)} }}
+	smallChunkPool = sync.Pool{New: func() any { return &chunk{b: make([]byte, smallChunkSize)} }}
+)
+
+// getChunk returns an empty chunk for a frame of want bytes more.
+func getChunk(want int, empty bool) *chunk {
+	var c *chunk
+	if empty && want <= smallChunkSize {
+		c = smallChunkPool.Get().(*chunk)
+	} else {
+		c = chunkPool.Get().(*chunk)
+	}
+	c.r, c.w = 0, 0
+	return c
+}
+
+func putChunk(c *chunk) {
+	if len(c.b) == smallChunkSize {
+		smallChunkPool.Put(c)
+	} else {
+		chunkPool.Put(c)
+	}
+}
 
 // chunk is part of a stream's received data: b[r:w] is unread.
 type chunk struct {
@@ -39,8 +68,7 @@ func (q *recvBuf) fill(want int) []byte {
 		c = q.chunks[len(q.chunks)-1]
 	}
 	if c == nil || c.w == len(c.b) {
-		c = chunkPool.Get().(*chunk)
-		c.r, c.w = 0, 0
+		c = getChunk(want, c == nil)
 		q.chunks = append(q.chunks, c)
 	}
 	q.filling = true
@@ -104,7 +132,7 @@ func (q *recvBuf) pop() bool {
 	if len(q.chunks) == 1 && q.filling {
 		return false
 	}
-	chunkPool.Put(q.chunks[0])
+	putChunk(q.chunks[0])
 	q.chunks[0] = nil
 	q.chunks = q.chunks[1:]
 	if len(q.chunks) == 0 {
@@ -121,7 +149,7 @@ func (q *recvBuf) drop() {
 		q.dropped = true
 	} else {
 		for _, c := range q.chunks {
-			chunkPool.Put(c)
+			putChunk(c)
 		}
 	}
 	q.chunks = nil

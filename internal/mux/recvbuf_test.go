@@ -44,6 +44,16 @@ func TestRecvBuf(t *testing.T) {
 		t.Errorf("an empty buffer holds %d chunks", len(q.chunks))
 	}
 
+	// A small frame into an empty buffer takes a small chunk: a byte on
+	// each of many streams costs 2 KiB each, not 32.
+	var tiny recvBuf
+	tiny.fill(1)
+	tiny.commit(1)
+	if c := tiny.chunks[0]; len(c.b) != smallChunkSize {
+		t.Errorf("a 1-byte frame into an empty buffer took a %d-byte chunk, want %d", len(c.b), smallChunkSize)
+	}
+	tiny.drop()
+
 	// Dropped while filling and lent: the slices out stay valid, nothing of
 	// them is readable afterwards, and the buffer works on.
 	q.fill(100)
