@@ -315,8 +315,31 @@ func (s *bufSource) next() ([]byte, error) {
 			rerr = err
 		}
 	}
+	if s.big != nil && rerr == nil && nr > 0 && !isSocket(s.conn) {
+		// A TLS connection returns one record per Read: gather what it
+		// has already received, so one write to the other side carries
+		// several records, not 16 KiB.
+		for nr < len(s.buf) {
+			m, err := readMore(s.conn, s.buf[nr:])
+			nr += m
+			if err != nil {
+				rerr = err
+			}
+			if m == 0 || err != nil {
+				break
+			}
+			s.p.touch()
+		}
+	}
 	s.nr = nr
 	return s.buf[:nr], rerr
+}
+
+// isSocket reports whether c reads straight from a socket, which returns
+// all it has received in one read.
+func isSocket(c net.Conn) bool {
+	_, ok := c.(syscall.Conn)
+	return ok
 }
 
 func (s *bufSource) done(int) {
