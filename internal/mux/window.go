@@ -82,14 +82,21 @@ func (g *guard) readableLocked(id uint32) (*gstream, chan struct{}, error) {
 }
 
 // consumedLocked records that the application took n bytes of st, tunes
-// its window, and reports whether credit is due to the peer (a quarter
-// window: half a window, yamux's own rule, leaves a window-limited stream
-// idle for half of each round trip). g.mu is held.
+// its window, and reports whether credit is due to the peer: half a window,
+// as yamux grants, on a short path, where the grant is back with the sender
+// at once; a quarter window on a long one, where half a window would leave a
+// window-limited stream idle for half of each round trip. Each grant is a
+// frame, a TLS record and a syscall, so the larger step is taken where it
+// costs no throughput. g.mu is held.
 func (g *guard) consumedLocked(id uint32, st *gstream, n int) bool {
 	st.consumed += uint64(n)
 	g.budget.Free(int64(n))
 	g.tuneLocked(st)
-	grant := g.allowanceLocked(st, uint64(st.window/4))
+	least := uint64(st.window / 2)
+	if g.rtt > tuneEpoch {
+		least = uint64(st.window / 4)
+	}
+	grant := g.allowanceLocked(st, least)
 	if grant == 0 {
 		return false
 	}
