@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/admin"
+	"github.com/tunnel-dev/tunnel/internal/systemd"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -180,8 +181,12 @@ func (v *Values) revocation(ps *problems) trust.RevocationPolicy {
 }
 
 // checkListen checks a host:port to listen on: an IP literal (or empty for
-// all addresses, or localhost) and a port.
+// all addresses, or localhost) and a port; or systemd:NAME, a socket that
+// systemd passes (whether it did is known only at start-up).
 func checkListen(addr string) error {
+	if name, ok := systemd.SocketName(addr); ok {
+		return systemd.CheckName(name)
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return err
