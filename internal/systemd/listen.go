@@ -82,7 +82,13 @@ func Listener(name string) (net.Listener, error) {
 	if len(passed.files) == 0 {
 		return nil, fmt.Errorf("systemd: no socket named %q was passed: no sockets were passed at all (%s); start from a .socket unit, or systemd-socket-activate --fdname=%s", name, passed.env, name)
 	}
-	i, err := pick(name)
+	names := make([]string, len(passed.files))
+	for i, f := range passed.files {
+		if f != nil {
+			names[i] = f.Name()
+		}
+	}
+	i, err := pick(names, passed.named, name, passed.env)
 	if err != nil {
 		return nil, err
 	}
@@ -101,33 +107,41 @@ func Listener(name string) (net.Listener, error) {
 	return ln, nil
 }
 
-// pick returns the index of the passed socket name asks for; passed.mu is
-// held.
-func pick(name string) (int, error) {
+// pick returns the index in names (the passed sockets' names by position,
+// "" once taken) of the socket name asks for: by name when the names were
+// passed (named), else the only socket passed; env describes what was
+// passed, for errors.
+func pick(names []string, named bool, name, env string) (int, error) {
 	var avail []int
-	for i, f := range passed.files {
-		if f != nil {
+	for i, n := range names {
+		if n != "" {
 			avail = append(avail, i)
 		}
 	}
 	if len(avail) == 0 {
 		return 0, fmt.Errorf("systemd: socket %q: every passed socket is already in use", name)
 	}
-	if !passed.named || name == "" {
-		if len(passed.files) == 1 {
+	if !named || name == "" {
+		switch {
+		case len(names) == 1:
 			return avail[0], nil
+		case !named:
+			return 0, fmt.Errorf("systemd: socket %q: %d sockets were passed without names (%s); name them with FileDescriptorName= (or --fdname)", name, len(names), env)
 		}
-		if !passed.named {
-			return 0, fmt.Errorf("systemd: socket %q: %d sockets were passed without names (%s); name them with FileDescriptorName= (or --fdname)", name, len(passed.files), passed.env)
-		}
-		return 0, fmt.Errorf("systemd: an empty socket name takes the only socket passed, and %d were passed (%s)", len(passed.files), passed.env)
+		return 0, fmt.Errorf("systemd: an empty socket name takes the only socket passed, and %d were passed (%s)", len(names), env)
 	}
 	for _, i := range avail {
-		if passed.files[i].Name() == name {
+		if names[i] == name {
 			return i, nil
 		}
 	}
-	return 0, fmt.Errorf("systemd: no socket named %q was passed; the names passed are %s (%s)", name, strings.Join(Names(), ", "), passed.env)
+	var left []string
+	for _, i := range avail {
+		if !slices.Contains(left, names[i]) {
+			left = append(left, names[i])
+		}
+	}
+	return 0, fmt.Errorf("systemd: no socket named %q was passed; the names passed and not taken are %s (%s)", name, strings.Join(left, ", "), env)
 }
 
 // Names returns the names of the passed sockets not taken yet, in order.

@@ -175,8 +175,8 @@ func WatchdogInterval() (time.Duration, error) {
 	return d, nil
 }
 
-// Watchdog sends WATCHDOG=1 every interval/2 while alive returns nil, until
-// ctx ends. When alive fails it sends nothing, so that systemd restarts a
+// Watchdog sends WATCHDOG=1 every interval/2 (the first after interval/2)
+// while alive returns nil, until ctx ends. When alive fails it sends nothing, so that systemd restarts a
 // process whose main loop is stuck, and logs watchdog_withheld once with
 // the reason (and watchdog_resumed if the loop recovers). It returns when
 // ctx ends. A nil Notifier or a zero interval returns at once.
@@ -188,6 +188,13 @@ func (n *Notifier) Watchdog(ctx context.Context, interval time.Duration, alive f
 	defer tick.Stop()
 	var withheld error
 	for {
+		// The first look comes one tick after start, when the loops
+		// started just after it have had time to beat.
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 		if err := alive(); err != nil {
 			if withheld == nil {
 				n.log.WithFields(logrus.Fields{audit.Event: audit.WatchdogWithheld, audit.Error: err.Error(),
@@ -201,11 +208,6 @@ func (n *Notifier) Watchdog(ctx context.Context, interval time.Duration, alive f
 			}
 			withheld = nil
 			n.ping()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
 		}
 	}
 }
