@@ -311,7 +311,7 @@ func TestCertExpiringRepeats(t *testing.T) {
 	srv.signal(t, syscall.SIGHUP)
 	srv.waitEvent(t, waitTimeout, "reload_applied", isEvent("reload_applied"))
 	n := len(srv.matching(isEvent("cert_expiring")))
-	time.Sleep(2500 * time.Millisecond) // two and a half periods
+	time.Sleep(2500 * time.Millisecond)                            // two and a half periods
 	if m := len(srv.matching(isEvent("cert_expiring"))); m > n+1 { // one may have been on its way at the reload
 		t.Errorf("%d cert_expiring lines after a reload brought a long-lived certificate", m-n)
 	}
