@@ -159,9 +159,10 @@ func TestSystemdNotifySequence(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("allow: [127.0.0.1/32]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := append(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)), "--admin", "127.0.0.1:0", "--config", cfg, "--reload-interval", "0")
+	args := append(serverArgs(pk, "127.0.0.1:0", "echo="+echoBackend(t)), "--admin", "127.0.0.1:0", "--config", cfg, "--reload-interval", "0",
+		"--shutdown-timeout", "2s")
 	srv := startProcEnv(t, []string{"NOTIFY_SOCKET=" + rec.path, "WATCHDOG_USEC=1000000"}, args...)
-	srv.addr(t)
+	cli := startProc(t, clientArgs(pk, srv.addr(t), "echo")...)
 	admin := "http://" + srv.adminAddr(t)
 	rec.waitStates(t, 1)
 	rec.waitPings(t, 3)
@@ -188,6 +189,7 @@ func TestSystemdNotifySequence(t *testing.T) {
 	rec.waitStates(t, 7)
 	after := monotonicUsec(t)
 
+	holdStream(t, cli.forwardAddr(t, "echo"), 1000) // the drain waits for it, --shutdown-timeout
 	srv.signal(t, syscall.SIGTERM)
 	if code := srv.wait(t, waitTimeout); code != 0 {
 		t.Fatalf("server exited %d", code)
@@ -225,7 +227,10 @@ func TestSystemdNotifySequence(t *testing.T) {
 			t.Errorf("%q sent after STOPPING=1", m.text)
 		}
 	}
-	t.Logf("%d datagrams; STOPPING=1 came %v before the process exited", len(all), stopAt.Sub(stoppingAt).Round(time.Millisecond))
+	if evs := srv.matching(isEvent("watchdog_withheld")); len(evs) > 0 {
+		t.Errorf("the drain's stopped accept loop was logged as a wedge: %v", evs[0])
+	}
+	t.Logf("%d datagrams; STOPPING=1 came %v before the process exited (a stream held the drain)", len(all), stopAt.Sub(stoppingAt).Round(time.Millisecond))
 }
 
 func gaps(ts []time.Time) []time.Duration {

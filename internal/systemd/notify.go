@@ -152,6 +152,13 @@ func (n *Notifier) Status(st string) {
 	n.send(status(st))
 }
 
+// stopping reports whether STOPPING=1 was sent.
+func (n *Notifier) stopping() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state == stateStopping
+}
+
 // ping sends WATCHDOG=1 unless the process is starting or stopping, and
 // reports whether it did.
 func (n *Notifier) ping() bool {
@@ -179,7 +186,8 @@ func WatchdogInterval() (time.Duration, error) {
 // while alive returns nil, until ctx ends. When alive fails it sends nothing, so that systemd restarts a
 // process whose main loop is stuck, and logs watchdog_withheld once with
 // the reason (and watchdog_resumed if the loop recovers). It returns when
-// ctx ends. A nil Notifier or a zero interval returns at once.
+// ctx ends or Stopping was called (a drain ends the loops on purpose). A
+// nil Notifier or a zero interval returns at once.
 func (n *Notifier) Watchdog(ctx context.Context, interval time.Duration, alive func() error) {
 	if n == nil || interval <= 0 {
 		return
@@ -194,6 +202,9 @@ func (n *Notifier) Watchdog(ctx context.Context, interval time.Duration, alive f
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		if n.stopping() {
+			return // the loops end on purpose now; systemd no longer watches
 		}
 		if err := alive(); err != nil {
 			if withheld == nil {
