@@ -117,8 +117,8 @@ deb: man completions
 	$(MAKE) --no-print-directory dist-bin TARGET_OS=linux TARGET_ARCH=$(DEB_ARCH)
 	@rm -rf $(PKG_BUILD) && mkdir -p $(PKG_BUILD)
 	cp $(DIST)/tunnel-linux-$(DEB_ARCH) $(PKG_BUILD)/tunnel
-	for u in tunnel-server tunnel-client; do \
-		sed 's|/usr/local/bin/tunnel|/usr/bin/tunnel|g' examples/systemd/$$u.service > $(PKG_BUILD)/$$u.service; \
+	for u in tunnel-server.service tunnel-client.service tunnel-server.socket; do \
+		sed 's|/usr/local/bin/tunnel|/usr/bin/tunnel|g' examples/systemd/$$u > $(PKG_BUILD)/$$u; \
 	done
 	gzip -9n < build/man/tunnel.1 > $(PKG_BUILD)/tunnel.1.gz
 	cp build/completions/tunnel.bash build/completions/_tunnel build/completions/tunnel.fish $(PKG_BUILD)/

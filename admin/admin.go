@@ -1,5 +1,6 @@
 // Package admin owns the admin listener: Prometheus metrics, /healthz,
-// /readyz, and the reload and CRL-refresh endpoints, and who may call them.
+// /readyz, /status, and the reload, CRL-refresh and session-close
+// endpoints, and who may call them.
 // It sits above the roles whose counters it exports (server, client,
 // trust); they never import it, and only it imports Prometheus.
 package admin
@@ -51,6 +52,12 @@ type Config struct {
 	// or of RefreshCRLs, instead of DefaultReloadSpacing and
 	// DefaultRefreshSpacing. Requests in between join one run at its end.
 	Spacing time.Duration
+	// Status, if set, serves GET /status: what the process is doing, as
+	// JSON (tunnel status).
+	Status func() Status
+	// CloseSession, if set, serves POST /sessions/{id}/close (tunnel status
+	// --close): it closes the live session id, or returns ErrNoSession.
+	CloseSession func(id string) error
 	// Collectors are registered besides the Go runtime and process ones.
 	Collectors []prometheus.Collector
 	Log        logrus.FieldLogger
@@ -103,6 +110,7 @@ func NewHandler(cfg Config) (*Handler, error) {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	h.statusHandlers()
 	h.action("/reload", cfg.Reload, DefaultReloadSpacing)
 	h.action("/crl/refresh", cfg.RefreshCRLs, DefaultRefreshSpacing)
 	return h, nil

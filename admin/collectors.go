@@ -105,6 +105,11 @@ func ServerCollector(s *server.Server) prometheus.Collector {
 			counter(ch, limits, st.Rejected[netfilter.ReasonConnLimit], "conns_per_addr")
 			histogram(ch, hsTime, st.HandshakeDuration)
 			histogram(ch, dialTime, st.DialDuration)
+			for _, r := range s.Routes() { // configured routes from zero, before their first stream
+				if _, ok := st.Routes[r.Name]; !ok {
+					st.Routes[r.Name] = server.RouteStats{}
+				}
+			}
 			for route, rs := range st.Routes {
 				counter(ch, routeBytes, rs.BytesIn, route, "in")
 				counter(ch, routeBytes, rs.BytesOut, route, "out")
@@ -137,9 +142,10 @@ func ClientCollector(c *client.Client) prometheus.Collector {
 		streamsAct = desc("client_streams_active", "Local connections carried now.")
 		streamsTot = desc("client_streams_total", "Local connections accepted since start.")
 		failed     = desc("client_streams_failed_total", "Local connections that got no stream or a refusal.")
+		reconnects = desc("client_reconnects_total", "Sessions established after the first: each time the session to a server came back.")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{up, streamsAct, streamsTot, failed},
+		descs: []*prometheus.Desc{up, streamsAct, streamsTot, failed, reconnects},
 		collect: func(ch chan<- prometheus.Metric) {
 			st := c.Stats()
 			v := 0.0
@@ -150,6 +156,7 @@ func ClientCollector(c *client.Client) prometheus.Collector {
 			gauge(ch, streamsAct, float64(st.StreamsActive))
 			counter(ch, streamsTot, st.StreamsTotal)
 			counter(ch, failed, st.StreamsFailed)
+			counter(ch, reconnects, st.Reconnects)
 		},
 	}
 }
@@ -165,7 +172,7 @@ func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
 		cached  = desc("crl_cached", "Distribution Points holding a verified CRL.")
 		tracked = desc("crl_tracked", "Distribution Points being fetched or refreshed.")
 		limits  = desc("crl_limit_hits_total", "CRL store caps hit, by cap.", "limit")
-		age     = desc("crl_age_seconds", "Age of each CRL in use: now minus its thisUpdate.", "source")
+		age     = desc("crl_age_seconds", "Age of the oldest CRL in use of each issuing CA (by subject): now minus its thisUpdate.", "issuer")
 		caRev   = desc("ca_revoked", "CA certificates of the bundle that a usable CRL lists as revoked.")
 	)
 	return collectorFunc{
@@ -180,11 +187,16 @@ func RevocationCollector(rc *trust.RevocationChecker) prometheus.Collector {
 			counter(ch, refused, st.Store.URLsRefused)
 			gauge(ch, cached, float64(st.Store.Cached))
 			gauge(ch, tracked, float64(st.Store.Tracked))
+			for _, l := range []string{trust.LimitFetchRate, trust.LimitCached, trust.LimitSeenURLs} {
+				if _, ok := st.Store.LimitHits[l]; !ok { // every cap from zero
+					counter(ch, limits, 0, l)
+				}
+			}
 			for l, n := range st.Store.LimitHits {
 				counter(ch, limits, n, l)
 			}
-			for src, a := range st.CRLAges {
-				gauge(ch, age, a.Seconds(), src)
+			for issuer, a := range rc.CRLAgesByIssuer() { // not by URL: peers choose those
+				gauge(ch, age, a.Seconds(), issuer)
 			}
 			gauge(ch, caRev, float64(st.CARevoked))
 		},

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
+	"github.com/tunnel-dev/tunnel/internal/alive"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/pipe"
@@ -44,6 +45,10 @@ type Client struct {
 
 	updates chan forwardUpdate // SetForwards -> Run
 
+	fwdMu sync.Mutex
+	fwds  map[Forward]*forwardState // the forwards being served; made lazily; guarded by fwdMu
+	alive alive.Signal              // Run's loop; Alive reads it
+
 	streamsActive atomic.Int64
 	streamsTotal  atomic.Uint64
 	streamsFailed atomic.Uint64
@@ -56,7 +61,8 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg, log: cfg.Log, servers: newRotation(cfg.servers()),
-		memory: mux.NewBudget(mux.DefaultProcessBudget, nil), updates: make(chan forwardUpdate)}
+		memory: mux.NewBudget(mux.DefaultProcessBudget, nil), updates: make(chan forwardUpdate),
+		alive: alive.Signal{Name: "client loop"}}
 	if !cfg.Raw {
 		c.keeper = newSessionKeeper(cfg, c.servers, c.memory)
 	}
@@ -96,20 +102,42 @@ func (c *Client) Run(ctx context.Context) error {
 	for i, ln := range c.lns {
 		fs.start(ctx, c, c.cfg.Forwards[i], ln, &wg)
 	}
+	defer c.alive.Stop()
+	tick := time.NewTicker(keeperTick)
+	defer tick.Stop()
 	for {
+		c.alive.Beat(keeperTick + keeperWithin)
 		select {
 		case <-ctx.Done():
 			return nil
 		case u := <-c.updates:
 			u.done <- fs.apply(ctx, c, u.fwds, &wg)
+		case <-tick.C:
 		}
 	}
+}
+
+// Alive returns nil while Run's loop and the session keeper (the loop
+// that dials and redials) keep turning, or why not; before Run, and after
+// it returned, it is an error. For the systemd watchdog; safe for
+// concurrent use.
+func (c *Client) Alive() error {
+	now := time.Now()
+	if err := c.alive.Check(now); err != nil {
+		return err
+	}
+	if c.keeper != nil {
+		return c.keeper.alive.Check(now)
+	}
+	return nil
 }
 
 // serveForward accepts local connections on ln until ctx ends, then closes ln.
 func (c *Client) serveForward(ctx context.Context, ln net.Listener, f Forward, wg *sync.WaitGroup) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	fst := c.trackForward(f, ln.Addr().String())
+	defer c.untrackForward(f, fst)
 	var backoff time.Duration
 	for {
 		lc, err := ln.Accept()
@@ -126,12 +154,15 @@ func (c *Client) serveForward(ctx context.Context, ln net.Listener, f Forward, w
 			continue
 		}
 		backoff = 0
-		wg.Go(func() { c.serveLocal(ctx, lc, f) })
+		wg.Go(func() { c.serveLocal(ctx, lc, f, fst) })
 	}
 }
 
 // serveLocal carries one local connection over a new stream. It closes lc.
-func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
+func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward, fst *forwardState) {
+	fst.total.Add(1)
+	fst.open.Add(1)
+	defer fst.open.Add(-1)
 	if c.cfg.Raw {
 		c.serveRaw(ctx, lc, f)
 		return
@@ -142,17 +173,20 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 	defer c.streamsActive.Add(-1)
 	log := c.log.WithFields(logrus.Fields{audit.Route: f.Route, audit.Addr: lc.RemoteAddr().String()})
 
-	st, err := c.openStream(ctx, f.Route)
+	st, ks, err := c.openStream(ctx, f.Route)
 	if err != nil {
 		c.streamsFailed.Add(1)
 		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Reason: "session_unavailable", audit.Error: err.Error()}).
 			Warn("closing local connection: no session to the server")
 		return
 	}
+	log = log.WithField(audit.SessionID, ks.id)
+	ks.streams.Add(1)
+	defer ks.streams.Add(-1)
 	// Copy at once: the local side's first bytes follow the header without
 	// waiting for the status, which the first read from the stream checks.
 	start := time.Now()
-	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory})
+	out, in, err := pipe.Run(lc, &statusConn{Stream: st}, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory, Count: &ks.bytes})
 	if se, ok := errors.AsType[*wire.StatusError](err); ok {
 		c.streamsFailed.Add(1)
 		log.WithFields(logrus.Fields{audit.Event: audit.StreamRefused, audit.Status: se.Code.String()}).
@@ -162,37 +196,38 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 	log.WithFields(audit.StreamClosedFields(out, in, start, err)).Info("stream closed")
 }
 
-// openStream opens a stream on the current session and writes its header.
-// A session that the server asked to go away is retired and another is
-// waited for, within ConnectTimeout in all.
-func (c *Client) openStream(ctx context.Context, route string) (*mux.Stream, error) {
+// openStream opens a stream on the current session and writes its header;
+// it returns the stream and the session it is on. A session that the
+// server asked to go away is retired and another is waited for, within
+// ConnectTimeout in all.
+func (c *Client) openStream(ctx context.Context, route string) (*mux.Stream, *kept, error) {
 	hdr, err := wire.AppendHeader(nil, route)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
 	for {
-		s, err := c.keeper.Session(ctx)
+		s, err := c.keeper.session(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		st, err := s.Open()
 		if err != nil {
 			if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrSessionShutdown) {
-				c.keeper.Retire(s)
+				c.keeper.Retire(s.Session)
 				continue
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		st.SetWriteDeadline(time.Now().Add(c.cfg.ConnectTimeout))
 		_, err = st.Write(hdr)
 		st.SetWriteDeadline(time.Time{})
 		if err != nil {
 			st.Close()
-			return nil, fmt.Errorf("client: writing stream header: %w", err)
+			return nil, nil, fmt.Errorf("client: writing stream header: %w", err)
 		}
-		return st, nil
+		return st, s, nil
 	}
 }
 
@@ -236,12 +271,21 @@ type Stats struct {
 	StreamsActive int64
 	StreamsTotal  uint64
 	StreamsFailed uint64
+	// Reconnects are the sessions established after the first: each
+	// time the session came back after it ended or was retired.
+	Reconnects uint64
 }
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
 func (c *Client) Stats() Stats {
-	return Stats{
+	st := Stats{
 		SessionUp: c.keeper != nil && c.keeper.up(), StreamsActive: c.streamsActive.Load(),
 		StreamsTotal: c.streamsTotal.Load(), StreamsFailed: c.streamsFailed.Load(),
 	}
+	if c.keeper != nil {
+		if n := c.keeper.opened.Load(); n > 1 {
+			st.Reconnects = n - 1
+		}
+	}
+	return st
 }

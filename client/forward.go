@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tunnel-dev/tunnel/internal/systemd"
 	"github.com/tunnel-dev/tunnel/internal/wire"
 )
 
@@ -18,7 +19,9 @@ type Forward struct {
 
 // ParseForward parses "[HOST:]PORT=ROUTE". A bare port listens on
 // 127.0.0.1: exposing a tunnel end beyond the host must be said explicitly.
-// IPv6 hosts are bracketed ("[::1]:5432=db").
+// IPv6 hosts are bracketed ("[::1]:5432=db"). "systemd:NAME=ROUTE" takes
+// the listening socket systemd passed as NAME (socket activation) instead
+// of binding one.
 func ParseForward(s string) (Forward, error) {
 	listen, route, ok := strings.Cut(s, "=")
 	if !ok {
@@ -38,6 +41,9 @@ func ParseForward(s string) (Forward, error) {
 func (f Forward) check() error {
 	if err := wire.CheckRouteName(f.Route); err != nil {
 		return err
+	}
+	if name, ok := systemd.SocketName(f.Listen); ok {
+		return systemd.CheckName(name)
 	}
 	host, port, err := net.SplitHostPort(f.Listen)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
+	"github.com/tunnel-dev/tunnel/internal/systemd"
 )
 
 // forwardUpdate asks Run to make the forward listeners match fwds.
@@ -100,9 +101,8 @@ func (fs *forwardSet) apply(ctx context.Context, c *Client, fwds []Forward, wg *
 		fs.start(ctx, c, f, bound[i], wg)
 	}
 	var errs []error
-	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
 	for _, f := range later {
-		ln, err := lc.Listen(ctx, "tcp", f.Listen)
+		ln, err := listenForward(ctx, f)
 		if err != nil {
 			errs = append(errs, &ListenError{Forward: f, Err: err})
 			continue
@@ -123,10 +123,9 @@ func isEphemeral(addr string) bool {
 // or none: if one cannot be bound it closes the others and returns a
 // *ListenError.
 func bindForwards(ctx context.Context, fwds []Forward) ([]net.Listener, error) {
-	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
 	lns := make([]net.Listener, 0, len(fwds))
 	for _, f := range fwds {
-		ln, err := lc.Listen(ctx, "tcp", f.Listen)
+		ln, err := listenForward(ctx, f)
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
@@ -136,4 +135,15 @@ func bindForwards(ctx context.Context, fwds []Forward) ([]net.Listener, error) {
 		lns = append(lns, ln)
 	}
 	return lns, nil
+}
+
+// listenForward binds f's local address, or takes the socket systemd
+// passed for a "systemd:NAME" forward (each can be taken once: a reload
+// that keeps the forward keeps its listener).
+func listenForward(ctx context.Context, f Forward) (net.Listener, error) {
+	if name, ok := systemd.SocketName(f.Listen); ok {
+		return systemd.Listener(name)
+	}
+	lc := net.ListenConfig{KeepAliveConfig: tcpKeepAlive}
+	return lc.Listen(ctx, "tcp", f.Listen)
 }

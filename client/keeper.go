@@ -13,8 +13,10 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/tunnel-dev/tunnel/internal/alive"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/pipe"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -32,13 +34,48 @@ type SessionKeeper struct {
 	memory  *mux.Budget // the Client's: under it, each session's stream buffers
 
 	mu      sync.Mutex
-	cur     *mux.Session  // the session to open streams on; nil while down; guarded by mu
+	cur     *kept         // the session to open streams on; nil while down; guarded by mu
 	upCh    chan struct{} // closed when cur is set; replaced when it is cleared; guarded by mu
 	retired chan struct{} // closed to make Run drop cur and redial; guarded by mu
+	downAt  time.Time     // when the last session went down (zero: none went down yet); guarded by mu
+
+	opened atomic.Uint64 // sessions established; all but the first are reconnects
+	alive  alive.Signal  // Run's loop; Client.Alive reads it
 }
 
+// kept is a session the keeper dialled, with what the logs and the admin
+// status say of it.
+type kept struct {
+	*mux.Session
+	id       string // audit.NewSessionID
+	addr     string // the server's address, as dialled
+	identity trust.Identity
+	since    time.Time
+	log      *logrus.Entry          // carries the identity, addr and session_id fields
+	bytes    pipe.Counters          // AToB towards the server, BToA back, as the copies run
+	streams  atomic.Int64           // open on it now
+	reason   atomic.Pointer[string] // the session_closed reason the client chose (admin_close), if any
+}
+
+// closeReason is the reason the client chose to close s, or "".
+func (s *kept) closeReason() string {
+	if r := s.reason.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// Keeper loop liveness: Run wakes every keeperTick while it waits and
+// promises its next beat within keeperWithin of a wait, or within
+// DialTimeout and keeperWithin of a dial.
+const (
+	keeperTick   = time.Second
+	keeperWithin = 5 * time.Second
+)
+
 func newSessionKeeper(cfg Config, servers *rotation, memory *mux.Budget) *SessionKeeper {
-	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: servers, memory: memory, upCh: make(chan struct{})}
+	return &SessionKeeper{cfg: cfg, log: cfg.Log, servers: servers, memory: memory, upCh: make(chan struct{}),
+		alive: alive.Signal{Name: "session keeper"}}
 }
 
 // up reports whether a session is published.
@@ -77,6 +114,22 @@ func (r *rotation) roundOver(failed int) bool { return failed%len(r.addrs) == 0 
 
 // Session returns the current session, waiting for one until ctx ends.
 func (k *SessionKeeper) Session(ctx context.Context) (*mux.Session, error) {
+	s, err := k.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.Session, nil
+}
+
+// current returns the published session, or nil.
+func (k *SessionKeeper) current() *kept {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur
+}
+
+// session is Session with what the keeper knows of the session.
+func (k *SessionKeeper) session(ctx context.Context) (*kept, error) {
 	for {
 		k.mu.Lock()
 		cur, up := k.cur, k.upCh
@@ -97,7 +150,7 @@ func (k *SessionKeeper) Session(ctx context.Context) (*mux.Session, error) {
 func (k *SessionKeeper) Retire(s *mux.Session) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.cur == s && k.retired != nil {
+	if k.cur != nil && k.cur.Session == s && k.retired != nil {
 		close(k.retired)
 		k.retired = nil
 	}
@@ -106,16 +159,20 @@ func (k *SessionKeeper) Retire(s *mux.Session) {
 // Run keeps a session up until ctx ends, then closes it. It returns when
 // the last session it dialled is closed.
 func (k *SessionKeeper) Run(ctx context.Context) {
-	var retired []*mux.Session // still carrying streams after a GoAway
+	var retired []*kept // still carrying streams after a GoAway
 	defer func() {
 		for _, s := range retired {
 			s.Close()
 		}
 	}()
+	defer k.alive.Stop()
+	tick := time.NewTicker(keeperTick)
+	defer tick.Stop()
 	attempt := 0 // rounds of the server list that failed, for the backoff
 	failed := 0  // dials that failed in a row: the next server is tried at once
 	for ctx.Err() == nil {
 		i, addr := k.servers.pick(k.servers.first(), failed) // only Run calls good
+		k.alive.Beat(k.cfg.DialTimeout + keeperWithin)
 		s, err := k.dial(ctx, addr)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -131,45 +188,60 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 				audit.Event: audit.SessionFailed, audit.Reason: dialReason(err), audit.Addr: addr,
 				audit.Error: err.Error(), "retry_in_ms": delay.Milliseconds(),
 			}).Warn("cannot reach the server")
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-			}
+			k.wait(ctx, tick, time.After(delay), nil, nil)
 			continue
 		}
 		k.servers.good(i)
 		attempt, failed = 0, 0
 		retire := k.publish(s)
-		start := time.Now()
-		select {
-		case <-s.CloseChan():
-		case <-retire:
-		case <-ctx.Done():
-		}
+		k.wait(ctx, tick, nil, s.CloseChan(), retire)
 		k.unpublish(s)
 		if !s.IsClosed() && ctx.Err() == nil {
 			retired = append(retired, s) // drains by itself; closed at the end
-			k.log.WithField(audit.Event, audit.SessionClosed).WithField(audit.Reason, "retired").
+			s.log.WithField(audit.Event, audit.SessionClosed).WithField(audit.Reason, "retired").
 				Info("server asked to go away; redialling")
 		} else {
 			s.Close()
 			fields := logrus.Fields{
-				audit.Event: audit.SessionClosed, audit.Addr: addr,
-				audit.DurationMS: time.Since(start).Milliseconds(),
+				audit.Event:      audit.SessionClosed,
+				audit.DurationMS: time.Since(s.since).Milliseconds(),
+				audit.BytesIn:    s.bytes.AToB.Load(), audit.BytesOut: s.bytes.BToA.Load(),
 			}
 			if v := s.Violation(); v != nil {
-				k.log.WithFields(logrus.Fields{audit.Event: audit.ProtocolViolation, audit.Addr: addr, audit.Kind: v.Kind, audit.Error: v.Detail}).
+				s.log.WithFields(logrus.Fields{audit.Event: audit.ProtocolViolation, audit.Kind: v.Kind, audit.Error: v.Detail}).
 					Error("closing session: the server broke the yamux protocol or a session bound")
 				fields[audit.Reason] = audit.ProtocolViolation
 				fields[audit.Kind] = v.Kind
+			} else if r := s.closeReason(); r != "" {
+				fields[audit.Reason] = r
 			}
-			k.log.WithFields(fields).Info("session closed")
+			s.log.WithFields(fields).Info("session closed")
 		}
 		retired = pruneClosed(retired)
 	}
 }
 
-func pruneClosed(ss []*mux.Session) []*mux.Session {
+// wait blocks until timer fires, a or b is closed, or ctx ends (a nil
+// channel never fires), beating every tick meanwhile: a keeper that waits
+// is alive.
+func (k *SessionKeeper) wait(ctx context.Context, tick *time.Ticker, timer <-chan time.Time, a, b <-chan struct{}) {
+	for {
+		k.alive.Beat(keeperTick + keeperWithin)
+		select {
+		case <-timer:
+			return
+		case <-a:
+			return
+		case <-b:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func pruneClosed(ss []*kept) []*kept {
 	out := ss[:0]
 	for _, s := range ss {
 		if !s.IsClosed() {
@@ -179,7 +251,8 @@ func pruneClosed(ss []*mux.Session) []*mux.Session {
 	return out
 }
 
-func (k *SessionKeeper) publish(s *mux.Session) <-chan struct{} {
+func (k *SessionKeeper) publish(s *kept) <-chan struct{} {
+	k.opened.Add(1)
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.cur = s
@@ -188,10 +261,11 @@ func (k *SessionKeeper) publish(s *mux.Session) <-chan struct{} {
 	return k.retired
 }
 
-func (k *SessionKeeper) unpublish(s *mux.Session) {
+func (k *SessionKeeper) unpublish(s *kept) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.cur == s {
+		k.downAt = time.Now()
 		k.cur = nil
 		k.retired = nil
 		k.upCh = make(chan struct{})
@@ -210,7 +284,7 @@ func (k *SessionKeeper) backoff(n int) time.Duration {
 }
 
 // dial connects to addr, completes TLS and starts a yamux client session.
-func (k *SessionKeeper) dial(ctx context.Context, addr string) (*mux.Session, error) {
+func (k *SessionKeeper) dial(ctx context.Context, addr string) (*kept, error) {
 	dctx, cancel := context.WithTimeout(ctx, k.cfg.DialTimeout)
 	defer cancel()
 	tc, err := dialTLS(dctx, k.cfg, addr)
@@ -223,7 +297,8 @@ func (k *SessionKeeper) dial(ctx context.Context, addr string) (*mux.Session, er
 		return nil, fmt.Errorf("client: server did not negotiate ALPN %q (got %q)", trust.ALPNTunnel, cs.NegotiatedProtocol)
 	}
 	id, _ := trust.PeerIdentity(cs)
-	log := k.log.WithFields(id.Fields()).WithField(audit.Addr, addr)
+	sid := audit.NewSessionID()
+	log := k.log.WithFields(id.Fields()).WithFields(logrus.Fields{audit.Addr: addr, audit.SessionID: sid})
 	rc := &readErrConn{Conn: tc}
 	// The server opens no streams to us: the guard refuses any with a RST.
 	s, err := mux.Client(rc, mux.Options{
@@ -246,7 +321,7 @@ func (k *SessionKeeper) dial(ctx context.Context, addr string) (*mux.Session, er
 	}
 	log.WithFields(logrus.Fields{audit.Event: audit.SessionOpened, "tls_version": tls.VersionName(cs.Version)}).
 		Info("session opened")
-	return s, nil
+	return &kept{Session: s, id: sid, addr: addr, identity: id, since: time.Now(), log: log}, nil
 }
 
 // dialTLS dials addr from cfg.Source and completes the TLS handshake under

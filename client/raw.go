@@ -34,7 +34,7 @@ func (c *Client) serveRaw(ctx context.Context, lc net.Conn, f Forward) {
 			Warn("closing local connection: no server answered")
 		return
 	}
-	log = log.WithField(fieldServer, server)
+	log = log.WithFields(logrus.Fields{fieldServer: server, audit.SessionID: audit.NewSessionID()}) // one connection, one session
 	log.WithFields(logrus.Fields{audit.Event: audit.StreamOpened, "tls_version": tls.VersionName(tc.ConnectionState().Version)}).
 		Debug("raw connection opened")
 	start := time.Now()

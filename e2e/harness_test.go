@@ -234,14 +234,19 @@ func (p *proc) wait(t *testing.T, d time.Duration) int {
 type matcher func(map[string]any) bool
 
 // isEvent matches events named name whose string fields equal the given
-// key/value pairs.
+// key/value pairs. An "addr" given without a port matches the host of the
+// event's host:port.
 func isEvent(name string, kv ...string) matcher {
 	return func(ev map[string]any) bool {
 		if ev["event"] != name {
 			return false
 		}
 		for i := 0; i+1 < len(kv); i += 2 {
-			if s, _ := ev[kv[i]].(string); s != kv[i+1] {
+			s, _ := ev[kv[i]].(string)
+			if host, _, err := net.SplitHostPort(s); kv[i] == "addr" && err == nil && !strings.Contains(kv[i+1], ":") {
+				s = host
+			}
+			if s != kv[i+1] {
 				return false
 			}
 		}

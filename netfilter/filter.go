@@ -141,7 +141,8 @@ func (f *Filter) Allowed(ip netip.Addr) bool { return f.allow.Load().Contains(ip
 // to 0 when c is a *net.TCPConn or otherwise has SetLinger(int) error, then
 // closes c (a conn without SetLinger gets a plain Close). It counts the
 // rejection under reason and logs the event conn_rejected with the fields
-// reason and addr (ip, no port), at most once per address and reason per
+// reason and addr (ip and the port of c's remote address, host:port as in
+// every other event), at most once per address and reason per
 // LogInterval. A line that stands for several rejections (the ones
 // suppressed since the last line, plus its own) carries the field count.
 // Rejections suppressed after the last line of their address and reason are
@@ -153,6 +154,7 @@ func (f *Filter) Allowed(ip netip.Addr) bool { return f.allow.Load().Contains(ip
 // all other such entries into one line per interval whose addr is
 // OtherAddrs.
 func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
+	addr := addrPort(ip, c.RemoteAddr())
 	if l, ok := c.(interface{ SetLinger(int) error }); ok {
 		_ = l.SetLinger(0) // best effort: a failure still ends in Close
 	}
@@ -165,7 +167,7 @@ func (f *Filter) Reject(c net.Conn, ip netip.Addr, reason string) {
 	if !ok {
 		return
 	}
-	key := ipString(ip)
+	key := addr
 	if folded {
 		key = OtherAddrs
 	}
@@ -221,4 +223,30 @@ func ipString(ip netip.Addr) string {
 		return "unknown"
 	}
 	return ip.String()
+}
+
+// addrPort writes ip with the port of a (a connection's remote address)
+// as host:port, the way every event writes an address: IPv6 in brackets,
+// IPv4-mapped addresses unmapped (ip is, from PeerAddr). Without a port it
+// is the address alone, and without an IP "unknown".
+func addrPort(ip netip.Addr, a net.Addr) string {
+	if !ip.IsValid() {
+		return ipString(ip)
+	}
+	var port uint16
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		if a != nil {
+			port = uint16(a.Port)
+		}
+	case nil:
+	default:
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			port = ap.Port()
+		}
+	}
+	if port == 0 {
+		return ip.String()
+	}
+	return netip.AddrPortFrom(ip, port).String()
 }

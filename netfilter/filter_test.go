@@ -94,13 +94,39 @@ func newFakeConn(t *testing.T, addr string) *fakeConn {
 	return &fakeConn{t: t, remote: net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr))}
 }
 
-// plainConn has Close but no SetLinger.
+// plainConn has Close but no SetLinger; its RemoteAddr is remote (nil:
+// none, so lines carry the bare IP).
 type plainConn struct {
 	net.Conn
 	closed bool
+	remote net.Addr
 }
 
 func (c *plainConn) Close() error { c.closed = true; return nil }
+
+func (c *plainConn) RemoteAddr() net.Addr { return c.remote }
+
+// TestRejectAddrIsHostPort: conn_rejected writes the address as every
+// other event does, host:port, IPv6 bracketed and IPv4-mapped unmapped.
+func TestRejectAddrIsHostPort(t *testing.T) {
+	for _, tc := range []struct {
+		ip     string
+		remote net.Addr
+		want   string
+	}{
+		{"10.0.0.1", &net.TCPAddr{IP: net.ParseIP("10.0.0.1"), Port: 40001}, "10.0.0.1:40001"},
+		{"2001:db8::7", &net.TCPAddr{IP: net.ParseIP("2001:db8::7"), Port: 443}, "[2001:db8::7]:443"},
+		{"192.0.2.9", &net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.9"), Port: 5}, "192.0.2.9:5"},
+		{"10.0.0.2", nil, "10.0.0.2"},
+	} {
+		f, hook, _ := newTestFilter(t, 0, "127.0.0.1")
+		f.Reject(&plainConn{remote: tc.remote}, netip.MustParseAddr(tc.ip), ReasonIPNotAllowed)
+		lines := rejectLines(t, hook)
+		if len(lines) != 1 || lines[0].Data[audit.Addr] != tc.want {
+			t.Errorf("Reject(%s, remote %v) logged %v, want addr %q", tc.ip, tc.remote, lines, tc.want)
+		}
+	}
+}
 
 func TestNewFilterValidation(t *testing.T) {
 	log := logrus.NewEntry(logrus.New())

@@ -75,14 +75,48 @@ const (
 	failLogKeys     = 4096
 )
 
+// The accept loop shows it is alive (Alive, the systemd watchdog) by
+// beating each time round. An idle listener would block it in Accept for
+// good, so when the socket has SetDeadline the loop wakes every aliveTick;
+// it promises its next beat within aliveWithin, which leaves room for a
+// busy machine.
+const (
+	aliveTick   = time.Second
+	aliveWithin = 5 * time.Second
+)
+
+// deadliner is a listening socket whose Accept can be woken.
+type deadliner interface{ SetDeadline(time.Time) error }
+
+// Alive returns nil while the accept loop runs and keeps turning (it has
+// not returned, and has not been stuck for several seconds), or why not.
+// Before Serve it is an error. For the systemd watchdog; safe for
+// concurrent use. With a listener that has no SetDeadline, an idle accept
+// loop is taken to be alive.
+func (s *Server) Alive() error { return s.alive.Check(time.Now()) }
+
 // acceptLoop accepts until ln fails. Each connection gets a goroutine in wg.
-func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+// If wake is set (ln's socket), Accept is woken every aliveTick so the loop
+// can beat while no one connects.
+func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wake deadliner, wg *sync.WaitGroup) error {
+	defer s.alive.Stop()
+	within := 100 * 365 * 24 * time.Hour // no wake-up: an idle loop blocks in Accept
+	if wake != nil && wake.SetDeadline(time.Now().Add(aliveTick)) == nil {
+		within = aliveWithin
+	} else {
+		wake = nil
+	}
 	var backoff time.Duration
 	for {
+		s.alive.Beat(within)
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if wake != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				_ = wake.SetDeadline(time.Now().Add(aliveTick)) // a failure shows as the next Accept's error
+				continue
 			}
 			// Out of file descriptors and the like: back off as
 			// net/http does, rather than spin.
@@ -96,6 +130,9 @@ func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync
 			}
 		}
 		backoff = 0
+		if wake != nil {
+			_ = wake.SetDeadline(time.Now().Add(aliveTick))
+		}
 		wg.Go(func() { s.handle(ctx, hard, c) })
 	}
 }

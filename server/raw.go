@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -28,9 +29,16 @@ const fieldMode = "mode"
 // rawConn is a live plain TLS client (no ALPN) served on the raw route. It
 // is tracked so that Recheck can close it like a session.
 type rawConn struct {
-	tc   *tls.Conn
-	peer Peer
-	log  *logrus.Entry // carries the identity and addr fields
+	tc    *tls.Conn
+	id    string // audit.NewSessionID, as a session's
+	since time.Time
+	addr  string
+	peer  Peer
+	log   *logrus.Entry // carries the identity, addr and session_id fields
+	bytes pipe.Counters // AToB towards the backend, BToA back
+	// closeReason, if set, is the session_closed reason the server chose
+	// (admin_close).
+	closeReason atomic.Pointer[string]
 }
 
 // serveRaw carries one plain TLS client to the raw route: the client's
@@ -41,13 +49,14 @@ type rawConn struct {
 // open stream for the drain, and ends when ctx does. The caller closes tc.
 func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
 	route, _ := s.route(s.cfg.RawRoute) // Reload keeps the raw route configured
-	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
+	id := audit.NewSessionID()
+	log := s.log.WithFields(peer.Identity.Fields()).WithFields(logrus.Fields{audit.Addr: addr, audit.SessionID: id})
 	if reason := route.Access.Decide(peer); reason != "" { // the route's own rules (server/authz.go)
 		s.rawRefused(log, peer.Addr, wire.StatusForbidden, logrus.Fields{audit.Route: route.Name, audit.RuleSet: route.Access.Name, audit.Reason: reason},
 			"raw connection refused: forbidden by the route's rules")
 		return
 	}
-	rc := &rawConn{tc: tc, peer: peer, log: log}
+	rc := &rawConn{tc: tc, id: id, since: time.Now(), addr: addr, peer: peer, log: log}
 	s.trackRaw(rc, true)
 	defer s.trackRaw(rc, false)
 	s.activeStreams.Add(1)
@@ -59,7 +68,10 @@ func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer P
 	start := time.Now()
 	log.WithFields(logrus.Fields{audit.Event: audit.SessionOpened, fieldMode: ModeRaw, audit.Route: route.Name}).
 		Info("session opened")
-	reason := s.copyRaw(ctx, tc, route, log)
+	reason := s.copyRaw(ctx, rc, route, log)
+	if r := rc.closeReason.Load(); r != nil {
+		reason = *r
+	}
 	log.WithFields(logrus.Fields{
 		audit.Event: audit.SessionClosed, fieldMode: ModeRaw, audit.Reason: reason,
 		audit.DurationMS: time.Since(start).Milliseconds(),
@@ -69,7 +81,8 @@ func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer P
 // copyRaw dials the route and copies both ways; it returns the reason the
 // session ended. A backend that cannot be reached ends the connection: a
 // plain TLS client has no status byte to read, so the close is the answer.
-func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *logrus.Entry) string {
+func (s *Server) copyRaw(ctx context.Context, rc *rawConn, route Route, log *logrus.Entry) string {
+	tc := rc.tc
 	backend, err := s.dialBackend(ctx, route, tc.RemoteAddr(), tc.LocalAddr())
 	if err != nil {
 		code := wire.StatusBackendUnreachable
@@ -81,7 +94,7 @@ func (s *Server) copyRaw(ctx context.Context, tc *tls.Conn, route Route, log *lo
 	log = log.WithFields(logrus.Fields{audit.Route: route.Name, audit.Backend: route.Target})
 	log.WithField(audit.Event, audit.StreamOpened).Debug("stream opened")
 	start := time.Now()
-	in, out, err := pipe.Run(tc, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: s.memory})
+	in, out, err := pipe.Run(tc, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: s.memory, Count: &rc.bytes})
 	s.stats.routes.add(route.Name, in, out)
 	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 	switch {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,12 +33,17 @@ func dialRaw(t *testing.T, cfg *tls.Config, addr string) *tls.Conn {
 	return c
 }
 
-// hasEntry reports whether the log has a line with all of kv as fields.
+// hasEntry reports whether the log has a line with all of kv as fields; an
+// "addr" given without a port matches the host of the line's host:port.
 func hasEntry(h *logtest.Hook, kv ...string) bool {
 	for _, e := range h.AllEntries() {
 		ok := true
 		for i := 0; i+1 < len(kv); i += 2 {
-			if s, _ := e.Data[kv[i]].(string); s != kv[i+1] {
+			s, _ := e.Data[kv[i]].(string)
+			if host, _, err := net.SplitHostPort(s); kv[i] == "addr" && err == nil && !strings.Contains(kv[i+1], ":") {
+				s = host // "addr", "127.0.0.1": the host of a host:port
+			}
+			if s != kv[i+1] {
 				ok = false
 				break
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/tunnel-dev/tunnel/internal/alive"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 	"github.com/tunnel-dev/tunnel/internal/mux"
@@ -41,6 +42,7 @@ type Server struct {
 
 	activeStreams atomic.Int64
 	stats         counters
+	alive         alive.Signal // the accept loop's; Alive reads it
 }
 
 // New checks cfg, fills in its defaults and returns a Server. It starts no
@@ -64,6 +66,7 @@ func New(cfg Config) (*Server, error) {
 		failLog:    &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
 		rejectLog:  &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
 		memory:     mux.NewBudget(cfg.MemoryBudget, nil),
+		alive:      alive.Signal{Name: "accept loop"},
 	}
 	s.stats.violations = make(map[string]*atomic.Uint64, len(mux.ViolationKinds))
 	for _, k := range mux.ViolationKinds {
@@ -85,7 +88,8 @@ func New(cfg Config) (*Server, error) {
 // returns nil after a clean drain, ErrShutdownForced if streams were cut,
 // or the listener's error if accepting failed for good. Serve closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	ln = s.listen(ln) // the address filter; PROXY-protocol upstreams pass to admit
+	wake, _ := ln.(deadliner) // the socket itself: the wrappers below hide its SetDeadline
+	ln = s.listen(ln)         // the address filter; PROXY-protocol upstreams pass to admit
 	s.log.WithFields(logrus.Fields{audit.Event: audit.ListenerStarted, audit.Listen: ln.Addr().String()}).
 		Info("server listening")
 
@@ -96,7 +100,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	var wg sync.WaitGroup
 	acceptErr := make(chan error, 1)
-	wg.Go(func() { acceptErr <- s.acceptLoop(ctx, hard, ln, &wg) })
+	wg.Go(func() { acceptErr <- s.acceptLoop(ctx, hard, ln, wake, &wg) })
 
 	var err error
 	select {

@@ -16,17 +16,25 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 	"github.com/tunnel-dev/tunnel/internal/mux"
+	"github.com/tunnel-dev/tunnel/internal/pipe"
 	"github.com/tunnel-dev/tunnel/internal/wire"
 )
 
 // session is one client's yamux session over a verified TLS connection.
 type session struct {
 	mux    *mux.Session // set before any stream is served
+	id     string       // audit.NewSessionID: on every line of the session
+	since  time.Time
 	addr   string
 	peer   Peer
-	log    *logrus.Entry // carries the identity and addr fields
+	log    *logrus.Entry // carries the identity, addr and session_id fields
 	active atomic.Int64  // streams being served
+	total  atomic.Uint64 // streams that reached their backend
+	bytes  pipe.Counters // AToB towards the backends, BToA back, as the copies run
 	use    routeUse      // open streams per route, for the reload recheck
+	// closeReason, if set, is the session_closed reason of a session the
+	// server chose to end (admin_close), instead of the one its end gives.
+	closeReason atomic.Pointer[string]
 
 	// refuseLog throttles the lines of refused streams and limits, by
 	// status and reason: a client can cause them at will.
@@ -41,8 +49,9 @@ func (ss *session) goAway() {
 // serveSession runs a yamux server session on tc until the peer or the
 // server ends it, with one goroutine per stream, and waits for them.
 func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, peer Peer) {
-	log := s.log.WithFields(peer.Identity.Fields()).WithField(audit.Addr, addr)
-	ss := &session{addr: addr, peer: peer, log: log,
+	id := audit.NewSessionID()
+	log := s.log.WithFields(peer.Identity.Fields()).WithFields(logrus.Fields{audit.Addr: addr, audit.SessionID: id})
+	ss := &session{id: id, since: time.Now(), addr: addr, peer: peer, log: log,
 		refuseLog: &logthrottle.Throttle[refusalKey]{Interval: failLogInterval, Max: 32}}
 	m, err := mux.Server(tc, mux.Options{
 		Log:        log,
@@ -90,9 +99,14 @@ func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, pe
 	m.Close()
 	wg.Wait()
 	s.flushRefusals(ss)
+	reason := sessionEndReason(endErr)
+	if r := ss.closeReason.Load(); r != nil {
+		reason = *r
+	}
 	fields := logrus.Fields{
-		audit.Event: audit.SessionClosed, audit.Reason: sessionEndReason(endErr),
+		audit.Event: audit.SessionClosed, audit.Reason: reason,
 		audit.DurationMS: time.Since(start).Milliseconds(),
+		audit.BytesIn:    ss.bytes.AToB.Load(), audit.BytesOut: ss.bytes.BToA.Load(),
 	}
 	if v := m.Violation(); v != nil {
 		s.stats.violation(v.Kind)

@@ -69,7 +69,8 @@ func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 		ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target, audit.Event: audit.StreamOpened}).Debug("stream opened")
 	}
 	start := time.Now()
-	in, out, err := pipe.Run(st, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: ss.mux.Budget()})
+	ss.total.Add(1)
+	in, out, err := pipe.Run(st, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: ss.mux.Budget(), Count: &ss.bytes})
 	log := ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target})
 	s.stats.routes.add(name, in, out)
 	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")

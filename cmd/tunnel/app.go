@@ -35,7 +35,7 @@ func commandName(args []string) string {
 			break
 		}
 		switch a {
-		case "server", "client", "check", "cert", "demo", "init", "issue", "revoke", "crl", "completion":
+		case "server", "client", "check", "status", "cert", "demo", "init", "issue", "revoke", "crl", "completion":
 			name += " " + a
 			continue
 		}
@@ -90,6 +90,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			serverCommand(stderr),
 			clientCommand(stderr),
 			checkCommand(stdout, stderr),
+			statusCommand(stdout),
 			certCommand(stdout),
 			demoCommand(stdout, stderr),
 			completionCommand(stdout),

@@ -54,6 +54,15 @@ type running interface {
 	// reload applies next to the running role and returns the role's
 	// fields of the reload_applied line.
 	reload(ctx context.Context, next *config.Settings) (logrus.Fields, error)
+
+	// For ops.go: the main loops' liveness (nil: they turn), for the
+	// systemd watchdog; the short STATUS= line; the role's part of the
+	// admin status; closing a live session by id (admin.ErrNoSession when
+	// none has it).
+	alive() error
+	statusLine() string
+	status(st *admin.Status)
+	closeSession(id string) error
 }
 
 // loadSettings resolves in and builds its settings. The error is a
@@ -111,25 +120,34 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 		return err
 	}
 	rl := &reloader{role: r, in: in, running: s, run: run, rc: rc, token: token, log: log}
-	loop, stopReload, err := startReloads(ctx, log, s.ReloadInterval, rl.paths(s.Values), rl.apply)
+	op := newOps(r.name, run, store, rc, log)
+	loop, stopReload, err := startReloads(ctx, log, reload.Config{Interval: s.ReloadInterval, Paths: rl.paths(s.Values), Apply: rl.apply,
+		Begin: op.reloading, End: op.reloaded})
 	if err != nil {
 		return problemError(s, err)
 	}
 	defer stopReload()
+	op.setLoop(loop)
 	logTrust(log, s.Material)
 	logWarnings(log, s)
 	log.WithField("revocation", s.Revocation.Summary(len(s.TLS.CRLFiles))).Info("revocation checking of " + r.chains)
 	rc.Start(ctx)
+	b := thisBuild()
 	stopAdmin, err := startAdmin(ctx, log, s, token, admin.Config{
-		Reload:      func() { loop.Request(reload.TriggerAdmin) },
-		Ready:       run.ready,
-		RefreshCRLs: rc.Refresh,
-		Collectors:  []prometheus.Collector{run.collector(), admin.RevocationCollector(rc), admin.ReloadCollector(loop.Counts)},
+		Reload:       func() { loop.Request(reload.TriggerAdmin) },
+		Ready:        run.ready,
+		RefreshCRLs:  rc.Refresh,
+		Status:       op.status,
+		CloseSession: run.closeSession,
+		Collectors: []prometheus.Collector{run.collector(), admin.RevocationCollector(rc), admin.ReloadCollector(loop.Counts),
+			admin.BuildInfoCollector(b.Version, b.GoVersion, b.Commit), admin.CertificateCollector(r.name, store.Material),
+			admin.LastReloadCollector(op.lastReloads)},
 	})
 	if err != nil {
 		return err
 	}
 	defer stopAdmin()
+	defer op.start(ctx)() // READY=1: listeners bound, revocation bootstrap over, admin up
 	return run.run(ctx)
 }
 
@@ -222,11 +240,13 @@ func (rl *reloader) apply(ctx context.Context, trigger string) ([]string, logrus
 	return paths, fields, nil
 }
 
-// startReloads runs apply on SIGHUP, on each loop.Request (POST /reload),
-// and whenever one of the watched files changes, one reload at a time,
-// until the returned stop is called; stop waits for the reload in progress.
-func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration, paths []string, apply reload.Func) (loop *reload.Loop, stop func(), err error) {
-	loop, err = reload.New(reload.Config{Paths: paths, Interval: interval, Apply: apply, Log: log})
+// startReloads runs cfg.Apply on SIGHUP, on each loop.Request (POST
+// /reload), and whenever one of the watched files changes, one reload at a
+// time, until the returned stop is called; stop waits for the reload in
+// progress. cfg.Log is log.
+func startReloads(ctx context.Context, log *logrus.Entry, cfg reload.Config) (loop *reload.Loop, stop func(), err error) {
+	cfg.Log = log
+	loop, err = reload.New(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -253,15 +273,16 @@ func startReloads(ctx context.Context, log *logrus.Entry, interval time.Duration
 }
 
 // logTrust logs which certificate the process presents, by serial and
-// fingerprint, and warns if it expires soon.
+// fingerprint, and warns (cert_expiring) if it expires soon; ops repeats
+// the warning daily while it runs.
 func logTrust(log *logrus.Entry, m *trust.Material) {
 	leaf := m.Certificate.Leaf
-	e := log.WithFields(trust.IdentityOf(leaf).Fields()).WithFields(logrus.Fields{"not_after": leaf.NotAfter.UTC().Format(time.RFC3339), "ca_certs": len(m.CACerts)})
-	if left := time.Until(leaf.NotAfter); left < 7*24*time.Hour {
-		e.Warnf("own certificate expires in %v", left.Round(time.Minute))
+	if left := time.Until(leaf.NotAfter); left < certWarnWithin {
+		logExpiring(log.WithField("ca_certs", len(m.CACerts)), leaf, left)
 		return
 	}
-	e.Info("own certificate loaded")
+	log.WithFields(trust.IdentityOf(leaf).Fields()).WithFields(logrus.Fields{"not_after": leaf.NotAfter.UTC().Format(time.RFC3339), "ca_certs": len(m.CACerts)}).
+		Info("own certificate loaded")
 }
 
 // logWarnings logs each of s's warnings as a config_warning line.

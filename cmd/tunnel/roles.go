@@ -13,6 +13,7 @@ import (
 	"github.com/tunnel-dev/tunnel/client"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/config"
+	"github.com/tunnel-dev/tunnel/internal/systemd"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/server"
 	"github.com/tunnel-dev/tunnel/trust"
@@ -48,6 +49,14 @@ func openServer(s *config.Settings, t roleTrust) (running, error) {
 }
 
 func (r *serverRun) bind(ctx context.Context) error {
+	if name, ok := systemd.SocketName(r.s.Server.Listen); ok {
+		ln, err := systemd.Listener(name) // socket activation: the allowlist applies in Serve as to our own
+		if err != nil {
+			return &configError{err: errors.New(r.s.Values.At("listen", "%v", err).String())}
+		}
+		r.ln = ln
+		return nil
+	}
 	// TCP keepalive on every accepted connection finds dead clients on
 	// paths where nothing else is sent; Go enables TCP_NODELAY by default.
 	lc := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4}}

@@ -57,7 +57,7 @@ func integer(name string, value int, usage string, fields ...string) setting {
 func serverSettings() []setting {
 	sc := func(f string) string { return "server.Config." + f }
 	return slices.Concat([]setting{
-		str("listen", "127.0.0.1:8443", "`ADDR` to accept clients on (IPv4 or [IPv6]:port)"),
+		str("listen", "127.0.0.1:8443", "`ADDR` to accept clients on (IPv4 or [IPv6]:port), or systemd:NAME for the socket systemd passes as FileDescriptorName=NAME"),
 		list("allow", "client address `CIDR` or bare IP that may connect (repeatable; required; 0.0.0.0/0 and ::/0 allow all)"),
 		list("route", "backend `NAME=HOST:PORT` or NAME=unix:/PATH, then options: ,proxy-v2 (or ,proxy-v1) sends the backend a PROXY v2 (v1) header (repeatable)", sc("Routes")),
 		str("raw-route", "", "route `NAME` for plain TLS clients that offer no ALPN (stunnel, openssl s_client); without it they are refused", sc("RawRoute")),
@@ -89,7 +89,7 @@ func clientSettings() []setting {
 		str("server-name", "", "`NAME` the server certificate must carry (default: the host of the --server being dialled)"),
 		boolean("raw", false, "plain TLS: one mutual-TLS connection per local connection, no ALPN, no multiplexing (for stunnel, ghostunnel, or a --raw-route)"),
 		str("source", "", "local `IP` to dial the servers from (default: chosen by the kernel)"),
-		list("forward", "local `[HOST:]PORT=ROUTE` whose connections go to ROUTE (repeatable; a bare port listens on 127.0.0.1)", cc("Forwards")),
+		list("forward", "local `[HOST:]PORT=ROUTE` whose connections go to ROUTE (repeatable; a bare port listens on 127.0.0.1; systemd:NAME=ROUTE takes a socket systemd passes)", cc("Forwards")),
 		duration("connect-timeout", client.DefaultConnectTimeout, "how long a local connection waits for the session while it is down", cc("ConnectTimeout")),
 		duration("dial-timeout", client.DefaultDialTimeout, "limit on one dial of the server, TCP and TLS", cc("DialTimeout")),
 		duration("keepalive", client.DefaultKeepalive, "session ping interval; a dead server is noticed within this plus --keepalive-timeout", cc("Keepalive")),
@@ -120,7 +120,7 @@ func commonSettings(caUsage string) []setting {
 		duration("crl-fetch-timeout", d.FetchOptions.Timeout, "limit on one CRL fetch, connect to last byte", pol("FetchOptions.Timeout")),
 		{&cli.Int64Flag{Name: "crl-max-response-bytes", Value: d.FetchOptions.MaxBytes, EnvVars: env("crl-max-response-bytes"), Usage: "largest CRL response accepted; a larger one is aborted"}, []string{pol("FetchOptions.MaxBytes")}},
 		duration("crl-bootstrap-timeout", d.BootstrapTimeout, "at start-up, how long to wait for the CA chain's CRLs, all together", pol("BootstrapTimeout")),
-		str("admin", "", "serve /metrics, /healthz, /readyz, POST /reload and POST /crl/refresh on `ADDR` (off by default; loopback only unless --admin-allow-remote)"),
+		str("admin", "", "serve /metrics, /healthz, /readyz, /status, POST /reload, POST /crl/refresh and POST /sessions/ID/close on `ADDR` (off by default; loopback only unless --admin-allow-remote)"),
 		boolean("admin-allow-remote", false, "let --admin listen on a non-loopback address (requires --admin-token-file)"),
 		str("admin-token-file", "", "`FILE` holding a bearer token that every admin request but /healthz and /readyz must carry (re-read on reload)"),
 		str("log-format", "text", "log format: text or json"),

@@ -47,14 +47,24 @@ const (
 	ConfigWarning = "config_warning" // a configuration that works but is probably not what was meant (warning)
 	AdminRequest  = "admin_request"  // an admin endpoint that changes state was called (path, addr)
 	AdminRefused  = "admin_refused"  // an admin request was refused (reason, path, addr)
+
+	SessionClosing   = "session_closing"   // an operator asked to close a session (POST /status/close); session_closed follows with reason admin_close
+	CertExpiring     = "cert_expiring"     // the process's own certificate expires within 7 days (not_after, expires_in_s); repeated daily
+	WatchdogWithheld = "watchdog_withheld" // a main loop stopped turning: no more systemd watchdog pings (error)
+	WatchdogResumed  = "watchdog_resumed"  // the main loops run again and the pings resume
 )
+
+// ReasonAdminClose is the reason of a session_closed line for a session an
+// operator closed (tunnel status --close).
+const ReasonAdminClose = "admin_close"
 
 // Field names. Values that come from a peer are capped in length by the
 // code that logs them.
 const (
 	Event      = "event"
 	Reason     = "reason"
-	Addr       = "addr"        // the peer's address, host:port
+	Addr       = "addr"        // the peer's address, host:port (IPv6 in brackets, IPv4-mapped unmapped)
+	SessionID  = "session_id"  // the process-unique id of a session, on each of its session and stream lines
 	Listen     = "listen"      // a local listening address
 	Route      = "route"       // a route name
 	Status     = "status"      // a wire status name

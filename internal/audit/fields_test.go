@@ -2,6 +2,7 @@ package audit
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -19,5 +20,19 @@ func TestStreamClosedFields(t *testing.T) {
 	}
 	if f := StreamClosedFields(0, 0, time.Now(), errors.New("reset")); f[Error] != "reset" {
 		t.Errorf("error field %v", f[Error])
+	}
+}
+
+func TestNewSessionID(t *testing.T) {
+	seen := map[string]bool{}
+	for range 10000 {
+		id := NewSessionID()
+		if len(id) != 8 || strings.Trim(id, "0123456789abcdef") != "" {
+			t.Fatalf("NewSessionID() = %q, want 8 lowercase hex digits", id)
+		}
+		if seen[id] {
+			t.Fatalf("NewSessionID() repeated %q", id)
+		}
+		seen[id] = true
 	}
 }

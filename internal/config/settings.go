@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/admin"
+	"github.com/tunnel-dev/tunnel/internal/systemd"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -37,15 +38,21 @@ type Log struct {
 	Level  logrus.Level // debug, info, warn or error
 }
 
-// Logger returns a logger that writes to w in l's format, at l's level.
+// TimeFormat is how every log line writes its time: RFC 3339 with all nine
+// digits of nanoseconds (time.RFC3339Nano drops trailing zeros; this does
+// not, so lines sort as text), in the process's zone.
+const TimeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+// Logger returns a logger that writes to w in l's format, at l's level,
+// with TimeFormat timestamps.
 func (l Log) Logger(w io.Writer) *logrus.Logger {
 	lg := logrus.New()
 	lg.SetOutput(w)
 	lg.SetLevel(l.Level)
 	if l.Format == "json" {
-		lg.SetFormatter(&logrus.JSONFormatter{})
+		lg.SetFormatter(&logrus.JSONFormatter{TimestampFormat: TimeFormat})
 	} else {
-		lg.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
+		lg.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true, TimestampFormat: TimeFormat})
 	}
 	return lg
 }
@@ -174,8 +181,12 @@ func (v *Values) revocation(ps *problems) trust.RevocationPolicy {
 }
 
 // checkListen checks a host:port to listen on: an IP literal (or empty for
-// all addresses, or localhost) and a port.
+// all addresses, or localhost) and a port; or systemd:NAME, a socket that
+// systemd passes (whether it did is known only at start-up).
 func checkListen(addr string) error {
+	if name, ok := systemd.SocketName(addr); ok {
+		return systemd.CheckName(name)
+	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return err

@@ -56,6 +56,16 @@ type Options struct {
 	Idle time.Duration
 	// Memory, if set, counts the large copy buffers.
 	Memory Memory
+	// Count, if set, has the bytes added to it as they are written, for
+	// whoever watches a copy while it runs (the admin status); it may be
+	// shared by several copies.
+	Count *Counters
+}
+
+// Counters are the bytes written each way by the copies that share them:
+// AToB to b, BToA to a (Run's names). Safe for concurrent use.
+type Counters struct {
+	AToB, BToA atomic.Int64
 }
 
 // Run copies a->b and b->a until both directions end, then closes a and b.
@@ -88,9 +98,13 @@ type Options struct {
 // net.ErrClosed (nil when both directions ended with EOF).
 func Run(a, b net.Conn, o Options) (aToB, bToA int64, err error) {
 	p := &pipe{a: a, b: b, idle: o.Idle, mem: o.Memory, start: time.Now()}
+	var ab, ba *atomic.Int64
+	if o.Count != nil {
+		ab, ba = &o.Count.AToB, &o.Count.BToA
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { aToB = p.direction(a, b, "a->b") })
-	bToA = p.direction(b, a, "b->a")
+	wg.Go(func() { aToB = p.direction(a, b, "a->b", ab) })
+	bToA = p.direction(b, a, "b->a", ba)
 	wg.Wait()
 	p.closeBoth()
 	return aToB, bToA, p.err
@@ -201,8 +215,8 @@ type Lender interface {
 }
 
 // direction copies src to dst until src reaches EOF or something fails, and
-// returns the bytes written to dst.
-func (p *pipe) direction(src, dst net.Conn, name string) int64 {
+// returns the bytes written to dst, which it also adds to count if set.
+func (p *pipe) direction(src, dst net.Conn, name string, count *atomic.Int64) int64 {
 	in := p.source(src)
 	defer in.close()
 	var n int64
@@ -212,6 +226,9 @@ func (p *pipe) direction(src, dst net.Conn, name string) int64 {
 			nw, werr := p.write(dst, b)
 			in.done(nw)
 			n += int64(nw)
+			if count != nil {
+				count.Add(int64(nw))
+			}
 			if errors.Is(werr, ErrIdle) {
 				p.fail(werr)
 				return n

@@ -512,3 +512,46 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// TestRunCountsLive: Options.Count shows the bytes written while the copy
+// still runs (the admin status reads it), and ends equal to Run's counts.
+func TestRunCountsLive(t *testing.T) {
+	w := tcpWorld(t)
+	var ctr Counters
+	done := make(chan [2]int64, 1)
+	go func() {
+		ab, ba, _ := Run(w.a, w.b, Options{Count: &ctr})
+		done <- [2]int64{ab, ba}
+	}()
+	t.Cleanup(func() {
+		for _, c := range []net.Conn{w.client, w.a, w.b, w.backend} {
+			c.Close()
+		}
+	})
+	const n = 300 << 10
+	go io.Copy(io.Discard, w.backend)
+	if _, err := w.client.Write(make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.backend.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ctr.AToB.Load() < n || ctr.BToA.Load() < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("live counts %d, %d; want %d, 4 while the copy runs", ctr.AToB.Load(), ctr.BToA.Load(), n)
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+	select {
+	case <-done:
+		t.Fatal("Run returned before both sides closed")
+	default:
+	}
+	w.client.(*net.TCPConn).CloseWrite()
+	w.backend.(*net.TCPConn).CloseWrite()
+	got := <-done
+	if got[0] != ctr.AToB.Load() || got[1] != ctr.BToA.Load() {
+		t.Errorf("Run returned %v, counters %d, %d", got, ctr.AToB.Load(), ctr.BToA.Load())
+	}
+}

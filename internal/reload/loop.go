@@ -47,7 +47,24 @@ type Config struct {
 	Interval time.Duration // re-read the files this often even without an event; zero: never; negative is an error
 	Apply    Func          // required
 	Log      *logrus.Entry // receives reload_applied and reload_rejected; required
+
+	// Begin, if set, runs on the loop's goroutine just before each reload
+	// (systemd's RELOADING=1), and End just after it with its outcome
+	// (READY=1 again): a reload that is rejected ends too.
+	Begin func(trigger string)
+	End   func(Result)
 }
+
+// Result is the outcome of one reload.
+type Result struct {
+	At      time.Time     // when it ended
+	Trigger string        // TriggerSIGHUP, TriggerAdmin or TriggerFiles
+	Took    time.Duration // how long Apply ran
+	Err     error         // nil: applied; else why it was rejected
+}
+
+// Applied reports whether the reload was applied.
+func (r Result) Applied() bool { return r.Err == nil }
 
 // Loop runs Apply for every request, one at a time. Requests come through
 // one channel: Request (the CLI's SIGHUP handler and POST /reload call it)
@@ -65,6 +82,9 @@ type Loop struct {
 	pending string // the trigger of the pending request; "" if none; guarded by mu
 
 	applied, rejected atomic.Uint64
+	last              atomic.Pointer[Result] // the last reload; nil before the first
+	lastApplied       atomic.Pointer[Result]
+	lastRejected      atomic.Pointer[Result]
 }
 
 // New checks cfg and returns a Loop watching cfg.Paths, whose current
@@ -101,6 +121,21 @@ func (l *Loop) Request(trigger string) {
 
 // Counts returns how many reloads were applied and rejected since start.
 func (l *Loop) Counts() (applied, rejected uint64) { return l.applied.Load(), l.rejected.Load() }
+
+// Last returns the last reload, and false if none ran yet.
+func (l *Loop) Last() (Result, bool) { return load(&l.last) }
+
+// LastApplied and LastRejected return the last reload that was applied and
+// the last that was rejected, and false if there was none.
+func (l *Loop) LastApplied() (Result, bool)  { return load(&l.lastApplied) }
+func (l *Loop) LastRejected() (Result, bool) { return load(&l.lastRejected) }
+
+func load(p *atomic.Pointer[Result]) (Result, bool) {
+	if r := p.Load(); r != nil {
+		return *r, true
+	}
+	return Result{}, false
+}
 
 // Run watches the files and runs the requested reloads until ctx ends; it
 // returns once the reload in progress and the watcher are done. A watcher
@@ -140,14 +175,27 @@ func (l *Loop) Run(ctx context.Context) {
 	}
 }
 
-// run applies one reload and logs its outcome.
+// run applies one reload, logs its outcome and records it.
 func (l *Loop) run(ctx context.Context, trigger string) {
+	if l.cfg.Begin != nil {
+		l.cfg.Begin(trigger)
+	}
 	start := time.Now()
 	paths, fields, err := l.cfg.Apply(ctx, trigger)
 	if paths != nil {
 		l.watcher.SetPaths(paths)
 	}
-	took := time.Since(start).Milliseconds()
+	res := &Result{At: time.Now(), Trigger: trigger, Took: time.Since(start), Err: err}
+	l.last.Store(res)
+	if err != nil {
+		l.lastRejected.Store(res)
+	} else {
+		l.lastApplied.Store(res)
+	}
+	if l.cfg.End != nil {
+		defer l.cfg.End(*res)
+	}
+	took := res.Took.Milliseconds()
 	if err != nil {
 		l.rejected.Add(1)
 		l.cfg.Log.WithFields(logrus.Fields{

@@ -3,7 +3,9 @@ package reload_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -129,5 +131,65 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatalf("condition not met within %v", changeWait)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Begin runs before each reload and End after it with its outcome, on the
+// loop's goroutine, in order; Last, LastApplied and LastRejected keep the
+// outcomes (systemd's RELOADING=1/READY=1 and the admin status use them).
+func TestLoopBeginEndAndLast(t *testing.T) {
+	var mu sync.Mutex
+	var seq []string
+	fail := errors.New("bad key")
+	n := 0
+	apply := func(context.Context, string) ([]string, logrus.Fields, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		seq = append(seq, "apply")
+		n++
+		if n == 2 {
+			return nil, nil, fail
+		}
+		return nil, logrus.Fields{}, nil
+	}
+	logger, _ := logtest.NewNullLogger()
+	l, err := reload.New(reload.Config{Apply: apply, Log: logrus.NewEntry(logger),
+		Begin: func(tr string) { mu.Lock(); seq = append(seq, "begin "+tr); mu.Unlock() },
+		End: func(r reload.Result) {
+			mu.Lock()
+			seq = append(seq, fmt.Sprintf("end %s %v", r.Trigger, r.Applied()))
+			mu.Unlock()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Last(); ok {
+		t.Fatal("Last before any reload reports one")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	l.Request(reload.TriggerSIGHUP)
+	waitFor(t, func() bool { a, _ := l.Counts(); return a == 1 })
+	l.Request(reload.TriggerAdmin)
+	waitFor(t, func() bool { _, r := l.Counts(); return r == 1 })
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(seq) == 6 })
+	mu.Lock()
+	got := strings.Join(seq, ", ")
+	mu.Unlock()
+	if want := "begin sighup, apply, end sighup true, begin admin, apply, end admin false"; got != want {
+		t.Errorf("sequence %q, want %q", got, want)
+	}
+	last, ok := l.Last()
+	if !ok || last.Trigger != reload.TriggerAdmin || !errors.Is(last.Err, fail) {
+		t.Errorf("Last() = %+v, %v; want the rejected admin reload", last, ok)
+	}
+	if a, ok := l.LastApplied(); !ok || a.Trigger != reload.TriggerSIGHUP || a.At.After(last.At) {
+		t.Errorf("LastApplied() = %+v, %v; want the sighup reload, before the last", a, ok)
+	}
+	if r, ok := l.LastRejected(); !ok || r != last {
+		t.Errorf("LastRejected() = %+v, %v; want %+v", r, ok, last)
 	}
 }
