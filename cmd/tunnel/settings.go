@@ -107,7 +107,7 @@ func commonSettings(caUsage string) []setting {
 	d := trust.DefaultRevocationPolicy()
 	return []setting{
 		str("cert", "", "certificate `FILE` (PEM, leaf first, chain may follow)", src("CertFile")),
-		str("key", "", "private key `FILE` (PEM)", src("KeyFile")),
+		str("key", "", "private key `FILE` (PEM), or a pkcs11: URI of a key in a token (docs/IDENTITY.md; needs make build-pkcs11)", src("KeyFile")),
 		str("ca", "", caUsage, src("CAFile")),
 		str("spiffe-socket", "", "SPIFFE Workload API `ADDR` (unix:///run/spire/agent.sock, an absolute socket path, or tcp://IP:PORT): take the certificate, key and CA bundles from the agent instead of --cert, --key and --ca, rotated live; "+
 			config.EnvSPIFFEEndpointSocket+" is used when none of the four is given", "trust.SPIFFEConfig.Addr"),
@@ -140,7 +140,7 @@ func commonSettings(caUsage string) []setting {
 func serverOCSPSettings() []setting {
 	return []setting{
 		str("revocation", trust.RevocationCRL, "where client certificates' revocation status comes from: crl, ocsp, both or prefer-ocsp (OCSP from the responder each certificate's AIA names; the --crl-* fail-open/closed and fetch settings apply)", "trust.RevocationPolicy.Method"),
-		boolean("ocsp-get", false, "send OCSP requests by GET without a nonce (RFC 5019), for responders that answer only GET (default: POST with a nonce)"),
+		boolean("ocsp-get", false, "send OCSP requests by GET without a nonce (RFC 5019), for responders that answer only GET; otherwise POST with a nonce"),
 		boolean("ocsp-staple", false, "staple an OCSP response for the server's own certificate, fetched from its issuer's responder and renewed before its nextUpdate"),
 		str("ocsp-staple-file", "", "staple the OCSP response in `FILE` (DER, or PEM \"OCSP RESPONSE\") instead; re-read on reload"),
 	}
