@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"net"
@@ -294,4 +295,41 @@ func metricValue(t *testing.T, admin, name string) float64 {
 		}
 	}
 	return -1
+}
+
+// A responder that accepts and never answers holds the start for at most
+// --crl-bootstrap-timeout: the server then listens without a staple, logs
+// ocsp_staple_failed and names the missing staple in /readyz (200).
+func TestOCSPStapleResponderHangs(t *testing.T) {
+	t.Parallel()
+	ca := ocsptest.NewCA(t, "e2e hanging responder CA")
+	hang := startBackend(t, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c) // never answers; ends when the client gives up or the test ends
+	})
+	dir := t.TempDir()
+	tmpl := ocspServerTmpl()
+	tmpl.OCSPServer = []string{"http://" + hang + "/"}
+	kp := ca.Issue(t, tmpl, devpki.Options{})
+	cert, key := filepath.Join(dir, "srv.pem"), filepath.Join(dir, "srv-key.pem")
+	for f, data := range map[string][]byte{cert: kp.CertPEM, key: kp.KeyPEM} {
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	srv := startProc(t, "server", "--listen", "127.0.0.1:0", "--allow", "127.0.0.1/32", "--cert", cert, "--key", key,
+		"--ca", ca.CertPath, "--route", "echo=127.0.0.1:1", "--admin", "127.0.0.1:0", "--ocsp-staple",
+		"--crl-bootstrap-timeout", "2s", "--log-format", "json")
+	srv.addr(t)
+	took := time.Since(start)
+	t.Logf("listening %v after the start with a responder that never answers (--crl-bootstrap-timeout 2s)", took.Round(time.Millisecond))
+	if took < 2*time.Second || took > 15*time.Second {
+		t.Errorf("the start waited %v for the staple, want about the 2 s bootstrap timeout", took)
+	}
+	srv.waitEvent(t, waitTimeout, "ocsp_staple_failed", isEvent("ocsp_staple_failed"))
+	admin := "http://" + srv.adminAddr(t)
+	if code, body := httpDo(t, "GET", admin+"/readyz"); code != 200 || !strings.Contains(body, "ocsp staple: none stapled (http://"+hang+"/)") {
+		t.Errorf("/readyz without a staple: %d %q", code, body)
+	}
+	waitMetrics(t, admin, "tunnel_ocsp_staple_up 0")
 }
