@@ -43,13 +43,20 @@ func (p *ocspPKI) issue(t *testing.T, name string, tmpl *x509.Certificate) (kp *
 	t.Helper()
 	tmpl.OCSPServer = []string{p.resp.URL}
 	kp = p.ca.Issue(t, tmpl, devpki.Options{})
-	cert, key = filepath.Join(p.dir, name+".pem"), filepath.Join(p.dir, name+"-key.pem")
+	cert, key = writeKeyPair(t, p.dir, name, kp)
+	return kp, cert, key
+}
+
+// writeKeyPair writes kp to dir as NAME.pem and NAME-key.pem.
+func writeKeyPair(t *testing.T, dir, name string, kp *devpki.KeyPair) (cert, key string) {
+	t.Helper()
+	cert, key = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
 	for f, data := range map[string][]byte{cert: kp.CertPEM, key: kp.KeyPEM} {
 		if err := os.WriteFile(f, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return kp, cert, key
+	return cert, key
 }
 
 // client starts a client of server with cert and key, trusting the CA,
@@ -253,13 +260,7 @@ func TestOCSPCheckRefusesResponder(t *testing.T) {
 	p := newOCSPPKI(t)
 	tmpl := ocspServerTmpl()
 	tmpl.OCSPServer = []string{"http://169.254.169.254/ocsp"}
-	meta := p.ca.IssueUnlisted(t, tmpl, devpki.Options{})
-	cert, key := filepath.Join(p.dir, "meta.pem"), filepath.Join(p.dir, "meta-key.pem")
-	for f, data := range map[string][]byte{cert: meta.CertPEM, key: meta.KeyPEM} {
-		if err := os.WriteFile(f, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cert, key := writeKeyPair(t, p.dir, "meta", p.ca.IssueUnlisted(t, tmpl, devpki.Options{}))
 	args := []string{"--listen", "127.0.0.1:0", "--allow", "127.0.0.1/32", "--cert", cert, "--key", key,
 		"--ca", p.ca.CertPath, "--route", "echo=127.0.0.1:1", "--ocsp-staple"}
 	_, stderr, code := runTunnel(t, append([]string{"check", "--role", "server"}, args...)...)
@@ -309,13 +310,7 @@ func TestOCSPStapleResponderHangs(t *testing.T) {
 	dir := t.TempDir()
 	tmpl := ocspServerTmpl()
 	tmpl.OCSPServer = []string{"http://" + hang + "/"}
-	kp := ca.Issue(t, tmpl, devpki.Options{})
-	cert, key := filepath.Join(dir, "srv.pem"), filepath.Join(dir, "srv-key.pem")
-	for f, data := range map[string][]byte{cert: kp.CertPEM, key: kp.KeyPEM} {
-		if err := os.WriteFile(f, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cert, key := writeKeyPair(t, dir, "srv", ca.Issue(t, tmpl, devpki.Options{}))
 	start := time.Now()
 	srv := startProc(t, "server", "--listen", "127.0.0.1:0", "--allow", "127.0.0.1/32", "--cert", cert, "--key", key,
 		"--ca", ca.CertPath, "--route", "echo=127.0.0.1:1", "--admin", "127.0.0.1:0", "--ocsp-staple",
