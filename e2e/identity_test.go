@@ -46,3 +46,25 @@ func TestIdentityFileSourceStatus(t *testing.T) {
 		t.Errorf("/readyz after the good key came back: %d %q", code, body)
 	}
 }
+
+// A reload cannot switch the identity source: a config file that moves from
+// the files to the SPIFFE Workload API is rejected, naming the restart it
+// takes, and the files keep serving.
+func TestIdentitySourceSwitchTakesRestart(t *testing.T) {
+	t.Parallel()
+	pk := pkiDir(t)
+	cfg := filepath.Join(t.TempDir(), "server.yaml")
+	renameInto(t, cfg, []byte(serverYAML(pk, "")))
+	srv := startProc(t, "server", "--config", cfg)
+	srv.addr(t)
+	body := strings.Replace(serverYAML(pk, "spiffe: {socket: /run/spire/agent.sock}\n"),
+		"tls: {cert: "+pk.serverCert+", key: "+pk.serverKey+", ca: "+pk.ca+"}\n", "", 1)
+	renameInto(t, cfg, []byte(body))
+	ev := srv.waitEvent(t, waitTimeout, "reload_rejected", isEvent("reload_rejected"))
+	if msg, _ := ev["error"].(string); !strings.Contains(msg, "the identity source changed from the files to the SPIFFE Workload API: that takes a restart") {
+		t.Errorf("reload_rejected error %q", msg)
+	}
+	if n := len(srv.matching(isEvent("reload_applied"))); n != 0 {
+		t.Errorf("%d reloads applied", n)
+	}
+}
