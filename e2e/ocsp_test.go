@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"io"
 	"net"
 	"os"
 	"os/exec"
