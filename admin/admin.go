@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,10 @@ type Config struct {
 	// Ready reports whether the process can do its job: nil when ready, or
 	// why not. /readyz answers 200 or 503 with that reason.
 	Ready func() error
+	// Notes, if set, returns what works but needs an operator's attention
+	// (a stale identity source, a missing OCSP staple), one line each;
+	// /readyz adds them to its answer, 200 or 503.
+	Notes func() []string
 	// Reload, if set, serves POST /reload; it should start a reload and
 	// return at once (the outcome is logged as reload_applied or
 	// reload_rejected).
@@ -102,18 +107,31 @@ func NewHandler(cfg Config) (*Handler, error) {
 		fmt.Fprintln(w, "ok")
 	})
 	h.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		var notes []string
+		if cfg.Notes != nil {
+			notes = cfg.Notes()
+		}
 		if cfg.Ready != nil {
 			if err := cfg.Ready(); err != nil {
-				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				http.Error(w, "not ready: "+err.Error()+noteLines(notes), http.StatusServiceUnavailable)
 				return
 			}
 		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprint(w, "ready"+noteLines(notes)+"\n")
 	})
 	h.statusHandlers()
 	h.action("/reload", cfg.Reload, DefaultReloadSpacing)
 	h.action("/crl/refresh", cfg.RefreshCRLs, DefaultRefreshSpacing)
 	return h, nil
+}
+
+// noteLines is each of notes on a line of its own, each after a newline.
+func noteLines(notes []string) string {
+	var out strings.Builder
+	for _, n := range notes {
+		out.WriteString("\n" + n)
+	}
+	return out.String()
 }
 
 // action serves POST name by running fn through a coalescer.

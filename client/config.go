@@ -73,6 +73,12 @@ type Config struct {
 	// none in Raw mode.
 	TLS func() *tls.Config
 
+	// TrustOptions add checks to the default TLS config (when TLS is nil),
+	// after WithRevocation: trust.WithServerSPIFFEID (the server known by
+	// its SPIFFE ID instead of ServerName), trust.WithRequireOCSPStaple.
+	// Nil adds nothing.
+	TrustOptions []trust.ConfigOption
+
 	// Forwards are the local listeners; at least one.
 	Forwards []Forward
 
@@ -165,8 +171,9 @@ func (c Config) withDefaults() (Config, error) {
 		if c.Raw {
 			alpn = nil // what stunnel and ghostunnel servers, and a raw route, expect
 		}
-		store, name, rc := c.Trust, c.ServerName, c.Revocation
-		c.TLS = func() *tls.Config { return trust.ClientConfig(store, name, alpn, trust.WithRevocation(rc)) }
+		store, name := c.Trust, c.ServerName
+		opts := append([]trust.ConfigOption{trust.WithRevocation(c.Revocation)}, c.TrustOptions...)
+		c.TLS = func() *tls.Config { return trust.ClientConfig(store, name, alpn, opts...) }
 	}
 	return c, nil
 }

@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -105,4 +109,51 @@ func TestPKCS11KeysThroughBinary(t *testing.T) {
 	if !strings.Contains(out, "wrong PIN") || strings.Contains(out, "1111") {
 		t.Errorf("wrong PIN: the start-up error does not say so, or repeats the PIN:\n%s", out)
 	}
+
+	// tunnel check finds the token and the key, or says which is missing.
+	checkArgs := func(uri string) []string {
+		return []string{"check", "--role", "server", "--listen", "127.0.0.1:0", "--allow", "127.0.0.1/32",
+			"--cert", srvCert, "--key", uri, "--ca", caFile, "--route", "echo=" + echo}
+	}
+	if stdout, stderr, code := runBin(t, bin, env, checkArgs(tk.URI("server-key", tk.PINFile))...); code != 0 || !strings.Contains(stdout, "server configuration OK") {
+		t.Errorf("tunnel check with the key in the token: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if _, stderr, code := runBin(t, bin, env, checkArgs(tk.URI("no-such-key", tk.PINFile))...); code != 2 || !strings.Contains(stderr, `--key: `) || !strings.Contains(stderr, `no private key with object "no-such-key"`) {
+		t.Errorf("tunnel check with a missing object: exit %d, stderr %q", code, stderr)
+	}
+	if _, stderr, code := runBin(t, bin, env, checkArgs(strings.Replace(tk.URI("server-key", tk.PINFile), "token=e2e-token", "token=no-token", 1))...); code != 2 || !strings.Contains(stderr, "no such token") {
+		t.Errorf("tunnel check with a missing token: exit %d, stderr %q", code, stderr)
+	}
+
+	// The PIN file is watched, as a key file would be (the URI is not a
+	// file): a change to it reloads, and the key is found again.
+	pinBody, err := os.ReadFile(tk.PINFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tk.PINFile, append(pinBody[:len(pinBody)-1], '\r', '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv.waitEvent(t, waitTimeout, "reload on the PIN file's change", isEvent("reload_applied", "trigger", "file_changed"))
+	echoCheck(t, cli.forwardAddr(t, "echo"), 17, 1<<20)
+}
+
+// runBin runs the tunnel binary bin with extra environment to its end and
+// returns its output and exit code.
+func runBin(t *testing.T, bin string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.WaitDelay = 5 * time.Second
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+		return so.String(), se.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("tunnel %s: %v", strings.Join(args, " "), err)
+	}
+	return so.String(), se.String(), 0
 }

@@ -65,6 +65,11 @@ type Config struct {
 	// verify client certificates, and read Trust if Reload is to change it.
 	TLS *tls.Config
 
+	// TrustOptions add checks and features to the default TLS config (when
+	// TLS is nil), after WithRevocation: trust.WithStapler staples the
+	// server's OCSP response. Nil adds nothing.
+	TrustOptions []trust.ConfigOption
+
 	// Filter admits or rejects peers by address before any byte is read;
 	// required.
 	Filter *netfilter.Filter
@@ -237,7 +242,8 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if c.TLS == nil {
-		c.TLS = trust.ServerConfig(c.Trust, []string{trust.ALPNTunnel}, trust.WithRevocation(c.Revocation))
+		opts := append([]trust.ConfigOption{trust.WithRevocation(c.Revocation)}, c.TrustOptions...)
+		c.TLS = trust.ServerConfig(c.Trust, []string{trust.ALPNTunnel}, opts...)
 	}
 	return c, nil
 }

@@ -35,15 +35,38 @@ type Sources struct {
 
 // Paths returns the files src names (certificate, key, CA bundle, CRL
 // files), without empty names and duplicates: what a reload re-reads and
-// what a file watcher should watch.
+// what a file watcher should watch. A KeyFile that is a PKCS#11 URI is no
+// file: in its place comes the PIN file its pin-source names, if any (a
+// URI that does not parse names none; Load reports it).
 func (s Sources) Paths() []string {
+	key := s.KeyFile
+	if IsPKCS11URI(key) {
+		key = ""
+		if u, err := ParsePKCS11URI(s.KeyFile); err == nil {
+			key = u.PINSource
+		}
+	}
 	var out []string
-	for _, p := range append([]string{s.CertFile, s.KeyFile, s.CAFile}, s.CRLFiles...) {
+	for _, p := range append([]string{s.CertFile, key, s.CAFile}, s.CRLFiles...) {
 		if p != "" && !slices.Contains(out, p) {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// PINFile returns the PIN file of a KeyFile that is a PKCS#11 URI, or "":
+// the file whose mode start-up and `tunnel check` look at as they do a key
+// file's.
+func (s Sources) PINFile() string {
+	if !IsPKCS11URI(s.KeyFile) {
+		return ""
+	}
+	u, err := ParsePKCS11URI(s.KeyFile)
+	if err != nil {
+		return ""
+	}
+	return u.PINSource
 }
 
 // Material is one immutable, checked load of Sources. It is never mutated

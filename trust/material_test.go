@@ -311,4 +311,16 @@ func TestSourcesPaths(t *testing.T) {
 	if got, want := src.Paths(), []string{"c.pem", "k.pem", "a.crl", "b.crl"}; !slices.Equal(got, want) {
 		t.Errorf("Paths() = %q, want %q", got, want)
 	}
+	// A key in a token is no file: its PIN file is watched instead.
+	src.KeyFile = "pkcs11:token=t;object=k?module-path=/usr/lib/m.so&pin-source=file:/etc/t/pin"
+	if got, want := src.Paths(), []string{"c.pem", "/etc/t/pin", "a.crl", "b.crl"}; !slices.Equal(got, want) {
+		t.Errorf("Paths() with a PKCS#11 key = %q, want %q", got, want)
+	}
+	if got := src.PINFile(); got != "/etc/t/pin" {
+		t.Errorf("PINFile() = %q", got)
+	}
+	src.KeyFile = "pkcs11:token=t;object=k?module-path=/usr/lib/m.so"
+	if got, want := src.Paths(), []string{"c.pem", "a.crl", "b.crl"}; !slices.Equal(got, want) {
+		t.Errorf("Paths() with a PKCS#11 key without a PIN file = %q, want %q", got, want)
+	}
 }

@@ -84,7 +84,7 @@ func TestPKCS11SoftHSM(t *testing.T) {
 	src.KeyFile = tk.URI("ec-key", wrongPIN)
 	_, err = trust.Load(src)
 	if err == nil || !strings.Contains(err.Error(), "wrong PIN") || !strings.Contains(err.Error(), `token "tunnel-test"`) ||
-		!strings.Contains(err.Error(), "KeyFile") || strings.Contains(err.Error(), "0000") {
+		!strings.Contains(err.Error(), `KeyFile "pkcs11:`) || strings.Contains(err.Error(), "0000") {
 		t.Errorf("wrong PIN: %v", err)
 	}
 	t.Logf("wrong PIN: %v", err)

@@ -48,8 +48,9 @@ func (p RevocationPolicy) Validate() error {
 }
 
 // Summary is the policy in one line, for the start-up log: "fail-open, full
-// chain, 2 CRL file(s), fetching true". files is how many CRL files are
-// loaded beside it.
+// chain, 2 CRL file(s), fetching true", and with OCSP "fail-open, full
+// chain, OCSP by POST with a nonce". files is how many CRL files are loaded
+// beside it.
 func (p RevocationPolicy) Summary(files int) string {
 	if p.Disabled {
 		return "disabled"
@@ -62,5 +63,18 @@ func (p RevocationPolicy) Summary(files int) string {
 	if p.EndEntityOnly {
 		scope = "leaf only"
 	}
-	return fmt.Sprintf("%s, %s, %d CRL file(s), fetching %v", mode, scope, files, p.Fetch)
+	crl := fmt.Sprintf("%d CRL file(s), fetching %v", files, p.Fetch)
+	ocsp := "OCSP by POST with a nonce"
+	if p.OCSPGET {
+		ocsp = "OCSP by GET"
+	}
+	switch p.Method {
+	case RevocationOCSP:
+		return fmt.Sprintf("%s, %s, %s", mode, scope, ocsp)
+	case RevocationBoth:
+		return fmt.Sprintf("%s, %s, %s and %s", mode, scope, crl, ocsp)
+	case RevocationPreferOCSP:
+		return fmt.Sprintf("%s, %s, %s preferred, else %s", mode, scope, ocsp, crl)
+	}
+	return fmt.Sprintf("%s, %s, %s", mode, scope, crl)
 }

@@ -42,6 +42,20 @@ func TestRevocationPolicySummary(t *testing.T) {
 	if got, want := p.Summary(0), "fail-closed, leaf only, 0 CRL file(s), fetching false"; got != want {
 		t.Errorf("Summary = %q, want %q", got, want)
 	}
+	for method, want := range map[string]string{
+		trust.RevocationOCSP:       "fail-closed, leaf only, OCSP by POST with a nonce",
+		trust.RevocationBoth:       "fail-closed, leaf only, 0 CRL file(s), fetching false and OCSP by POST with a nonce",
+		trust.RevocationPreferOCSP: "fail-closed, leaf only, OCSP by POST with a nonce preferred, else 0 CRL file(s), fetching false",
+	} {
+		p.Method = method
+		if got := p.Summary(0); got != want {
+			t.Errorf("Summary(%s) = %q, want %q", method, got, want)
+		}
+	}
+	p.Method, p.OCSPGET = trust.RevocationOCSP, true
+	if got, want := p.Summary(0), "fail-closed, leaf only, OCSP by GET"; got != want {
+		t.Errorf("Summary = %q, want %q", got, want)
+	}
 	p.Disabled = true
 	if got := p.Summary(0); got != "disabled" {
 		t.Errorf("Summary(disabled) = %q", got)

@@ -183,6 +183,27 @@ func NewFileSource(src Sources) (*FileSource, error) {
 	return f, nil
 }
 
+// FileSourceOf returns a FileSource holding m, which Load(src) returned:
+// for a caller that loads the files itself, with the rest of its
+// configuration, and reports each later load with Record.
+func FileSourceOf(src Sources, m *Material) *FileSource {
+	f := &FileSource{st: newSourceState(SourceFile, src.CertFile, false), src: src}
+	f.st.take(m)
+	return f
+}
+
+// Record takes in the outcome of a load of the files that the caller made
+// (a reload loads them with the rest of the configuration): m, now in use,
+// if err is nil; otherwise the failure, counted and shown by Status, while
+// the last material stays.
+func (f *FileSource) Record(m *Material, err error) {
+	if err != nil {
+		f.st.fail(err)
+		return
+	}
+	f.st.take(m)
+}
+
 // Reload reads the files again. On success the new material is current and
 // returned; on error the old one stays, the failure is counted and shown by
 // Status, and the error is Load's.

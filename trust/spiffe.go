@@ -157,6 +157,12 @@ func NewSPIFFESource(ctx context.Context, cfg SPIFFEConfig) (*SPIFFESource, erro
 	return nil, &SPIFFEError{Addr: addr, What: err.Error(), Err: s.st.status().LastError}
 }
 
+// CheckSPIFFEAddr checks the form of a Workload API address as
+// NewSPIFFESource takes it, without connecting, and returns it as the
+// source will name it (an absolute path becomes unix://PATH). An empty addr
+// means the SPIFFE_ENDPOINT_SOCKET variable. The error is a *SPIFFEError.
+func CheckSPIFFEAddr(addr string) (string, error) { return spiffeAddr(addr) }
+
 // spiffeAddr resolves the Workload API address and checks its form.
 func spiffeAddr(addr string) (string, error) {
 	if addr == "" {

@@ -75,6 +75,7 @@ type Stapler struct {
 	lastErrAt  time.Time // guarded by mu
 	lastSource string    // guarded by mu
 	wake       chan struct{}
+	quiet      bool // during NewStapler's first attempt with a file, whose error it returns instead of logging
 	ctx        context.Context
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
@@ -115,7 +116,10 @@ func NewStapler(ctx context.Context, cfg StaplerConfig) (*Stapler, error) {
 	if cfg.File == "" && len(leaf.OCSPServer) == 0 {
 		return nil, fmt.Errorf("trust: stapler: %w: give a staple file instead", ErrNoResponder)
 	}
-	if err := s.renew(ctx, leaf, issuer); err != nil && cfg.File != "" {
+	s.quiet = cfg.File != "" // no goroutine runs yet
+	err = s.renew(ctx, leaf, issuer)
+	s.quiet = false
+	if err != nil && cfg.File != "" {
 		return nil, err
 	}
 	return s, nil
@@ -280,6 +284,9 @@ func (s *Stapler) failed(err error) {
 	s.failures++
 	s.lastErr, s.lastErrAt = err, time.Now()
 	s.mu.Unlock()
+	if s.quiet {
+		return
+	}
 	have := s.cur.Load() != nil && s.cur.Load().st.usableAt(time.Now()) == ""
 	s.log.WithFields(logrus.Fields{audit.Event: audit.StapleFailed, audit.Error: truncate(err.Error(), 500), "have_previous": have}).
 		Warn("OCSP staple not renewed; the previous one stays while in date")

@@ -381,6 +381,7 @@ func TestSettingsTableFieldsExist(t *testing.T) {
 		"netfilter.FilterConfig": reflect.TypeFor[netfilter.FilterConfig](),
 		"trust.Sources":          reflect.TypeFor[trust.Sources](),
 		"trust.RevocationPolicy": reflect.TypeFor[trust.RevocationPolicy](),
+		"trust.SPIFFEConfig":     reflect.TypeFor[trust.SPIFFEConfig](),
 		"reload.Config":          reflect.TypeFor[reload.Config](),
 	}
 	for _, table := range [][]setting{serverSettings(), clientSettings()} {

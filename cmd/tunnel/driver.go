@@ -40,9 +40,10 @@ type role struct {
 
 // roleTrust is what the driver makes of the settings for a role.
 type roleTrust struct {
-	store *trust.Store
-	rc    *trust.RevocationChecker // nil when only checking
-	log   *logrus.Entry
+	store   *trust.Store
+	rc      *trust.RevocationChecker // nil when only checking
+	log     *logrus.Entry
+	stapler *trust.Stapler // the server's OCSP stapler; nil for none, and when only checking
 }
 
 // running is a role built from its settings.
@@ -63,6 +64,11 @@ type running interface {
 	statusLine() string
 	status(st *admin.Status)
 	closeSession(id string) error
+
+	// swapMaterial applies next, the settings last applied with a live
+	// identity source's new material, and returns how many sessions it
+	// closed (identity.go).
+	swapMaterial(ctx context.Context, next *config.Settings) (closed int, err error)
 }
 
 // loadSettings resolves in and builds its settings. The error is a
@@ -108,18 +114,26 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 	if err != nil {
 		return problemError(s, err)
 	}
+	ctx := c.Context
+	id, s, err := openIdentity(ctx, s, log)
+	if err != nil {
+		return &configError{err: err}
+	}
+	defer id.close()
 	store := trust.NewStore(s.Material)
 	rc := trust.NewRevocationChecker(s.Revocation, store, log)
 	defer rc.Close()
-	run, err := r.open(s, roleTrust{store: store, rc: rc, log: log})
+	if err := id.openStapler(ctx, s, store, log); err != nil {
+		return &configError{err: err}
+	}
+	run, err := r.open(s, roleTrust{store: store, rc: rc, log: log, stapler: id.stapler})
 	if err != nil {
 		return problemError(s, err)
 	}
-	ctx := c.Context
 	if err := run.bind(ctx); err != nil {
 		return err
 	}
-	rl := &reloader{role: r, in: in, running: s, run: run, rc: rc, token: token, log: log}
+	rl := &reloader{role: r, in: in, running: s, current: s, run: run, rc: rc, id: id, token: token, log: log}
 	op := newOps(r.name, run, store, rc, log)
 	loop, stopReload, err := startReloads(ctx, log, reload.Config{Interval: s.ReloadInterval, Paths: rl.paths(s.Values), Apply: rl.apply,
 		Begin: op.reloading, End: op.reloaded})
@@ -128,6 +142,7 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 	}
 	defer stopReload()
 	op.setLoop(loop)
+	defer id.follow(ctx, rl.identityChanged)()
 	logTrust(log, s.Material)
 	logWarnings(log, s)
 	log.WithField("revocation", s.Revocation.Summary(len(s.TLS.CRLFiles))).Info("revocation checking of " + r.chains)
@@ -135,13 +150,14 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 	b := thisBuild()
 	stopAdmin, err := startAdmin(ctx, log, s, token, admin.Config{
 		Reload:       func() { loop.Request(reload.TriggerAdmin) },
-		Ready:        run.ready,
+		Ready:        func() error { return errors.Join(run.ready(), id.ready()) },
+		Notes:        id.notes,
 		RefreshCRLs:  rc.Refresh,
 		Status:       op.status,
 		CloseSession: run.closeSession,
-		Collectors: []prometheus.Collector{run.collector(), admin.RevocationCollector(rc), admin.ReloadCollector(loop.Counts),
-			admin.BuildInfoCollector(b.Version, b.GoVersion, b.Commit), admin.CertificateCollector(r.name, store.Material),
-			admin.LastReloadCollector(op.lastReloads)},
+		Collectors: append([]prometheus.Collector{run.collector(), admin.RevocationCollector(rc), admin.OCSPCollector(rc),
+			admin.ReloadCollector(loop.Counts), admin.BuildInfoCollector(b.Version, b.GoVersion, b.Commit),
+			admin.CertificateCollector(r.name, store.Material), admin.LastReloadCollector(op.lastReloads)}, id.collectors()...),
 	})
 	if err != nil {
 		return err
@@ -162,6 +178,10 @@ func (r role) check(c *cli.Context, stdout, stderr io.Writer) error {
 	if v != nil {
 		s, more := v.Settings()
 		probs = append(probs, more...)
+		if s != nil {
+			s, more = checkIdentity(c.Context, s)
+			probs = append(probs, more...)
+		}
 		if s != nil {
 			store := trust.NewStore(s.Material)
 			rc := trust.NewRevocationChecker(s.Revocation, store, quietLog())
@@ -190,8 +210,13 @@ type reloader struct {
 	running *config.Settings // what the process started with
 	run     running
 	rc      *trust.RevocationChecker
+	id      *identity
 	token   *admin.Token
 	log     *logrus.Entry
+
+	// mu makes reloads and a live identity source's changes take turns.
+	mu      sync.Mutex
+	current *config.Settings // the settings last applied, with their material; guarded by mu
 }
 
 // paths are the files a configuration depends on: those of its values and
@@ -205,6 +230,8 @@ func (rl *reloader) paths(v *config.Values) []string {
 }
 
 func (rl *reloader) apply(ctx context.Context, trigger string) ([]string, logrus.Fields, error) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
 	v, probs := config.Resolve(rl.in)
 	if len(probs) > 0 {
 		return nil, nil, &problemsError{list: probs}
@@ -212,8 +239,13 @@ func (rl *reloader) apply(ctx context.Context, trigger string) ([]string, logrus
 	paths := rl.paths(v)
 	s, probs := v.Settings()
 	if len(probs) > 0 {
+		rl.id.rejected(v, probs)
 		return paths, nil, errors.New(probs[0].String())
 	}
+	if err := rl.id.same(s); err != nil {
+		return paths, nil, err
+	}
+	s = rl.id.material(s)
 	if _, err := rl.role.open(s, roleTrust{store: trust.NewStore(s.Material), log: quietLog()}); err != nil {
 		return paths, nil, errors.New(v.Problem(err).String())
 	}
@@ -225,6 +257,8 @@ func (rl *reloader) apply(ctx context.Context, trigger string) ([]string, logrus
 	if err != nil {
 		return paths, nil, err
 	}
+	rl.current = s
+	rl.id.reloaded(s)
 	applyToken()
 	logWarnings(rl.log, s)
 	if trigger != reload.TriggerFiles {
@@ -277,6 +311,12 @@ func startReloads(ctx context.Context, log *logrus.Entry, cfg reload.Config) (lo
 // the warning daily while it runs.
 func logTrust(log *logrus.Entry, m *trust.Material) {
 	leaf := m.Certificate.Leaf
+	if m.SPIFFE != nil {
+		// SVIDs live hours and rotate by themselves: no expiry warning.
+		log.WithFields(trust.IdentityOf(leaf).Fields()).WithFields(logrus.Fields{"not_after": leaf.NotAfter.UTC().Format(time.RFC3339), "ca_certs": len(m.CACerts),
+			"spiffe_id": m.SPIFFE.ID.String()}).Info("own certificate: X.509-SVID from the SPIFFE Workload API")
+		return
+	}
 	if left := time.Until(leaf.NotAfter); left < certWarnWithin {
 		logExpiring(log.WithField("ca_certs", len(m.CACerts)), leaf, left)
 		return

@@ -160,6 +160,7 @@ func (o *ops) watchExpiry(ctx context.Context) {
 			left := time.Until(leaf.NotAfter)
 			switch {
 			case left >= certWarnWithin:
+			case m.SPIFFE != nil: // SVIDs live hours and rotate by themselves
 			case first:
 				warned, at = id.Fingerprint, time.Now() // logTrust warned at start-up
 			case id.Fingerprint != warned || time.Since(at) >= certWarnEvery:

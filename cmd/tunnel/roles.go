@@ -41,6 +41,7 @@ func openServer(s *config.Settings, t roleTrust) (running, error) {
 	}
 	cfg := s.Server.Config
 	cfg.Trust, cfg.Revocation, cfg.Filter, cfg.Log = t.store, t.rc, filter, t.log
+	cfg.TrustOptions = trustOptions(s, t.stapler)
 	srv, err := server.New(cfg)
 	if err != nil {
 		return nil, err
@@ -108,6 +109,7 @@ type clientRun struct {
 func openClient(s *config.Settings, t roleTrust) (running, error) {
 	cfg := s.Client.Config
 	cfg.Trust, cfg.Revocation, cfg.Log = t.store, t.rc, t.log
+	cfg.TrustOptions = trustOptions(s, nil)
 	cl, err := client.New(cfg)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -78,7 +79,7 @@ func serverSettings() []setting {
 		str("session-memory", "64MiB", "`SIZE` of stream data one session may hold unread (KiB, MiB, GiB); a stream past it is reset, new ones refused when it is 3/4 full", sc("SessionMemory")),
 		str("memory-budget", "256MiB", "`SIZE` of stream data all sessions together may hold unread", sc("MemoryBudget")),
 		duration("max-session-lifetime", 0, "end a session gracefully after this long, so rotated certificates take over (0: never)", sc("MaxSessionLifetime")),
-	}, commonSettings("client CA bundle `FILE`: client certificates must chain to it"))
+	}, serverOCSPSettings(), commonSettings("client CA bundle `FILE`: client certificates must chain to it"))
 }
 
 // clientSettings are the client command's settings.
@@ -95,7 +96,7 @@ func clientSettings() []setting {
 		duration("keepalive", client.DefaultKeepalive, "session ping interval; a dead server is noticed within this plus --keepalive-timeout", cc("Keepalive")),
 		duration("keepalive-timeout", client.DefaultKeepaliveTimeout, "how long a ping may go unanswered before the session is dropped and redialled", cc("KeepaliveTimeout")),
 		duration("idle-timeout", 0, "close a stream idle this long both ways (0: never)", cc("IdleTimeout")),
-	}, commonSettings("server CA bundle `FILE`: the server certificate must chain to it"))
+	}, clientIdentitySettings(), commonSettings("server CA bundle `FILE`: the server certificate must chain to it"))
 }
 
 // commonSettings are the settings both roles have: TLS files, revocation,
@@ -106,8 +107,12 @@ func commonSettings(caUsage string) []setting {
 	d := trust.DefaultRevocationPolicy()
 	return []setting{
 		str("cert", "", "certificate `FILE` (PEM, leaf first, chain may follow)", src("CertFile")),
-		str("key", "", "private key `FILE` (PEM)", src("KeyFile")),
+		str("key", "", "private key `FILE` (PEM), or a pkcs11: URI of a key in a token (docs/IDENTITY.md; needs make build-pkcs11)", src("KeyFile")),
 		str("ca", "", caUsage, src("CAFile")),
+		str("spiffe-socket", "", "SPIFFE Workload API `ADDR` (unix:///run/spire/agent.sock, an absolute socket path, or tcp://IP:PORT): take the certificate, key and CA bundles from the agent instead of --cert, --key and --ca, rotated live; "+
+			config.EnvSPIFFEEndpointSocket+" is used when none of the four is given", "trust.SPIFFEConfig.Addr"),
+		str("spiffe-id", "", "the workload's own SPIFFE `ID` to use when the agent issues it several X.509-SVIDs (default: the first)"),
+		duration("spiffe-start-timeout", trust.DefaultSPIFFEStartTimeout, "at start-up (and in tunnel check), how long to wait for the SPIFFE agent's first X.509-SVID before giving up"),
 		list("crl", "CRL `FILE` (PEM or DER; repeatable), re-read on SIGHUP", src("CRLFiles")),
 		boolean("crl-disable", false, "turn revocation checking off entirely (logged loudly at start-up)"),
 		boolean("crl-fetch", d.Fetch, "fetch CRLs from the CRL Distribution Points of the CA chain and of peer certificates"),
@@ -127,6 +132,26 @@ func commonSettings(caUsage string) []setting {
 		str("log-level", "info", "log level: debug, info, warn or error"),
 		{configFileFlag(), nil},
 		duration("reload-interval", reload.DefaultInterval, "re-read the certificate, key, CA, CRL and config files this often even without a file event (0: only on events and SIGHUP)", "reload.Config.Interval"),
+	}
+}
+
+// serverOCSPSettings are the server's OCSP settings: checking client
+// chains, and stapling its own status (docs/REVOCATION.md).
+func serverOCSPSettings() []setting {
+	return []setting{
+		str("revocation", trust.RevocationCRL, "where client certificates' revocation status comes from: crl, ocsp, both or prefer-ocsp (OCSP from the responder each certificate's AIA names; the --crl-* fail-open/closed and fetch settings apply)", "trust.RevocationPolicy.Method"),
+		boolean("ocsp-get", false, "send OCSP requests by GET without a nonce (RFC 5019), for responders that answer only GET; otherwise POST with a nonce"),
+		boolean("ocsp-staple", false, "staple an OCSP response for the server's own certificate, fetched from its issuer's responder and renewed before its nextUpdate"),
+		str("ocsp-staple-file", "", "staple the OCSP response in `FILE` (DER, or PEM \"OCSP RESPONSE\") instead; re-read on reload"),
+	}
+}
+
+// clientIdentitySettings are the client's checks of the server beyond its
+// chain: its SPIFFE ID, its OCSP staple.
+func clientIdentitySettings() []setting {
+	return []setting{
+		str("server-spiffe-id", "", "SPIFFE `ID` the server's certificate must carry as its only URI SAN, in place of --server-name (SVIDs rarely carry a DNS name)"),
+		boolean("require-ocsp-staple", false, "refuse a server that staples no OCSP response (a stapled one is always verified, and a must-staple certificate always needs one)"),
 	}
 }
 
@@ -150,7 +175,7 @@ func configFileFlag() cli.Flag {
 
 // configSections are the nested mappings of a config file: a flag named
 // "SECTION-REST" has the key SECTION.REST.
-var configSections = []string{"tls", "crl", "log", "reload"}
+var configSections = []string{"tls", "crl", "log", "reload", "spiffe", "ocsp"}
 
 // configKeyOverrides are the flags whose key is not derived from the name.
 var configKeyOverrides = map[string]string{
@@ -160,6 +185,8 @@ var configKeyOverrides = map[string]string{
 	"crl":     "crl.files",
 	"route":   "routes",
 	"forward": "forwards",
+
+	"require-ocsp-staple": "ocsp.require_staple",
 }
 
 // configKey returns the config file key of the flag named name, as a dotted
@@ -210,7 +237,7 @@ func captureInput(c *cli.Context, role string, table []setting) (*config.Input, 
 		return nil, &configError{err: fmt.Errorf("unexpected argument %q", c.Args().First())}
 	}
 	in := &config.Input{Role: role, Given: map[string][]string{}, FileFlag: "--" + configFlagName,
-		UserAgent: "tunnel/" + version + " crl-fetcher"}
+		UserAgent: "tunnel/" + version + " crl-fetcher", SPIFFEEndpointSocket: os.Getenv(config.EnvSPIFFEEndpointSocket)}
 	for _, row := range table {
 		name := row.flag.Names()[0]
 		var vals []string

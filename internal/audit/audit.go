@@ -37,6 +37,7 @@ const (
 
 	IdentityUpdated      = "identity_updated"       // a SPIFFE source took in a new SVID or bundle set (spiffe_id, serial, not_after)
 	IdentitySourceFailed = "identity_source_failed" // a source could not update; the last material stays (source, error, state)
+	IdentityApplied      = "identity_applied"       // a live source's new material is in use; sessions whose CA left the bundle were closed (source, sessions_closed)
 
 	OCSPRefreshed   = "ocsp_refreshed"        // an OCSP response was fetched and verified (url, serial, cert_status)
 	OCSPFetchFailed = "ocsp_fetch_failed"     // an OCSP fetch failed or its response did not verify; the previous one stays (url, error)

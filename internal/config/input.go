@@ -45,6 +45,10 @@ type Input struct {
 	File      string              // the config file, or ""
 	FileFlag  string              // what names File in a problem: "--config"
 	UserAgent string              // the CRL fetcher's User-Agent
+	// SPIFFEEndpointSocket is the SPIFFE_ENDPOINT_SOCKET variable as
+	// captured: the Workload API the role uses when neither a socket nor
+	// any TLS file is given.
+	SPIFFEEndpointSocket string
 }
 
 // check parses v as a value of kind k.

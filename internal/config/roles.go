@@ -5,6 +5,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/tunnel-dev/tunnel/client"
 	"github.com/tunnel-dev/tunnel/netfilter"
 	"github.com/tunnel-dev/tunnel/server"
@@ -15,6 +17,11 @@ type Server struct {
 	Listen          string
 	Allow           *netfilter.Allowlist
 	MaxConnsPerAddr int
+	// OCSPStaple staples an OCSP response for the server's certificate,
+	// fetched from its issuer's responder; OCSPStapleFile staples the
+	// response in that file instead (re-read on reload). At most one.
+	OCSPStaple     bool
+	OCSPStapleFile string
 	// Config is all of the server's Config but what the running process
 	// supplies: Trust, Revocation, TLS, Filter and Log.
 	Config server.Config
@@ -22,6 +29,11 @@ type Server struct {
 
 // Client is the client role's own settings.
 type Client struct {
+	// ServerSPIFFEID, if set, is the SPIFFE ID the server's certificate
+	// must carry, in place of a server name.
+	ServerSPIFFEID spiffeid.ID
+	// RequireOCSPStaple refuses a server that staples no OCSP response.
+	RequireOCSPStaple bool
 	// Config is all of the client's Config but what the running process
 	// supplies: Trust, Revocation, TLS and Log.
 	Config client.Config
@@ -135,6 +147,7 @@ func (v *Values) serverSettings(ps *problems) *Server {
 	if cfg.SessionMemory > cfg.MemoryBudget && cfg.MemoryBudget > 0 {
 		ps.at("session_memory", "%s is more than %s %s", v.text("session_memory"), v.Flag("memory_budget"), v.text("memory_budget"))
 	}
+	v.serverIdentity(ps, s)
 	return s
 }
 
@@ -174,6 +187,7 @@ func (v *Values) clientSettings(ps *problems) *Client {
 		{"connect_timeout", &cfg.ConnectTimeout}, {"dial_timeout", &cfg.DialTimeout},
 		{"keepalive", &cfg.Keepalive}, {"keepalive_timeout", &cfg.KeepaliveTimeout}, {"idle_timeout", &cfg.IdleTimeout},
 	})
+	v.clientIdentity(ps, c)
 	return c
 }
 

@@ -25,11 +25,17 @@ type Settings struct {
 	Admin          Admin
 	ReloadInterval time.Duration // re-read the watched files this often; 0: on events only
 	TLS            trust.Sources
-	Material       *trust.Material // loaded from TLS
+	Material       *trust.Material // loaded from TLS; nil with SPIFFE (see WithMaterial)
 	Revocation     trust.RevocationPolicy
 	Server         *Server // the server role's settings; nil for a client
 	Client         *Client // the client role's settings; nil for a server
 	Values         *Values // where each value came from, for problems and warnings
+
+	// SPIFFE is the Workload API the role's certificate, key and CA
+	// bundles come from; nil when they come from the files of TLS. The
+	// process takes SPIFFE material from the agent and builds the role
+	// from s.WithMaterial of it.
+	SPIFFE *trust.SPIFFEConfig
 }
 
 // Log is how the process logs.
@@ -85,10 +91,12 @@ func (v *Values) Settings() (*Settings, []Problem) {
 	}
 	s.Revocation = v.revocation(ps)
 	s.TLS = v.sources()
-	missing := false
-	for _, key := range []string{"tls.cert", "tls.key", "tls.ca"} {
-		if v.text(key) == "" {
-			ps.at(key, "required")
+	var loadFiles bool
+	s.SPIFFE, loadFiles = v.spiffeSettings(ps)
+	missing := !loadFiles
+	for _, key := range tlsFileKeys {
+		if loadFiles && v.text(key) == "" {
+			ps.at(key, "required (or %s for the SPIFFE Workload API)", v.Flag("spiffe.socket"))
 			missing = true
 		}
 	}
@@ -169,6 +177,7 @@ func (v *Values) revocation(ps *problems) trust.RevocationPolicy {
 	p.FetchOptions.Timeout = v.duration(ps, "crl.fetch_timeout")
 	p.FetchOptions.MaxBytes = v.integer(ps, "crl.max_response_bytes")
 	p.FetchOptions.UserAgent = v.in.UserAgent
+	v.ocspPolicy(ps, &p)
 	switch {
 	case p.Disabled && len(v.list("crl.files", ",")) > 0:
 		ps.at("crl.disable", "given with %s: the CRL files would be ignored; drop one of them", v.Flag("crl.files"))

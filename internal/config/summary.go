@@ -33,6 +33,12 @@ func (s *Settings) WriteSummary(w io.Writer) {
 		if c.ServerName != "" {
 			sw.line("server name", c.ServerName)
 		}
+		if id := s.Client.ServerSPIFFEID; !id.IsZero() {
+			sw.line("server id", id.String())
+		}
+		if s.Client.RequireOCSPStaple {
+			sw.line("ocsp staple", "required of the server")
+		}
 		for _, f := range c.Forwards {
 			sw.line("forward", f.Listen+" -> route "+f.Route)
 		}
@@ -81,6 +87,12 @@ func (sw *summary) server(s *Settings) {
 	if sv.Config.ProxyProtocolFrom != nil {
 		sw.line("proxy from", sv.Config.ProxyProtocolFrom.String())
 	}
+	switch {
+	case sv.OCSPStaple:
+		sw.line("ocsp staple", "fetched from the certificate's responder")
+	case sv.OCSPStapleFile != "":
+		sw.line("ocsp staple", "from "+sv.OCSPStapleFile)
+	}
 	if s.RoutesReplaced() {
 		sw.warn(sw.v.Flag(keyRoutes), "replaces the config file's routes and their allow_identities/allow rules")
 	}
@@ -103,21 +115,28 @@ func overlaps(a, b *netfilter.Allowlist) bool {
 // whose revocation the policy cannot check.
 func (sw *summary) trust(s *Settings) {
 	m := s.Material
+	if s.SPIFFE != nil {
+		sw.line("identity", "SPIFFE Workload API "+spiffeSummary(s.SPIFFE, m))
+	}
+	sw.line("revocation", s.Revocation.Summary(len(s.TLS.CRLFiles)))
+	if m == nil {
+		return
+	}
 	cert := func(what, key string, c *x509.Certificate) {
 		sw.line(what, fmt.Sprintf("%s, serial %s, expires %s", c.Subject, c.SerialNumber.Text(16), c.NotAfter.UTC().Format(time.RFC3339)))
 		switch left := time.Until(c.NotAfter); {
 		case left <= 0:
 			sw.warn(key, fmt.Sprintf("%s expired %s", c.Subject, c.NotAfter.UTC().Format(time.RFC3339)))
-		case left < expiryWarning:
+		case left < expiryWarning && s.SPIFFE == nil: // SVIDs live hours and rotate by themselves
 			sw.warn(key, fmt.Sprintf("%s expires in %s", c.Subject, left.Round(time.Hour)))
 		}
 	}
-	cert("certificate", sw.v.Where("tls.cert"), m.Certificate.Leaf)
+	cert("certificate", sw.v.Where(s.certKey()), m.Certificate.Leaf)
 	for _, ca := range m.CACerts {
-		cert("ca", sw.v.Where("tls.ca"), ca)
+		cert("ca", sw.v.Where(s.caKey()), ca)
 	}
 	for _, msg := range uncheckedCAWarnings(m, s.Revocation) {
-		sw.warn(sw.v.Where("tls.ca"), msg)
+		sw.warn(sw.v.Where(s.caKey()), msg)
 	}
 	if n := len(m.CRLs); n > 0 {
 		sw.line("crl files", fmt.Sprintf("%d CRL(s) from %s", n, strings.Join(m.Sources.CRLFiles, ", ")))

@@ -127,6 +127,9 @@ func fieldOf(err error) (field, msg string) {
 	if e, ok := errors.AsType[*trust.FieldError](err); ok {
 		return "trust.RevocationPolicy." + e.Field, e.Err.Error()
 	}
+	if e, ok := errors.AsType[*trust.SPIFFEError](err); ok {
+		return "trust.SPIFFEConfig.Addr", e.Error()
+	}
 	if e, ok := errors.AsType[*reload.FieldError](err); ok {
 		return "reload.Config." + e.Field, e.Err.Error()
 	}
@@ -226,12 +229,15 @@ func (v *Values) integer(ps *problems, key string) int64 {
 	return n
 }
 
-// Paths are the files the settings of v are read from: the TLS files and
-// the config file, what a reload watches.
+// Paths are the files the settings of v are read from: the TLS files (for
+// a key in a PKCS#11 token, its PIN file), the OCSP staple file and the
+// config file, what a reload watches.
 func (v *Values) Paths() []string {
 	p := v.sources().Paths()
-	if f := v.in.File; f != "" && !slices.Contains(p, f) {
-		p = append(p, f)
+	for _, f := range []string{v.text("ocsp.staple_file"), v.in.File} {
+		if f != "" && !slices.Contains(p, f) {
+			p = append(p, f)
+		}
 	}
 	return p
 }

@@ -32,7 +32,8 @@ func (s *Settings) Warnings() []Warning {
 		out = allowWarnings(s.Server.Allow)
 	}
 	for _, f := range []struct{ key, path, what string }{
-		{"tls.key", s.TLS.KeyFile, "private key"}, {"admin_token_file", s.Admin.TokenFile, "admin token"},
+		{"tls.key", s.TLS.KeyFile, "private key"}, {"tls.key", s.TLS.PINFile(), "PKCS#11 PIN"},
+		{"admin_token_file", s.Admin.TokenFile, "admin token"},
 	} {
 		if f.path == "" {
 			continue
@@ -42,7 +43,7 @@ func (s *Settings) Warnings() []Warning {
 				Msg: fmt.Sprintf("%s file %q has mode %04o: group or others can access it (chmod 600 it, as ssh requires of private keys)", f.what, f.path, mode)})
 		}
 	}
-	return out
+	return append(out, s.identityWarnings()...)
 }
 
 func allowWarnings(al *netfilter.Allowlist) []Warning {
