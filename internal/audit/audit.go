@@ -22,6 +22,12 @@ const (
 	ReloadApplied   = "reload_applied"
 	ReloadRejected  = "reload_rejected"
 
+	// Reverse tunnels (docs/PROTOCOL.md section 7): a client publishes a
+	// name the server exposes on a listener of its own.
+	PublishAdded   = "publish_added"   // a publication is live (expose; the server: identity, addr; the client: backend)
+	PublishRefused = "publish_refused" // a publication was refused (expose, status, reason; the server: rule_set)
+	PublishRemoved = "publish_removed" // a live publication ended (expose, reason, duration)
+
 	ProtocolViolation = "protocol_violation" // a session ended because its peer broke the yamux protocol or a session bound (kind)
 	StreamReset       = "stream_reset"       // the server reset an open stream for a limit (reason)
 
@@ -47,6 +53,12 @@ const (
 	ConfigWarning = "config_warning" // a configuration that works but is probably not what was meant (warning)
 	AdminRequest  = "admin_request"  // an admin endpoint that changes state was called (path, addr)
 	AdminRefused  = "admin_refused"  // an admin request was refused (reason, path, addr)
+)
+
+// Values of the Direction field.
+const (
+	DirectionForward = "forward" // a client's connection to a server route
+	DirectionReverse = "reverse" // an inbound connection of an expose, to a client's published target
 )
 
 // Field names. Values that come from a peer are capped in length by the
@@ -77,6 +89,9 @@ const (
 	Warning    = "warning"     // what a config_warning is about: allow_covers_all, key_file_mode
 	Path       = "path"        // an admin endpoint's path, or a file
 	Flag       = "flag"        // the flag of the setting a config_warning is about
+	Expose     = "expose"      // the name of a reverse tunnel: exposed by the server, published by clients
+	Direction  = "direction"   // of a stream: forward (the client opened it) or reverse (the server did, for an expose)
+	Inbound    = "inbound"     // the address an expose's inbound connection came from, host:port
 
 	// Fields of reload_applied.
 	RestartNeeded  = "restart_needed"  // config keys that changed but take effect only after a restart
