@@ -27,6 +27,8 @@ type Server struct {
 	cfg     Config
 	log     *logrus.Entry
 	policy  atomic.Pointer[policy] // routes and rules; replaced whole by Reload
+	exposes map[string]*expose     // Config.Exposes at run time; read-only after New
+	pubs    publications           // live publications of the exposes' names
 	slots   *slotSet               // handshakes in flight
 	pending *pendingSet            // connections in their prologue
 
@@ -50,7 +52,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPolicy(cfg.Routes, cfg.RawRoute)
+	p, err := newPolicy(cfg.Routes, cfg.RawRoute, cfg.Exposes)
+	if err != nil {
+		return nil, err
+	}
+	exposes, err := newExposes(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -64,6 +70,7 @@ func New(cfg Config) (*Server, error) {
 		failLog:    &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
 		rejectLog:  &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
 		memory:     mux.NewBudget(cfg.MemoryBudget, nil),
+		exposes:    exposes,
 	}
 	s.stats.violations = make(map[string]*atomic.Uint64, len(mux.ViolationKinds))
 	for _, k := range mux.ViolationKinds {
@@ -121,7 +128,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) drain(d time.Duration) bool {
 	s.mu.Lock()
 	for ss := range s.sessions {
-		ss.goAway()
+		s.goAway(ss, "shutdown")
 	}
 	s.mu.Unlock()
 	deadline := time.Now().Add(d)
