@@ -40,6 +40,7 @@ type Client struct {
 	servers *rotation      // Server and Failover, and the one to dial first
 	memory  *mux.Budget    // the stream buffers of every session and raw connection
 	keeper  *SessionKeeper // nil in Raw mode, which dials per local connection
+	pubs    *publisher     // the publications, kept live on the keeper's sessions
 	lns     []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
 
 	updates chan forwardUpdate // SetForwards -> Run
@@ -60,6 +61,7 @@ func New(cfg Config) (*Client, error) {
 	if !cfg.Raw {
 		c.keeper = newSessionKeeper(cfg, c.servers, c.memory)
 	}
+	c.pubs = newPublisher(c, cfg.Publish)
 	return c, nil
 }
 
@@ -90,6 +92,8 @@ func (c *Client) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if c.keeper != nil { // raw mode dials per local connection, see raw.go
+		c.keeper.onUp = func(s *mux.Session) { c.pubs.attach(ctx, s, &wg) }
+		c.keeper.onDown = c.pubs.detach
 		wg.Go(func() { c.keeper.Run(ctx) })
 	}
 	var fs forwardSet // the live listeners; SetForwards changes them through Run
@@ -140,7 +144,7 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward) {
 	c.streamsTotal.Add(1)
 	c.streamsActive.Add(1)
 	defer c.streamsActive.Add(-1)
-	log := c.log.WithFields(logrus.Fields{audit.Route: f.Route, audit.Addr: lc.RemoteAddr().String()})
+	log := c.log.WithFields(logrus.Fields{audit.Route: f.Route, audit.Addr: lc.RemoteAddr().String(), audit.Direction: audit.DirectionForward})
 
 	st, err := c.openStream(ctx, f.Route)
 	if err != nil {
@@ -236,6 +240,9 @@ type Stats struct {
 	StreamsActive int64
 	StreamsTotal  uint64
 	StreamsFailed uint64
+	// Publications are the state and counters of each publication (reverse
+	// tunnels), by name.
+	Publications map[string]PublicationStats
 }
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
@@ -243,5 +250,6 @@ func (c *Client) Stats() Stats {
 	return Stats{
 		SessionUp: c.keeper != nil && c.keeper.up(), StreamsActive: c.streamsActive.Load(),
 		StreamsTotal: c.streamsTotal.Load(), StreamsFailed: c.streamsFailed.Load(),
+		Publications: c.pubs.stats(),
 	}
 }
