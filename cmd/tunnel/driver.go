@@ -120,12 +120,16 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 	logWarnings(log, s)
 	log.WithField("revocation", s.Revocation.Summary(len(s.TLS.CRLFiles))).Info("revocation checking of " + r.chains)
 	rc.Start(ctx)
-	stopAdmin, err := startAdmin(ctx, log, s, token, admin.Config{
+	acfg := admin.Config{
 		Reload:      func() { loop.Request(reload.TriggerAdmin) },
 		Ready:       run.ready,
 		RefreshCRLs: rc.Refresh,
 		Collectors:  []prometheus.Collector{run.collector(), admin.RevocationCollector(rc), admin.ReloadCollector(loop.Counts)},
-	})
+	}
+	if x, ok := run.(interface{ exposes() map[string]error }); ok { // a server's reverse tunnels
+		acfg.Exposes = x.exposes
+	}
+	stopAdmin, err := startAdmin(ctx, log, s, token, acfg)
 	if err != nil {
 		return err
 	}
