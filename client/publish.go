@@ -153,9 +153,9 @@ type publisher struct {
 	c *Client
 
 	mu       sync.Mutex
-	set      map[string]Publish          // the publications now; guarded by mu
+	set      map[string]Publish           // the publications now; guarded by mu
 	sessions map[*mux.Session]*pubSession // sessions published by the keeper; guarded by mu
-	counters map[string]*pubCounters     // by name, kept across reloads; guarded by mu
+	counters map[string]*pubCounters      // by name, kept across reloads; guarded by mu
 
 	refuseLog *logthrottle.Throttle[refusedKey] // publish_refused lines
 	streamLog *logthrottle.Throttle[refusedKey] // stream_refused lines of the server's streams

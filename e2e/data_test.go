@@ -147,79 +147,99 @@ func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	const size = 1 << 20
 	pk := pkiDir(t)
+	answerer, answerSeed := answerBackend(t, size)
+	greeter, greeted := greetBackend(t, size)
+	_, cli := tunnelPair(t, pk, map[string]string{"answer": answerer, "greet": greeter})
+	t.Run("client closes first", func(t *testing.T) {
+		checkClientClosesFirst(t, cli.forwardAddr(t, "answer"), answerSeed, size)
+	})
+	t.Run("backend closes first", func(t *testing.T) {
+		checkBackendClosesFirst(t, cli.forwardAddr(t, "greet"), greeted, size)
+	})
+}
 
-	// client -> backend: the backend answers only after it has seen EOF.
-	answerSeed := uint64(30)
-	answerer := startBackend(t, func(c *net.TCPConn) {
+// answerBackend answers only after it has seen EOF: the SHA-256 of what it
+// got, then size-32 bytes from the seed it returns, then EOF.
+func answerBackend(t *testing.T, size int64) (string, uint64) {
+	const seed = 30
+	return startBackend(t, func(c *net.TCPConn) {
 		got, _, err := recvHashed(c)
 		if err != nil {
 			return
 		}
 		c.Write(got[:])
-		io.Copy(c, randReader(answerSeed, size-sha256.Size))
+		io.Copy(c, randReader(seed, size-sha256.Size))
 		c.CloseWrite()
-	})
-	// backend -> client: the backend speaks first and half-closes, then
-	// reads what the client sends after it saw EOF.
+	}), seed
+}
+
+// greetBackend speaks first and half-closes, then reads what comes after
+// the other side saw its EOF, and reports both on the channel.
+func greetBackend(t *testing.T, size int64) (string, <-chan hashResult) {
 	greeted := make(chan hashResult, 1)
-	greeter := startBackend(t, func(c *net.TCPConn) {
+	return startBackend(t, func(c *net.TCPConn) {
 		var r hashResult
 		r.sent, r.nSent, r.werr = sendHashed(c, 31, size)
 		c.CloseWrite()
 		r.got, r.nGot, r.rerr = recvHashed(c)
 		greeted <- r
-	})
-	_, cli := tunnelPair(t, pk, map[string]string{"answer": answerer, "greet": greeter})
+	}), greeted
+}
 
-	t.Run("client closes first", func(t *testing.T) {
-		c := dialLocal(t, cli.forwardAddr(t, "answer"))
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		sent, _, err := sendHashed(c, 32, size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		answer, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatalf("reading the answer after CloseWrite: %v (got %d bytes)", err, len(answer))
-		}
-		if len(answer) != size {
-			t.Fatalf("answer is %d bytes, want %d", len(answer), size)
-		}
-		if !bytes.Equal(answer[:sha256.Size], sent[:]) {
-			t.Errorf("backend's hash of what it got = %x, want %x", answer[:8], sent[:8])
-		}
-		want, _ := io.ReadAll(randReader(answerSeed, size-sha256.Size))
-		if !bytes.Equal(answer[sha256.Size:], want) {
-			t.Errorf("answer body differs from what the backend sent")
-		}
-	})
+// checkClientClosesFirst sends size bytes to an answerBackend through addr,
+// half-closes, and checks the whole answer comes back after the EOF.
+func checkClientClosesFirst(t *testing.T, addr string, answerSeed uint64, size int64) {
+	t.Helper()
+	c := dialLocal(t, addr)
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	sent, _, err := sendHashed(c, 32, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	answer, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the answer after CloseWrite: %v (got %d bytes)", err, len(answer))
+	}
+	if int64(len(answer)) != size {
+		t.Fatalf("answer is %d bytes, want %d", len(answer), size)
+	}
+	if !bytes.Equal(answer[:sha256.Size], sent[:]) {
+		t.Errorf("backend's hash of what it got = %x, want %x", answer[:8], sent[:8])
+	}
+	want, _ := io.ReadAll(randReader(answerSeed, size-sha256.Size))
+	if !bytes.Equal(answer[sha256.Size:], want) {
+		t.Errorf("answer body differs from what the backend sent")
+	}
+}
 
-	t.Run("backend closes first", func(t *testing.T) {
-		c := dialLocal(t, cli.forwardAddr(t, "greet"))
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		got, n, err := recvHashed(c)
-		if err != nil {
-			t.Fatalf("reading the greeting: %v", err)
-		}
-		sent, _, err := sendHashed(c, 33, size)
-		if err != nil {
-			t.Fatalf("writing after the backend's EOF: %v", err)
-		}
-		c.CloseWrite()
-		var r hashResult
-		select {
-		case r = <-greeted:
-		case <-time.After(waitTimeout):
-			t.Fatal("backend did not see EOF after the client's CloseWrite")
-		}
-		if n != size || got != r.sent {
-			t.Errorf("client got %d bytes sha256 %x, backend sent %d sha256 %x", n, got[:8], r.nSent, r.sent[:8])
-		}
-		if r.rerr != nil || r.nGot != size || r.got != sent {
-			t.Errorf("backend got %d bytes sha256 %x (err %v), client sent %d sha256 %x", r.nGot, r.got[:8], r.rerr, size, sent[:8])
-		}
-	})
+// checkBackendClosesFirst reads a greetBackend's greeting through addr to
+// its EOF, then sends size bytes and checks the backend got them.
+func checkBackendClosesFirst(t *testing.T, addr string, greeted <-chan hashResult, size int64) {
+	t.Helper()
+	c := dialLocal(t, addr)
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	got, n, err := recvHashed(c)
+	if err != nil {
+		t.Fatalf("reading the greeting: %v", err)
+	}
+	sent, _, err := sendHashed(c, 33, size)
+	if err != nil {
+		t.Fatalf("writing after the backend's EOF: %v", err)
+	}
+	c.CloseWrite()
+	var r hashResult
+	select {
+	case r = <-greeted:
+	case <-time.After(waitTimeout):
+		t.Fatal("backend did not see EOF after the client's CloseWrite")
+	}
+	if n != size || got != r.sent {
+		t.Errorf("client got %d bytes sha256 %x, backend sent %d sha256 %x", n, got[:8], r.nSent, r.sent[:8])
+	}
+	if r.rerr != nil || r.nGot != size || r.got != sent {
+		t.Errorf("backend got %d bytes sha256 %x (err %v), client sent %d sha256 %x", r.nGot, r.got[:8], r.rerr, size, sent[:8])
+	}
 }

@@ -31,7 +31,7 @@ type serverRun struct {
 	srv   *server.Server
 	store *trust.Store
 	log   *logrus.Entry
-	ln    net.Listener // bound by bind; Serve closes it
+	ln    net.Listener   // bound by bind; Serve closes it
 	xlns  []net.Listener // the exposes' listeners, in the order of s.Server.Exposes; ServeExpose closes each
 }
 
