@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
@@ -183,7 +182,7 @@ func (c *Client) openStream(ctx context.Context, route string) (*mux.Stream, err
 		}
 		st, err := s.Open()
 		if err != nil {
-			if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrSessionShutdown) {
+			if goingAway(err) {
 				c.keeper.Retire(s)
 				continue
 			}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/audit"
@@ -277,6 +278,12 @@ func (pb *publisher) announce(ctx context.Context, s *mux.Session, name string) 
 		}
 		log := c.log.WithFields(logrus.Fields{audit.Expose: name, audit.Backend: p.Target})
 		st, err := c.openPublish(s, name)
+		if goingAway(err) {
+			// The server sent GoAway (it withdrew our publications with it):
+			// the keeper dials a new session, and attach publishes there.
+			c.keeper.Retire(s)
+			return
+		}
 		if err == nil {
 			attempt = 0
 			pb.hold(ctx, log, pc, st)
@@ -298,6 +305,12 @@ func (pb *publisher) announce(ctx context.Context, s *mux.Session, name string) 
 		case <-s.CloseChan():
 		}
 	}
+}
+
+// goingAway reports whether err is a session's refusal of a new stream:
+// the server sent GoAway, the stream IDs ran out, or the session ended.
+func goingAway(err error) bool {
+	return errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrSessionShutdown)
 }
 
 // openPublish opens a publish stream for name on s and reads the server's

@@ -174,3 +174,31 @@ exposes:
 	a.waitEvent(t, waitTimeout, "app1's publish_refused", isEvent("publish_refused", "expose", "svc", "status", "forbidden"))
 	onlyThrough(t, xaddr, 'B', 4)
 }
+
+// TestReversePublicationMovesWithSession: with --max-session-lifetime the
+// server sends GoAway and withdraws the session's publication; the client
+// dials a new session and publishes there, and an inbound connection
+// carried across the change goes on to its end, while new ones go through
+// the new session.
+func TestReversePublicationMovesWithSession(t *testing.T) {
+	t.Parallel()
+	pk := pkiDir(t)
+	srv := exposeServer(t, pk, nil, []string{exposeSpec("svc", []string{"cn:app1"})}, "--max-session-lifetime", "2s")
+	startPublisher(t, pk, srv, "svc="+echoBackend(t))
+	addr := srv.exposeAddr(t, "svc")
+	long := holdEchoed(t, "127.0.0.1", addr, 1)[0]
+
+	srv.waitEvent(t, waitTimeout, "publish_removed at the session's end of life", isEvent("publish_removed", "reason", "session_expiring"))
+	removed := time.Now()
+	srv.waitEventN(t, waitTimeout, 2, "the publication on the new session", isEvent("publish_added", "expose", "svc"))
+	t.Logf("the session expired; its publication was live on a new session %v after the server withdrew it", time.Since(removed).Round(time.Millisecond))
+	holdEchoed(t, "127.0.0.1", addr, 3) // new connections, through the new session
+	msg := []byte("still carried")
+	long.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := long.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(long, make([]byte, len(msg))); err != nil {
+		t.Fatalf("the connection carried across the GoAway: %v", err)
+	}
+}
