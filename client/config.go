@@ -92,8 +92,8 @@ type Config struct {
 	// when it is down before it is closed; zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 
-	// DialTimeout bounds one dial of the server, TCP and TLS together; zero
-	// means DefaultDialTimeout.
+	// DialTimeout bounds one dial of the server, TCP and TLS together, and
+	// one dial of a publication's target; zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 
 	// Keepalive is the yamux ping interval: a dead server is noticed within

@@ -94,7 +94,7 @@ func clientSettings() []setting {
 		list("publish", "publish the service at `NAME=HOST:PORT` (or NAME=unix:/PATH; ,proxy-v2 sends it a PROXY v2 header) to the server's expose NAME: its inbound connections come here (repeatable)", cc("Publish")),
 		integer("publish-max-streams", client.DefaultPublishMaxStreams, "streams the server may have open toward this client at once for its publications; more get status \"over a limit\"", cc("PublishMaxStreams")),
 		duration("connect-timeout", client.DefaultConnectTimeout, "how long a local connection waits for the session while it is down", cc("ConnectTimeout")),
-		duration("dial-timeout", client.DefaultDialTimeout, "limit on one dial of the server, TCP and TLS", cc("DialTimeout")),
+		duration("dial-timeout", client.DefaultDialTimeout, "limit on one dial of the server, TCP and TLS, and on one dial of a published target", cc("DialTimeout")),
 		duration("keepalive", client.DefaultKeepalive, "session ping interval; a dead server is noticed within this plus --keepalive-timeout", cc("Keepalive")),
 		duration("keepalive-timeout", client.DefaultKeepaliveTimeout, "how long a ping may go unanswered before the session is dropped and redialled", cc("KeepaliveTimeout")),
 		duration("idle-timeout", 0, "close a stream idle this long both ways (0: never)", cc("IdleTimeout")),

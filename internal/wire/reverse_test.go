@@ -188,3 +188,16 @@ func FuzzReadConnect(f *testing.F) {
 		}
 	})
 }
+
+// The bytes of docs/PROTOCOL.md's example (section 7.6).
+func TestReverseExampleBytes(t *testing.T) {
+	pub, _ := AppendPublish(nil, "ssh")
+	if want := []byte{0x02, 0x01, 0x03, 's', 's', 'h'}; !bytes.Equal(pub, want) {
+		t.Errorf("publish header % x, want % x", pub, want)
+	}
+	c, _ := AppendConnect(nil, Connect{"ssh", netip.MustParseAddrPort("203.0.113.7:51234"), netip.MustParseAddrPort("192.0.2.1:2222")})
+	want := []byte{0x02, 0x02, 0x03, 's', 's', 'h', 0x04, 0xcb, 0x00, 0x71, 0x07, 0xc0, 0x00, 0x02, 0x01, 0xc8, 0x22, 0x08, 0xae}
+	if !bytes.Equal(c, want) {
+		t.Errorf("connect header % x, want % x", c, want)
+	}
+}
