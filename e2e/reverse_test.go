@@ -106,42 +106,6 @@ func expectReset(t *testing.T, src, addr string, payload []byte) time.Duration {
 	return time.Since(start)
 }
 
-// bothWays moves size bytes each way at once through the connection to
-// addr, against a source-sink backend reporting on res, checks both
-// SHA-256 sums and returns how long it took.
-func bothWays(t *testing.T, addr string, res <-chan hashResult, size int64, seed uint64) time.Duration {
-	t.Helper()
-	c := dialLocal(t, addr)
-	c.SetDeadline(time.Now().Add(90 * time.Second))
-	start := time.Now()
-	var local hashResult
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		local.sent, local.nSent, local.werr = sendHashed(c, seed, size)
-		c.CloseWrite()
-	})
-	local.got, local.nGot, local.rerr = recvHashed(c)
-	wg.Wait()
-	elapsed := time.Since(start)
-	if local.werr != nil || local.rerr != nil {
-		t.Fatalf("through %s: write error %v, read error %v", addr, local.werr, local.rerr)
-	}
-	var remote hashResult
-	select {
-	case remote = <-res:
-	case <-time.After(waitTimeout):
-		t.Fatal("backend did not finish")
-	}
-	if remote.werr != nil || remote.rerr != nil {
-		t.Fatalf("backend: write error %v, read error %v", remote.werr, remote.rerr)
-	}
-	if remote.nGot != size || remote.got != local.sent || local.nGot != size || local.got != remote.sent {
-		t.Fatalf("through %s: backend got %d bytes (sha256 equal %v), sender got %d back (sha256 equal %v); %d each way sent",
-			addr, remote.nGot, remote.got == local.sent, local.nGot, local.got == remote.sent, size)
-	}
-	return elapsed
-}
-
 // TestReverseBulkBothWays moves 64 MiB each way at once through a published
 // service and checks both SHA-256 sums; then, through the same two
 // processes, the same through a forward route, and logs the throughput of

@@ -77,6 +77,14 @@ const (
 
 // acceptLoop accepts until ln fails. Each connection gets a goroutine in wg.
 func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+	return acceptEach(ctx, ln, s.log, wg, func(c net.Conn) { s.handle(ctx, hard, c) })
+}
+
+// acceptEach accepts from ln until it is closed or ctx is done, and runs
+// serve for each connection on a goroutine in wg. Other accept errors (out
+// of file descriptors and the like) are logged and retried after a backoff
+// of 5 ms doubling to 1 s, as net/http does, rather than spun on.
+func acceptEach(ctx context.Context, ln net.Listener, log *logrus.Entry, wg *sync.WaitGroup, serve func(net.Conn)) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -84,10 +92,8 @@ func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// Out of file descriptors and the like: back off as
-			// net/http does, rather than spin.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).Errorf("accept failed; retrying in %v", backoff)
+			log.WithError(err).Errorf("accept failed; retrying in %v", backoff)
 			select {
 			case <-time.After(backoff):
 				continue
@@ -96,7 +102,7 @@ func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wg *sync
 			}
 		}
 		backoff = 0
-		wg.Go(func() { s.handle(ctx, hard, c) })
+		wg.Go(func() { serve(c) })
 	}
 }
 

@@ -50,25 +50,7 @@ func (s *Server) ServeExpose(ctx context.Context, name string, ln net.Listener) 
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			x.log.WithError(err).Errorf("accept failed; retrying in %v", backoff)
-			select {
-			case <-time.After(backoff):
-				continue
-			case <-ctx.Done():
-				return nil
-			}
-		}
-		backoff = 0
-		wg.Go(func() { s.serveInbound(ctx, hard, x, c) })
-	}
+	return acceptEach(ctx, ln, x.log, &wg, func(c net.Conn) { s.serveInbound(ctx, hard, x, c) })
 }
 
 // serveInbound carries one inbound connection of expose x: it picks a
