@@ -236,13 +236,16 @@ func TestReverseProxyV2(t *testing.T) {
 // TestReversePostgres: PostgreSQL behind the client, psql and pgbench run
 // on the server's side through the expose; rows read back through the
 // expose and directly are equal, and pgbench, with a connection per
-// transaction too, fails no transaction.
+// transaction too, fails no transaction. The same pgbench runs through a
+// forward route of the same two processes to the same cluster, for the
+// figures side by side.
 func TestReversePostgres(t *testing.T) {
 	t.Parallel()
 	pg := startPostgres(t)
 	pk := pkiDir(t)
-	srv := exposeServer(t, pk, nil, []string{exposeSpec("db", []string{"cn:app1"})})
-	startPublisher(t, pk, srv, "db="+pg.addr)
+	srv := exposeServer(t, pk, []string{"fwd=" + pg.addr}, []string{exposeSpec("db", []string{"cn:app1"})})
+	cli := startProc(t, append(publisherArgs(pk, srv.addr(t), pk.clientCert, pk.clientKey, "db="+pg.addr), "--forward", "127.0.0.1:0=fwd")...)
+	cli.waitEvent(t, waitTimeout, "publish_added", isEvent("publish_added", "expose", "db"))
 	via := srv.exposeAddr(t, "db")
 
 	var script, want bytes.Buffer
@@ -264,9 +267,10 @@ func TestReversePostgres(t *testing.T) {
 		t.Fatalf("pgbench -i through the expose: %v\n%s", err, lastLines(string(out), 20))
 	}
 	run := []string{"-c", "8", "-j", "2", "-T", secs, "-n"}
-	tps := pg.pgbench(t, "expose", via, run...)
-	tpsC := pg.pgbench(t, "expose -C", via, append([]string{"-C"}, run...)...)
-	t.Logf("pgbench -c 8 -j 2 -T %s through the expose (PostgreSQL behind the publishing client): %.1f tps; with -C (a connection per transaction): %.1f tps", secs, tps, tpsC)
+	runC := append([]string{"-C"}, run...)
+	fwd := cli.forwardAddr(t, "fwd")
+	t.Logf("pgbench -c 8 -j 2 -T %s, tps: reverse (through the expose to PostgreSQL behind the publishing client) %.1f, with -C %.1f; forward (the client's forward to the server's route, same processes, same cluster) %.1f, with -C %.1f",
+		secs, pg.pgbench(t, "expose", via, run...), pg.pgbench(t, "expose -C", via, runC...), pg.pgbench(t, "forward", fwd, run...), pg.pgbench(t, "forward -C", fwd, runC...))
 }
 
 // TestReverseTwoPublishers: two clients publish one name. Inbound
