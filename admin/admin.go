@@ -9,9 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +45,15 @@ type Config struct {
 	// (a stale identity source, a missing OCSP staple), one line each;
 	// /readyz adds them to its answer, 200 or 503.
 	Notes func() []string
+	// Exposes, if set, reports each of a server's exposes (reverse
+	// tunnels) by name: nil when a client publishes it, or why it is down.
+	// /readyz lists them below its verdict, which they do not change (a
+	// server whose publishers are away still serves its clients, and its
+	// publishers may reach it only through a balancer that asks /readyz);
+	// /readyz?expose=NAME answers 200 or 503 for that expose alone (404
+	// for a name it does not know), for a balancer in front of the
+	// exposes' listeners.
+	Exposes func() map[string]error
 	// Reload, if set, serves POST /reload; it should start a reload and
 	// return at once (the outcome is logged as reload_applied or
 	// reload_rejected).
@@ -106,18 +118,23 @@ func NewHandler(cfg Config) (*Handler, error) {
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	h.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	h.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if name := r.URL.Query().Get("expose"); name != "" {
+			h.exposeReady(w, name)
+			return
+		}
 		var notes []string
 		if cfg.Notes != nil {
 			notes = cfg.Notes()
 		}
+		more := noteLines(notes) + "\n" + exposeLines(cfg.Exposes)
 		if cfg.Ready != nil {
 			if err := cfg.Ready(); err != nil {
-				http.Error(w, "not ready: "+err.Error()+noteLines(notes), http.StatusServiceUnavailable)
+				http.Error(w, strings.TrimSuffix("not ready: "+err.Error()+more, "\n"), http.StatusServiceUnavailable)
 				return
 			}
 		}
-		fmt.Fprint(w, "ready"+noteLines(notes)+"\n")
+		fmt.Fprint(w, "ready"+more)
 	})
 	h.statusHandlers()
 	h.action("/reload", cfg.Reload, DefaultReloadSpacing)
@@ -132,6 +149,42 @@ func noteLines(notes []string) string {
 		out.WriteString("\n" + n)
 	}
 	return out.String()
+}
+
+// exposeReady answers /readyz?expose=name.
+func (h *Handler) exposeReady(w http.ResponseWriter, name string) {
+	var state map[string]error
+	if h.cfg.Exposes != nil {
+		state = h.cfg.Exposes()
+	}
+	err, ok := state[name]
+	switch {
+	case !ok:
+		http.Error(w, "no expose named "+strconv.Quote(truncate(name, 100)), http.StatusNotFound)
+	case err != nil:
+		http.Error(w, "expose "+name+": down: "+err.Error(), http.StatusServiceUnavailable)
+	default:
+		fmt.Fprintf(w, "expose %s: up\n", name)
+	}
+}
+
+// exposeLines are /readyz's lines for the exposes, sorted by name: "expose
+// NAME: up" or "expose NAME: down: why".
+func exposeLines(exposes func() map[string]error) string {
+	if exposes == nil {
+		return ""
+	}
+	state := exposes()
+	names := slices.Sorted(maps.Keys(state))
+	var b strings.Builder
+	for _, n := range names {
+		if err := state[n]; err != nil {
+			fmt.Fprintf(&b, "expose %s: down: %v\n", n, err)
+		} else {
+			fmt.Fprintf(&b, "expose %s: up\n", n)
+		}
+	}
+	return b.String()
 }
 
 // action serves POST name by running fn through a coalescer.

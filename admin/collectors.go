@@ -86,11 +86,13 @@ func ServerCollector(s *server.Server) prometheus.Collector {
 		memHeld    = desc("memory_held_bytes", "Stream data all sessions hold received and not yet taken by the backends, copy buffers included.")
 		memBudget  = desc("memory_budget_bytes", "The bound on memory_held_bytes (--memory-budget).")
 	)
+	ex := exposeCollector()
 	return collectorFunc{
-		descs: []*prometheus.Desc{rejected, pending, inFlight, hsWaiting, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
-			violations, memHeld, memBudget, resumed},
+		descs: append([]*prometheus.Desc{rejected, pending, inFlight, hsWaiting, handshakes, sessions, streamsAct, streamsTot, refused, limits, hsTime, dialTime, routeBytes, routeStr,
+			violations, memHeld, memBudget, resumed}, ex.descs...),
 		collect: func(ch chan<- prometheus.Metric) {
 			st := s.Stats() // its Rejected holds the filter's reasons too, each from zero
+			ex.collect(ch, st)
 			for reason, n := range st.Rejected {
 				counter(ch, rejected, n, reason)
 			}
@@ -135,6 +137,47 @@ func ServerCollector(s *server.Server) prometheus.Collector {
 	}
 }
 
+// exposeMetrics are the server's metrics of its exposes, labelled by
+// expose name (from the configuration, so bounded).
+type exposeMetrics struct {
+	descs                                                        []*prometheus.Desc
+	publishers, conns, active, rejected, streams, bytes, refusal *prometheus.Desc
+	publishRefused                                               *prometheus.Desc
+}
+
+func exposeCollector() exposeMetrics {
+	m := exposeMetrics{
+		publishers:     desc("expose_publishers", "Clients publishing the expose's name now (0: the expose is down).", "expose"),
+		conns:          desc("expose_connections_total", "Inbound connections an expose's listener accepted past its allowlist and per-address cap.", "expose"),
+		active:         desc("expose_connections_active", "Inbound connections of an expose being carried now.", "expose"),
+		rejected:       desc("expose_connections_rejected_total", "Inbound connections of an expose reset, by reason (ip_not_allowed, conn_limit, no_publisher, publisher_limit, publisher_failed, expose_removed).", "expose", "reason"),
+		streams:        desc("expose_streams_total", "Inbound connections of an expose carried to a publisher's target.", "expose"),
+		bytes:          desc("expose_bytes_total", "Bytes carried for an expose: in towards the published target, out back.", "expose", "direction"),
+		refusal:        desc("expose_publisher_refusals_total", "Publishers that refused an inbound connection (the next one was tried), by status.", "expose", "status"),
+		publishRefused: desc("publish_refused_total", "Publications the server refused (publish_refused), any name."),
+	}
+	m.descs = []*prometheus.Desc{m.publishers, m.conns, m.active, m.rejected, m.streams, m.bytes, m.refusal, m.publishRefused}
+	return m
+}
+
+func (m exposeMetrics) collect(ch chan<- prometheus.Metric, st server.Stats) {
+	counter(ch, m.publishRefused, st.PublishRefused)
+	for name, x := range st.Exposes {
+		gauge(ch, m.publishers, float64(len(x.Publishers)), name)
+		counter(ch, m.conns, x.Inbound, name)
+		gauge(ch, m.active, float64(x.Active), name)
+		for reason, n := range x.Rejected {
+			counter(ch, m.rejected, n, name, reason)
+		}
+		counter(ch, m.streams, x.Streams, name)
+		counter(ch, m.bytes, x.BytesIn, name, "in")
+		counter(ch, m.bytes, x.BytesOut, name, "out")
+		for status, n := range x.Refused {
+			counter(ch, m.refusal, n, name, status)
+		}
+	}
+}
+
 // ClientCollector exports a client's counters.
 func ClientCollector(c *client.Client) prometheus.Collector {
 	var (
@@ -143,9 +186,13 @@ func ClientCollector(c *client.Client) prometheus.Collector {
 		streamsTot = desc("client_streams_total", "Local connections accepted since start.")
 		failed     = desc("client_streams_failed_total", "Local connections that got no stream or a refusal.")
 		reconnects = desc("client_reconnects_total", "Sessions established after the first: each time the session to a server came back.")
+		pubLive    = desc("client_publication_live", "1 while the server holds the publication live on the current session.", "expose")
+		revTotal   = desc("client_reverse_streams_total", "The server's streams for a publication that reached its target.", "expose")
+		revFailed  = desc("client_reverse_streams_failed_total", "The server's streams for a publication refused (target unreachable).", "expose")
+		revActive  = desc("client_reverse_streams_active", "The server's streams for a publication open now.", "expose")
 	)
 	return collectorFunc{
-		descs: []*prometheus.Desc{up, streamsAct, streamsTot, failed, reconnects},
+		descs: []*prometheus.Desc{up, streamsAct, streamsTot, failed, reconnects, pubLive, revTotal, revFailed, revActive},
 		collect: func(ch chan<- prometheus.Metric) {
 			st := c.Stats()
 			v := 0.0
@@ -157,6 +204,16 @@ func ClientCollector(c *client.Client) prometheus.Collector {
 			counter(ch, streamsTot, st.StreamsTotal)
 			counter(ch, failed, st.StreamsFailed)
 			counter(ch, reconnects, st.Reconnects)
+			for name, p := range st.Publications {
+				live := 0.0
+				if p.Live {
+					live = 1
+				}
+				gauge(ch, pubLive, live, name)
+				counter(ch, revTotal, p.Streams, name)
+				counter(ch, revFailed, p.Failed, name)
+				gauge(ch, revActive, float64(p.Active), name)
+			}
 		},
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tunnel-dev/tunnel/internal/alive"
@@ -41,6 +40,7 @@ type Client struct {
 	servers *rotation      // Server and Failover, and the one to dial first
 	memory  *mux.Budget    // the stream buffers of every session and raw connection
 	keeper  *SessionKeeper // nil in Raw mode, which dials per local connection
+	pubs    *publisher     // the publications, kept live on the keeper's sessions
 	lns     []net.Listener // bound by Listen, one per forward; closed by Run's serveForward
 
 	updates chan forwardUpdate // SetForwards -> Run
@@ -66,6 +66,7 @@ func New(cfg Config) (*Client, error) {
 	if !cfg.Raw {
 		c.keeper = newSessionKeeper(cfg, c.servers, c.memory)
 	}
+	c.pubs = newPublisher(c, cfg.Publish)
 	return c, nil
 }
 
@@ -96,6 +97,8 @@ func (c *Client) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if c.keeper != nil { // raw mode dials per local connection, see raw.go
+		c.keeper.onUp = func(s *mux.Session) { c.pubs.attach(ctx, s, &wg) }
+		c.keeper.onDown = c.pubs.detach
 		wg.Go(func() { c.keeper.Run(ctx) })
 	}
 	var fs forwardSet // the live listeners; SetForwards changes them through Run
@@ -171,7 +174,7 @@ func (c *Client) serveLocal(ctx context.Context, lc net.Conn, f Forward, fst *fo
 	c.streamsTotal.Add(1)
 	c.streamsActive.Add(1)
 	defer c.streamsActive.Add(-1)
-	log := c.log.WithFields(logrus.Fields{audit.Route: f.Route, audit.Addr: lc.RemoteAddr().String()})
+	log := c.log.WithFields(logrus.Fields{audit.Route: f.Route, audit.Addr: lc.RemoteAddr().String(), audit.Direction: audit.DirectionForward})
 
 	st, ks, err := c.openStream(ctx, f.Route)
 	if err != nil {
@@ -214,7 +217,7 @@ func (c *Client) openStream(ctx context.Context, route string) (*mux.Stream, *ke
 		}
 		st, err := s.Open()
 		if err != nil {
-			if errors.Is(err, yamux.ErrRemoteGoAway) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrSessionShutdown) {
+			if goingAway(err) {
 				c.keeper.Retire(s.Session)
 				continue
 			}
@@ -274,6 +277,9 @@ type Stats struct {
 	// Reconnects are the sessions established after the first: each
 	// time the session came back after it ended or was retired.
 	Reconnects uint64
+	// Publications are the state and counters of each publication (reverse
+	// tunnels), by name.
+	Publications map[string]PublicationStats
 }
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
@@ -281,6 +287,7 @@ func (c *Client) Stats() Stats {
 	st := Stats{
 		SessionUp: c.keeper != nil && c.keeper.up(), StreamsActive: c.streamsActive.Load(),
 		StreamsTotal: c.streamsTotal.Load(), StreamsFailed: c.streamsFailed.Load(),
+		Publications: c.pubs.stats(),
 	}
 	if c.keeper != nil {
 		if n := c.keeper.opened.Load(); n > 1 {

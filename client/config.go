@@ -79,15 +79,27 @@ type Config struct {
 	// Nil adds nothing.
 	TrustOptions []trust.ConfigOption
 
-	// Forwards are the local listeners; at least one.
+	// Forwards are the local listeners. A client needs at least one
+	// forward or one publication.
 	Forwards []Forward
+
+	// Publish are the services behind the client that it publishes over
+	// its session (reverse tunnels): the server's expose of each name
+	// carries its inbound connections here. Names unique.
+	Publish []Publish
+
+	// PublishMaxStreams caps the streams the server may have open on one
+	// session at once (reverse streams for the publications); one past it
+	// is refused with the over-limit status before any of its data is
+	// buffered. Zero means DefaultPublishMaxStreams; negative is an error.
+	PublishMaxStreams int
 
 	// ConnectTimeout is how long a local connection waits for the session
 	// when it is down before it is closed; zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 
-	// DialTimeout bounds one dial of the server, TCP and TLS together; zero
-	// means DefaultDialTimeout.
+	// DialTimeout bounds one dial of the server, TCP and TLS together, and
+	// one dial of a publication's target; zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 
 	// Keepalive is the yamux ping interval: a dead server is noticed within
@@ -141,9 +153,19 @@ func (c Config) withDefaults() (Config, error) {
 			return c, &FieldError{field, fmt.Errorf("%q is not HOST:PORT", s)}
 		}
 	}
-	if err := checkForwards(c.Forwards); err != nil {
+	if err := checkForwards(c.Forwards, len(c.Publish)); err != nil {
 		return c, err
 	}
+	if err := checkPublish(c.Publish); err != nil {
+		return c, err
+	}
+	if len(c.Publish) > 0 && c.Raw {
+		return c, &FieldError{"Publish", errors.New("a raw client keeps no session to publish over")}
+	}
+	if c.PublishMaxStreams < 0 {
+		return c, &FieldError{"PublishMaxStreams", fmt.Errorf("%d is negative", c.PublishMaxStreams)}
+	}
+	c.PublishMaxStreams = cmp.Or(c.PublishMaxStreams, DefaultPublishMaxStreams)
 	durations := []struct {
 		name string
 		v    *time.Duration
@@ -179,10 +201,11 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // checkForwards checks a set of forwards, for New and SetForwards alike: at
-// least one, each valid, none given twice. Errors are *FieldError.
-func checkForwards(fwds []Forward) error {
-	if len(fwds) == 0 {
-		return &FieldError{"Forwards", errors.New("no forwards configured")}
+// least one unless there are publications (npub), each valid, none given
+// twice. Errors are *FieldError.
+func checkForwards(fwds []Forward, npub int) error {
+	if len(fwds) == 0 && npub == 0 {
+		return &FieldError{"Forwards", errors.New("no forwards configured (and nothing published)")}
 	}
 	seen := map[Forward]bool{}
 	for _, f := range fwds {

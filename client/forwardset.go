@@ -27,9 +27,14 @@ type forwardUpdate struct {
 // being replaced, which must close first. It waits for Run to apply the
 // change, or for ctx. Safe for concurrent use while Run runs.
 func (c *Client) SetForwards(ctx context.Context, fwds []Forward) error {
-	if err := checkForwards(fwds); err != nil {
+	if err := checkForwards(fwds, len(c.pubs.stats())); err != nil {
 		return err
 	}
+	return c.setForwards(ctx, fwds)
+}
+
+// setForwards is SetForwards for forwards already checked.
+func (c *Client) setForwards(ctx context.Context, fwds []Forward) error {
 	u := forwardUpdate{fwds: fwds, done: make(chan error, 1)}
 	select {
 	case c.updates <- u:

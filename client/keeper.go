@@ -17,6 +17,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/pipe"
+	"github.com/tunnel-dev/tunnel/internal/wire"
 	"github.com/tunnel-dev/tunnel/trust"
 )
 
@@ -32,6 +33,10 @@ type SessionKeeper struct {
 	log     *logrus.Entry
 	servers *rotation   // the Client's: Server and Failover, and the one to dial first
 	memory  *mux.Budget // the Client's: under it, each session's stream buffers
+
+	// onUp and onDown, if set, are told when a session becomes the one
+	// handed out and when it stops being it; set before Run.
+	onUp, onDown func(*mux.Session)
 
 	mu      sync.Mutex
 	cur     *kept         // the session to open streams on; nil while down; guarded by mu
@@ -194,8 +199,14 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 		k.servers.good(i)
 		attempt, failed = 0, 0
 		retire := k.publish(s)
+		if k.onUp != nil {
+			k.onUp(s.Session)
+		}
 		k.wait(ctx, tick, nil, s.CloseChan(), retire)
 		k.unpublish(s)
+		if k.onDown != nil {
+			k.onDown(s.Session)
+		}
 		if !s.IsClosed() && ctx.Err() == nil {
 			retired = append(retired, s) // drains by itself; closed at the end
 			s.log.WithField(audit.Event, audit.SessionClosed).WithField(audit.Reason, "retired").
@@ -300,9 +311,12 @@ func (k *SessionKeeper) dial(ctx context.Context, addr string) (*kept, error) {
 	sid := audit.NewSessionID()
 	log := k.log.WithFields(id.Fields()).WithFields(logrus.Fields{audit.Addr: addr, audit.SessionID: sid})
 	rc := &readErrConn{Conn: tc}
-	// The server opens no streams to us: the guard refuses any with a RST.
+	// The server opens streams toward us only for what we publish
+	// (publish.go), at most PublishMaxStreams at once: one past it is
+	// refused with the over-limit status before its data is buffered.
 	s, err := mux.Client(rc, mux.Options{
 		Log: log, Keepalive: k.cfg.Keepalive, Timeout: k.cfg.KeepaliveTimeout,
+		MaxStreams: k.cfg.PublishMaxStreams, Refusal: []byte{byte(wire.StatusOverLimit)},
 		Budget: mux.NewBudget(mux.DefaultSessionBudget, k.memory),
 	})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 type State struct {
 	Material *trust.Material // what the client presents and trusts from now on; required
 	Forwards []Forward       // replace Config.Forwards
+	Publish  []Publish       // replace Config.Publish
 }
 
 // Reload applies st to the running client, in this order:
@@ -19,9 +20,12 @@ type State struct {
 //  1. the forwards, as SetForwards does: new listeners are bound before old
 //     ones close, and a port that cannot be bound (a *ListenError) changes
 //     nothing else;
-//  2. the material, swapped into Config.Trust: the next dial presents the
+//  2. the publications: names new to st are published on the current
+//     session, names gone are withdrawn, and a changed target is dialled
+//     from the next inbound connection on;
+//  3. the material, swapped into Config.Trust: the next dial presents the
 //     new certificate and verifies the server with the new CA bundle;
-//  3. Config.Revocation (if set) takes in the CRL files and CA bundle that
+//  4. Config.Revocation (if set) takes in the CRL files and CA bundle that
 //     came with the material.
 //
 // The forwards come first because they are the one step that can fail on
@@ -36,9 +40,16 @@ func (c *Client) Reload(ctx context.Context, st State) error {
 	case st.Material == nil:
 		return errors.New("client: State.Material is nil")
 	}
-	if err := c.SetForwards(ctx, st.Forwards); err != nil {
+	if err := checkForwards(st.Forwards, len(st.Publish)); err != nil {
 		return err
 	}
+	if err := checkPublish(st.Publish); err != nil {
+		return err
+	}
+	if err := c.setForwards(ctx, st.Forwards); err != nil {
+		return err
+	}
+	c.pubs.update(st.Publish)
 	c.cfg.Trust.Swap(st.Material)
 	if rc := c.cfg.Revocation; rc != nil {
 		rc.Reloaded()

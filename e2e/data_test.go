@@ -49,21 +49,29 @@ func TestBulkBothWays(t *testing.T) {
 	backend, res := sourceSinkBackend(t, 2, size)
 	pk := pkiDir(t)
 	_, cli := tunnelPair(t, pk, map[string]string{"bulk": backend})
+	bothWays(t, cli.forwardAddr(t, "bulk"), res, size, 1)
+}
 
-	c := dialLocal(t, cli.forwardAddr(t, "bulk"))
+// bothWays moves size bytes each way at once through the connection to
+// addr, against a source-sink backend reporting on res, checks both
+// SHA-256 sums and returns how long it took.
+func bothWays(t *testing.T, addr string, res <-chan hashResult, size int64, seed uint64) time.Duration {
+	t.Helper()
+	c := dialLocal(t, addr)
 	c.SetDeadline(time.Now().Add(90 * time.Second))
+	start := time.Now()
 	var local hashResult
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		local.sent, local.nSent, local.werr = sendHashed(c, 1, size)
+		local.sent, local.nSent, local.werr = sendHashed(c, seed, size)
 		c.CloseWrite()
 	})
 	local.got, local.nGot, local.rerr = recvHashed(c)
 	wg.Wait()
+	elapsed := time.Since(start)
 	if local.werr != nil || local.rerr != nil {
-		t.Fatalf("local side: write error %v, read error %v", local.werr, local.rerr)
+		t.Fatalf("through %s: write error %v, read error %v", addr, local.werr, local.rerr)
 	}
-
 	var remote hashResult
 	select {
 	case remote = <-res:
@@ -73,14 +81,11 @@ func TestBulkBothWays(t *testing.T) {
 	if remote.werr != nil || remote.rerr != nil {
 		t.Fatalf("backend: write error %v, read error %v", remote.werr, remote.rerr)
 	}
-	if remote.nGot != size || remote.got != local.sent {
-		t.Errorf("client->backend: backend got %d bytes sha256 %x, client sent %d sha256 %x",
-			remote.nGot, remote.got[:8], local.nSent, local.sent[:8])
+	if remote.nGot != size || remote.got != local.sent || local.nGot != size || local.got != remote.sent {
+		t.Fatalf("through %s: backend got %d bytes (sha256 equal %v), sender got %d back (sha256 equal %v); %d each way sent",
+			addr, remote.nGot, remote.got == local.sent, local.nGot, local.got == remote.sent, size)
 	}
-	if local.nGot != size || local.got != remote.sent {
-		t.Errorf("backend->client: client got %d bytes sha256 %x, backend sent %d sha256 %x",
-			local.nGot, local.got[:8], remote.nSent, remote.sent[:8])
-	}
+	return elapsed
 }
 
 // TestManyConcurrentStreams opens 200 local connections at once, each
@@ -147,79 +152,99 @@ func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	const size = 1 << 20
 	pk := pkiDir(t)
+	answerer, answerSeed := answerBackend(t, size)
+	greeter, greeted := greetBackend(t, size)
+	_, cli := tunnelPair(t, pk, map[string]string{"answer": answerer, "greet": greeter})
+	t.Run("client closes first", func(t *testing.T) {
+		checkClientClosesFirst(t, cli.forwardAddr(t, "answer"), answerSeed, size)
+	})
+	t.Run("backend closes first", func(t *testing.T) {
+		checkBackendClosesFirst(t, cli.forwardAddr(t, "greet"), greeted, size)
+	})
+}
 
-	// client -> backend: the backend answers only after it has seen EOF.
-	answerSeed := uint64(30)
-	answerer := startBackend(t, func(c *net.TCPConn) {
+// answerBackend answers only after it has seen EOF: the SHA-256 of what it
+// got, then size-32 bytes from the seed it returns, then EOF.
+func answerBackend(t *testing.T, size int64) (string, uint64) {
+	const seed = 30
+	return startBackend(t, func(c *net.TCPConn) {
 		got, _, err := recvHashed(c)
 		if err != nil {
 			return
 		}
 		c.Write(got[:])
-		io.Copy(c, randReader(answerSeed, size-sha256.Size))
+		io.Copy(c, randReader(seed, size-sha256.Size))
 		c.CloseWrite()
-	})
-	// backend -> client: the backend speaks first and half-closes, then
-	// reads what the client sends after it saw EOF.
+	}), seed
+}
+
+// greetBackend speaks first and half-closes, then reads what comes after
+// the other side saw its EOF, and reports both on the channel.
+func greetBackend(t *testing.T, size int64) (string, <-chan hashResult) {
 	greeted := make(chan hashResult, 1)
-	greeter := startBackend(t, func(c *net.TCPConn) {
+	return startBackend(t, func(c *net.TCPConn) {
 		var r hashResult
 		r.sent, r.nSent, r.werr = sendHashed(c, 31, size)
 		c.CloseWrite()
 		r.got, r.nGot, r.rerr = recvHashed(c)
 		greeted <- r
-	})
-	_, cli := tunnelPair(t, pk, map[string]string{"answer": answerer, "greet": greeter})
+	}), greeted
+}
 
-	t.Run("client closes first", func(t *testing.T) {
-		c := dialLocal(t, cli.forwardAddr(t, "answer"))
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		sent, _, err := sendHashed(c, 32, size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		answer, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatalf("reading the answer after CloseWrite: %v (got %d bytes)", err, len(answer))
-		}
-		if len(answer) != size {
-			t.Fatalf("answer is %d bytes, want %d", len(answer), size)
-		}
-		if !bytes.Equal(answer[:sha256.Size], sent[:]) {
-			t.Errorf("backend's hash of what it got = %x, want %x", answer[:8], sent[:8])
-		}
-		want, _ := io.ReadAll(randReader(answerSeed, size-sha256.Size))
-		if !bytes.Equal(answer[sha256.Size:], want) {
-			t.Errorf("answer body differs from what the backend sent")
-		}
-	})
+// checkClientClosesFirst sends size bytes to an answerBackend through addr,
+// half-closes, and checks the whole answer comes back after the EOF.
+func checkClientClosesFirst(t *testing.T, addr string, answerSeed uint64, size int64) {
+	t.Helper()
+	c := dialLocal(t, addr)
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	sent, _, err := sendHashed(c, 32, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	answer, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the answer after CloseWrite: %v (got %d bytes)", err, len(answer))
+	}
+	if int64(len(answer)) != size {
+		t.Fatalf("answer is %d bytes, want %d", len(answer), size)
+	}
+	if !bytes.Equal(answer[:sha256.Size], sent[:]) {
+		t.Errorf("backend's hash of what it got = %x, want %x", answer[:8], sent[:8])
+	}
+	want, _ := io.ReadAll(randReader(answerSeed, size-sha256.Size))
+	if !bytes.Equal(answer[sha256.Size:], want) {
+		t.Errorf("answer body differs from what the backend sent")
+	}
+}
 
-	t.Run("backend closes first", func(t *testing.T) {
-		c := dialLocal(t, cli.forwardAddr(t, "greet"))
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		got, n, err := recvHashed(c)
-		if err != nil {
-			t.Fatalf("reading the greeting: %v", err)
-		}
-		sent, _, err := sendHashed(c, 33, size)
-		if err != nil {
-			t.Fatalf("writing after the backend's EOF: %v", err)
-		}
-		c.CloseWrite()
-		var r hashResult
-		select {
-		case r = <-greeted:
-		case <-time.After(waitTimeout):
-			t.Fatal("backend did not see EOF after the client's CloseWrite")
-		}
-		if n != size || got != r.sent {
-			t.Errorf("client got %d bytes sha256 %x, backend sent %d sha256 %x", n, got[:8], r.nSent, r.sent[:8])
-		}
-		if r.rerr != nil || r.nGot != size || r.got != sent {
-			t.Errorf("backend got %d bytes sha256 %x (err %v), client sent %d sha256 %x", r.nGot, r.got[:8], r.rerr, size, sent[:8])
-		}
-	})
+// checkBackendClosesFirst reads a greetBackend's greeting through addr to
+// its EOF, then sends size bytes and checks the backend got them.
+func checkBackendClosesFirst(t *testing.T, addr string, greeted <-chan hashResult, size int64) {
+	t.Helper()
+	c := dialLocal(t, addr)
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	got, n, err := recvHashed(c)
+	if err != nil {
+		t.Fatalf("reading the greeting: %v", err)
+	}
+	sent, _, err := sendHashed(c, 33, size)
+	if err != nil {
+		t.Fatalf("writing after the backend's EOF: %v", err)
+	}
+	c.CloseWrite()
+	var r hashResult
+	select {
+	case r = <-greeted:
+	case <-time.After(waitTimeout):
+		t.Fatal("backend did not see EOF after the client's CloseWrite")
+	}
+	if n != size || got != r.sent {
+		t.Errorf("client got %d bytes sha256 %x, backend sent %d sha256 %x", n, got[:8], r.nSent, r.sent[:8])
+	}
+	if r.rerr != nil || r.nGot != size || r.got != sent {
+		t.Errorf("backend got %d bytes sha256 %x (err %v), client sent %d sha256 %x", r.nGot, r.got[:8], r.rerr, size, sent[:8])
+	}
 }

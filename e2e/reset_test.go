@@ -26,16 +26,9 @@ func readUntilErr(c net.Conn, d time.Duration) error {
 	return err
 }
 
-// TestResetPropagation: an abortive close (RST) at either end reaches the
-// other end through both tunnel processes as a reset, not as a clean EOF,
-// as it does through stunnel; in multiplexed mode (a yamux RST frame) and
-// in raw mode (the TLS connection is reset, with no close_notify).
-func TestResetPropagation(t *testing.T) {
-	t.Parallel()
-	pk := pkiDir(t)
-
-	// resetter reads one byte, answers one, then resets.
-	resetter := startBackend(t, func(c *net.TCPConn) {
+// resetterBackend reads one byte, answers one, then resets.
+func resetterBackend(t *testing.T) string {
+	return startBackend(t, func(c *net.TCPConn) {
 		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 			return
 		}
@@ -44,29 +37,46 @@ func TestResetPropagation(t *testing.T) {
 		c.SetLinger(0)
 		c.Close()
 	})
-	// witness answers one byte, then reports how its read ended.
+}
+
+// witnessBackend answers one byte, then reports how its read ended.
+func witnessBackend(t *testing.T) (string, <-chan error) {
 	witnessed := make(chan error, 4)
-	witness := startBackend(t, func(c *net.TCPConn) {
+	return startBackend(t, func(c *net.TCPConn) {
 		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 			witnessed <- err
 			return
 		}
 		c.Write([]byte("y"))
 		witnessed <- readUntilErr(c, waitTimeout)
-	})
-	// exchange dials the client's forward, sends "x" and reads the "y"
-	// answer, so both ends are established before anyone resets.
-	exchange := func(t *testing.T, cli *proc, route string) *net.TCPConn {
-		c := dialLocal(t, cli.forwardAddr(t, route))
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		if _, err := c.Write([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
-			t.Fatalf("reading the backend's answer: %v", err)
-		}
-		return c
+	}), witnessed
+}
+
+// exchangeByte dials addr, sends "x" and reads the "y" answer, so both ends
+// are established before anyone resets.
+func exchangeByte(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c := dialLocal(t, addr)
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("reading the backend's answer: %v", err)
+	}
+	return c
+}
+
+// TestResetPropagation: an abortive close (RST) at either end reaches the
+// other end through both tunnel processes as a reset, not as a clean EOF,
+// as it does through stunnel; in multiplexed mode (a yamux RST frame) and
+// in raw mode (the TLS connection is reset, with no close_notify).
+func TestResetPropagation(t *testing.T) {
+	t.Parallel()
+	pk := pkiDir(t)
+
+	resetter := resetterBackend(t)
+	witness, witnessed := witnessBackend(t)
 	for _, tc := range []struct {
 		name, route string
 		raw         bool
@@ -85,7 +95,7 @@ func TestResetPropagation(t *testing.T) {
 			}
 			srv := startProc(t, srvArgs...)
 			cli := startProc(t, append(clientArgs(pk, srv.addr(t), tc.route), cliExtra...)...)
-			c := exchange(t, cli, tc.route)
+			c := exchangeByte(t, cli.forwardAddr(t, tc.route))
 			start := time.Now()
 			if tc.route == "resetter" {
 				err := readUntilErr(c, waitTimeout)

@@ -1,5 +1,7 @@
 // Package netfilter owns IP allowlisting and the early rejection of
-// connections, decided on the peer address before any byte is read.
+// connections, decided on the peer address before any byte is read, and
+// the PROXY protocol headers that carry a client's address (read from
+// trusted upstreams, written to backends).
 package netfilter
 
 import (

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/tunnel-dev/tunnel/internal/alive"
 	"github.com/tunnel-dev/tunnel/internal/audit"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/netfilter"
@@ -100,28 +101,52 @@ func (s *Server) Alive() error { return s.alive.Check(time.Now()) }
 // can beat while no one connects.
 func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wake deadliner, wg *sync.WaitGroup) error {
 	defer s.alive.Stop()
-	within := 100 * 365 * 24 * time.Hour // no wake-up: an idle loop blocks in Accept
-	if wake != nil && wake.SetDeadline(time.Now().Add(aliveTick)) == nil {
-		within = aliveWithin
-	} else {
-		wake = nil
+	return acceptEach(ctx, ln, s.log, wg, &liveness{signal: &s.alive, wake: wake}, func(c net.Conn) { s.handle(ctx, hard, c) })
+}
+
+// liveness is what an accept loop beats (the main listener's, for the
+// systemd watchdog) and the socket whose Accept it wakes to beat while idle.
+type liveness struct {
+	signal *alive.Signal
+	wake   deadliner // nil: an idle loop blocks in Accept
+}
+
+// arm sets the next wake-up of l's socket; it returns how soon the loop
+// promises its next beat.
+func (l *liveness) arm() time.Duration {
+	if l.wake != nil && l.wake.SetDeadline(time.Now().Add(aliveTick)) == nil {
+		return aliveWithin
+	}
+	l.wake = nil
+	return 100 * 365 * 24 * time.Hour // no wake-up: an idle loop blocks in Accept
+}
+
+// acceptEach accepts from ln until it is closed or ctx is done, and runs
+// serve for each connection on a goroutine in wg. Other accept errors (out
+// of file descriptors and the like) are logged and retried after a backoff
+// of 5 ms doubling to 1 s, as net/http does, rather than spun on. With live
+// set, the loop beats its signal each time round.
+func acceptEach(ctx context.Context, ln net.Listener, log *logrus.Entry, wg *sync.WaitGroup, live *liveness, serve func(net.Conn)) error {
+	var within time.Duration
+	if live != nil {
+		within = live.arm()
 	}
 	var backoff time.Duration
 	for {
-		s.alive.Beat(within)
+		if live != nil {
+			live.signal.Beat(within)
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if wake != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-				_ = wake.SetDeadline(time.Now().Add(aliveTick)) // a failure shows as the next Accept's error
+			if live != nil && live.wake != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				within = live.arm() // a failure of SetDeadline ends the wake-ups
 				continue
 			}
-			// Out of file descriptors and the like: back off as
-			// net/http does, rather than spin.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).Errorf("accept failed; retrying in %v", backoff)
+			log.WithError(err).Errorf("accept failed; retrying in %v", backoff)
 			select {
 			case <-time.After(backoff):
 				continue
@@ -130,10 +155,10 @@ func (s *Server) acceptLoop(ctx, hard context.Context, ln net.Listener, wake dea
 			}
 		}
 		backoff = 0
-		if wake != nil {
-			_ = wake.SetDeadline(time.Now().Add(aliveTick))
+		if live != nil && live.wake != nil {
+			within = live.arm()
 		}
-		wg.Go(func() { s.handle(ctx, hard, c) })
+		wg.Go(func() { serve(c) })
 	}
 }
 

@@ -74,8 +74,15 @@ type Config struct {
 	// required.
 	Filter *netfilter.Filter
 
-	// Routes are the named backends; at least one, names unique.
+	// Routes are the named backends; names unique. A server needs at
+	// least one route or one expose.
 	Routes []Route
+
+	// Exposes are the reverse tunnels: names that clients publish, whose
+	// inbound connections ServeExpose carries to them; names unique and
+	// none the name of a route. Each needs an allowlist and a publisher
+	// rule.
+	Exposes []Expose
 
 	// FirstByteTimeout bounds the wait for a new connection's first byte
 	// (after its PROXY header, if it comes from a trusted upstream). The

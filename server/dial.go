@@ -2,11 +2,10 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"time"
 
-	"github.com/pires/go-proxyproto"
+	"github.com/tunnel-dev/tunnel/netfilter"
 )
 
 // dial connects to the route's backend under DialTimeout.
@@ -44,20 +43,7 @@ func (s *Server) dialBackend(ctx context.Context, r Route, client, local net.Add
 }
 
 // writeProxyHeader writes one PROXY header of version v (1 or 2) for src ->
-// dst to c under timeout. Addresses that are not TCP (a unix listener, say)
-// give the header the protocol has for an unknown source: "PROXY UNKNOWN"
-// in v1, a LOCAL-like UNSPEC header in v2. In v1 an IPv4 address beside an
-// IPv6 one is written as IPv4-mapped IPv6, with TCP6.
+// dst to c under timeout (netfilter.WriteProxyHeader).
 func writeProxyHeader(c net.Conn, v byte, src, dst net.Addr, timeout time.Duration) error {
-	h := proxyproto.HeaderProxyFromAddrs(v, src, dst)
-	if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-		return fmt.Errorf("server: PROXY v%d header to backend: %w", v, err)
-	}
-	if _, err := h.WriteTo(c); err != nil {
-		return fmt.Errorf("server: PROXY v%d header to backend %s: %w", v, c.RemoteAddr(), err)
-	}
-	if err := c.SetWriteDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("server: PROXY v%d header to backend: %w", v, err)
-	}
-	return nil
+	return netfilter.WriteProxyHeader(c, v, src, dst, timeout)
 }

@@ -32,7 +32,10 @@ type PeerCheck func(Peer) (reason string)
 // Recheck runs check against every live session and closes those it
 // refuses, logging event with the reason and the peer's identity. A session
 // that check keeps is also closed if it has a stream open on a route whose
-// current rules refuse its peer (the route and rule set are logged too).
+// current rules refuse its peer (the route and rule set are logged too),
+// or publishes a name whose expose's publishers rules now refuse it (the
+// expose and rule set are logged): its publications end with it, and the
+// inbound connections it carried are reset.
 // Streams of a closed session end at once. It returns how many it closed.
 // Safe for concurrent use; sessions that open while it runs are checked by
 // their own handshake against the trust that is current by then.
@@ -45,6 +48,9 @@ func (s *Server) Recheck(event string, check PeerCheck) int {
 		fields := logrus.Fields{}
 		if r == "" {
 			r, fields = s.routeCheck(ss)
+		}
+		if r == "" {
+			r, fields = s.publishCheck(ss)
 		}
 		if r != "" {
 			doomed = append(doomed, ss)

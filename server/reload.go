@@ -18,6 +18,12 @@ type State struct {
 	Material  *trust.Material      // the TLS material from now on; required
 	Allowlist *netfilter.Allowlist // the client addresses the Filter admits from now on; required
 	Routes    []Route              // replace Config.Routes, rules and all; Config.RawRoute must stay among them
+	// Exposes replace the rules of Config.Exposes by name (the allowlist,
+	// the publishers, the per-publisher cap; a per-address cap takes a
+	// restart). An expose State lacks is removed: its publications are
+	// withdrawn and its listener resets every connection until a restart.
+	// One State adds is not served until a restart, which binds it.
+	Exposes []Expose
 }
 
 // Reload applies st to the running server and closes the live sessions (and
@@ -52,7 +58,7 @@ func (s *Server) Reload(st State) (closed int, err error) {
 	case st.Allowlist == nil:
 		return 0, errors.New("server: State.Allowlist is nil")
 	}
-	p, err := newPolicy(st.Routes, s.cfg.RawRoute)
+	p, err := newPolicy(st.Routes, s.cfg.RawRoute, s.running(st.Exposes))
 	if err != nil {
 		return 0, err
 	}
@@ -64,9 +70,13 @@ func (s *Server) Reload(st State) (closed int, err error) {
 		raw := p.routes[s.cfg.RawRoute]
 		closed += s.recheckRaw(audit.SessionRevoked, func(peer Peer) string { return raw.Access.Decide(peer) })
 	}
+	s.withdrawRemoved()
 	s.cfg.Trust.Swap(st.Material)
 	if err := s.cfg.Filter.SetAllowlist(st.Allowlist); err != nil {
 		return closed, err // unreachable: checked above
+	}
+	for name, x := range p.exposes {
+		_ = s.exposes[name].filter.SetAllowlist(x.Allow) // never nil: checked by newPolicy
 	}
 	if rc := s.cfg.Revocation; rc != nil {
 		rc.Reloaded()
@@ -76,19 +86,20 @@ func (s *Server) Reload(st State) (closed int, err error) {
 }
 
 // policy is the part of a Server that Reload replaces: the routes with
-// their rules, and the check every session must pass. It is never modified
-// once published.
+// their rules, the exposes' rules, and the check every session must pass.
+// It is never modified once published.
 type policy struct {
-	routes map[string]Route
-	admit  PeerCheck // nil admits every peer
+	routes  map[string]Route
+	exposes map[string]Expose // only those the server serves (Config.Exposes)
+	admit   PeerCheck         // nil admits every peer
 }
 
 // newPolicy checks routes, and that rawRoute (if set) is one of them, and
-// indexes them by name: the one check of a server's routes, for New and
-// Reload alike. Errors are *FieldError.
-func newPolicy(routes []Route, rawRoute string) (*policy, error) {
-	if len(routes) == 0 {
-		return nil, &FieldError{"Routes", errors.New("no routes configured")}
+// exposes, and indexes them by name: the one check of a server's routes
+// and exposes, for New and Reload alike. Errors are *FieldError.
+func newPolicy(routes []Route, rawRoute string, exposes []Expose) (*policy, error) {
+	if len(routes) == 0 && len(exposes) == 0 {
+		return nil, &FieldError{"Routes", errors.New("no routes configured (and no exposes)")}
 	}
 	m := make(map[string]Route, len(routes))
 	for _, r := range routes {
@@ -103,7 +114,23 @@ func newPolicy(routes []Route, rawRoute string) (*policy, error) {
 	if _, ok := m[rawRoute]; rawRoute != "" && !ok {
 		return nil, &FieldError{"RawRoute", fmt.Errorf("%q is not the name of a configured route", rawRoute)}
 	}
-	return &policy{routes: m}, nil
+	xs, err := checkExposes(exposes, m)
+	if err != nil {
+		return nil, err
+	}
+	return &policy{routes: m, exposes: xs}, nil
+}
+
+// running returns the exposes of xs that the server serves (Config.Exposes
+// named them): those are the ones a reload may change.
+func (s *Server) running(xs []Expose) []Expose {
+	var out []Expose
+	for _, x := range xs {
+		if s.exposes[x.Name] != nil {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // route returns the current route named name.

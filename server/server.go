@@ -28,6 +28,8 @@ type Server struct {
 	cfg     Config
 	log     *logrus.Entry
 	policy  atomic.Pointer[policy] // routes and rules; replaced whole by Reload
+	exposes map[string]*expose     // Config.Exposes at run time; read-only after New
+	pubs    publications           // live publications of the exposes' names
 	slots   *slotSet               // handshakes in flight
 	pending *pendingSet            // connections in their prologue
 
@@ -52,7 +54,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPolicy(cfg.Routes, cfg.RawRoute)
+	p, err := newPolicy(cfg.Routes, cfg.RawRoute, cfg.Exposes)
+	if err != nil {
+		return nil, err
+	}
+	exposes, err := newExposes(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +73,7 @@ func New(cfg Config) (*Server, error) {
 		rejectLog:  &logthrottle.Throttle[failKey]{Interval: failLogInterval, Max: failLogKeys},
 		memory:     mux.NewBudget(cfg.MemoryBudget, nil),
 		alive:      alive.Signal{Name: "accept loop"},
+		exposes:    exposes,
 	}
 	s.stats.violations = make(map[string]*atomic.Uint64, len(mux.ViolationKinds))
 	for _, k := range mux.ViolationKinds {
@@ -125,7 +132,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) drain(d time.Duration) bool {
 	s.mu.Lock()
 	for ss := range s.sessions {
-		ss.goAway()
+		s.goAway(ss, "shutdown")
 	}
 	s.mu.Unlock()
 	deadline := time.Now().Add(d)

@@ -28,9 +28,10 @@ type session struct {
 	addr   string
 	peer   Peer
 	log    *logrus.Entry // carries the identity, addr and session_id fields
-	active atomic.Int64  // streams being served
-	total  atomic.Uint64 // streams that reached their backend
-	bytes  pipe.Counters // AToB towards the backends, BToA back, as the copies run
+	active atomic.Int64  // streams being served, reverse streams included
+	total  atomic.Uint64 // streams that reached their backend or publisher's target
+	bytes  pipe.Counters // AToB from the client's side, BToA towards it, as the copies run
+	away   atomic.Bool   // the server sent GoAway: no publication from now on
 	use    routeUse      // open streams per route, for the reload recheck
 	// closeReason, if set, is the session_closed reason of a session the
 	// server chose to end (admin_close), instead of the one its end gives.
@@ -41,9 +42,14 @@ type session struct {
 	refuseLog *logthrottle.Throttle[refusalKey]
 }
 
-func (ss *session) goAway() {
+// goAway tells ss's client to open no more streams (it redials for new
+// ones) and withdraws ss's publications, which its client makes again on
+// its next session.
+func (s *Server) goAway(ss *session, reason string) {
+	ss.away.Store(true)
 	// An error means the session is already closing; nothing to tell.
 	_ = ss.mux.GoAway()
+	s.withdrawSession(ss, reason)
 }
 
 // serveSession runs a yamux server session on tc until the peer or the
@@ -184,7 +190,7 @@ func (s *Server) expire(ss *session) (stop func()) {
 	t := time.AfterFunc(s.cfg.MaxSessionLifetime, func() {
 		ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionExpiring, "lifetime": s.cfg.MaxSessionLifetime.String(), audit.Limit: limitMaxLifetime}).
 			Info("session reached its maximum lifetime: no new streams; closing when its streams are done")
-		ss.goAway()
+		s.goAway(ss, "session_expiring")
 		deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()

@@ -144,6 +144,11 @@ type Stats struct {
 	HandshakeDuration, DialDuration Histogram
 	// Routes are the counters of each route that carried a stream.
 	Routes map[string]RouteStats
+	// Exposes are the counters and live publications of each configured
+	// expose (reverse tunnels), by name.
+	Exposes map[string]ExposeStats
+	// PublishRefused counts the publications refused, for any name.
+	PublishRefused uint64
 }
 
 // Stats returns a snapshot of the counters; safe for concurrent use.
@@ -181,6 +186,8 @@ func (s *Server) Stats() Stats {
 		HandshakeDuration: s.stats.handshakeTime.snapshot(),
 		DialDuration:      s.stats.dialTime.snapshot(),
 		Routes:            s.stats.routes.snapshot(),
+		Exposes:           s.exposeStats(),
+		PublishRefused:    s.stats.publishRefused.Load(),
 	}
 	for _, r := range RejectReasons {
 		st.Rejected[r] = 0
@@ -217,6 +224,7 @@ type counters struct {
 	refused                                        [6]atomic.Uint64 // by wire.Status
 	limitSessions, limitStreams, limitStreamRate   atomic.Uint64
 	limitBudget                                    atomic.Uint64
+	publishRefused                                 atomic.Uint64
 	violations                                     map[string]*atomic.Uint64 // by kind; made by New, then read-only
 	handshakeTime, dialTime                        histogram
 	routes                                         routeTable

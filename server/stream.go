@@ -25,16 +25,31 @@ const statusWriteTimeout = 10 * time.Second
 func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 	defer st.Close()
 	s.activeStreams.Add(1)
-	defer s.activeStreams.Add(-1)
 	ss.active.Add(1)
-	defer ss.active.Add(-1)
+	counted := true
+	defer func() {
+		if counted {
+			s.activeStreams.Add(-1)
+			ss.active.Add(-1)
+		}
+	}()
 	s.stats.streamsTotal.Add(1)
 
 	st.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	name, err := wire.ReadHeader(st)
+	req, err := wire.ReadRequest(st)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
 		s.refuse(ss, st, "", wire.StatusBadHeader, err)
+		return
+	}
+	name := req.Name
+	if req.Publish {
+		// A publication carries no bytes and lasts as long as its client
+		// wants: neither the drain nor the session's lifetime waits for it.
+		s.activeStreams.Add(-1)
+		ss.active.Add(-1)
+		counted = false
+		s.servePublish(ctx, ss, st, name)
 		return
 	}
 	// Counted as open on the route before the rules are read, so that a
@@ -66,12 +81,12 @@ func (s *Server) serveStream(ctx context.Context, ss *session, st *mux.Stream) {
 	// enabled: an idle stream then holds no log fields (about 1.5 KiB of
 	// each stream's memory with 10 000 open; docs/BENCHMARKS.md, streams).
 	if ss.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target, audit.Event: audit.StreamOpened}).Debug("stream opened")
+		ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target, audit.Direction: audit.DirectionForward, audit.Event: audit.StreamOpened}).Debug("stream opened")
 	}
 	start := time.Now()
 	ss.total.Add(1)
 	in, out, err := pipe.Run(st, backend, pipe.Options{Idle: s.cfg.IdleTimeout, Memory: ss.mux.Budget(), Count: &ss.bytes})
-	log := ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target})
+	log := ss.log.WithFields(logrus.Fields{audit.Route: name, audit.Backend: route.Target, audit.Direction: audit.DirectionForward})
 	s.stats.routes.add(name, in, out)
 	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 }

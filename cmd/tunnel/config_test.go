@@ -88,6 +88,8 @@ var sampleValues = map[string]string{
 	"proxy-protocol-from": "10.8.0.0/16",
 	"route":               "r1=127.0.0.1:1",
 	"forward":             "127.0.0.1:1=r1",
+	"expose":              "127.0.0.1:0=svc,allow=10.7.0.0/16,publisher=cn:app1",
+	"publish":             "svc=127.0.0.1:1",
 }
 
 // Every flag of both roles can be set from the config file: a flag added
@@ -115,6 +117,9 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 					want = "item-value"
 				}
 				yamlVal = "[" + want + "]"
+				if strings.Contains(want, ",") { // one item, whose options a flow list would split
+					yamlVal = "['" + want + "']"
+				}
 			case config.Bool:
 				want = "true"
 				if bf, ok := f.(*cli.BoolFlag); ok && bf.Value {

@@ -148,7 +148,7 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 	log.WithField("revocation", s.Revocation.Summary(len(s.TLS.CRLFiles))).Info("revocation checking of " + r.chains)
 	rc.Start(ctx)
 	b := thisBuild()
-	stopAdmin, err := startAdmin(ctx, log, s, token, admin.Config{
+	acfg := admin.Config{
 		Reload:       func() { loop.Request(reload.TriggerAdmin) },
 		Ready:        func() error { return errors.Join(run.ready(), id.ready()) },
 		Notes:        id.notes,
@@ -158,7 +158,11 @@ func (r role) start(c *cli.Context, stderr io.Writer) error {
 		Collectors: append([]prometheus.Collector{run.collector(), admin.RevocationCollector(rc), admin.OCSPCollector(rc),
 			admin.ReloadCollector(loop.Counts), admin.BuildInfoCollector(b.Version, b.GoVersion, b.Commit),
 			admin.CertificateCollector(r.name, store.Material), admin.LastReloadCollector(op.lastReloads)}, id.collectors()...),
-	})
+	}
+	if x, ok := run.(interface{ exposes() map[string]error }); ok { // a server's reverse tunnels
+		acfg.Exposes = x.exposes
+	}
+	stopAdmin, err := startAdmin(ctx, log, s, token, acfg)
 	if err != nil {
 		return err
 	}

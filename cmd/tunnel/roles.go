@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,7 +32,8 @@ type serverRun struct {
 	srv   *server.Server
 	store *trust.Store
 	log   *logrus.Entry
-	ln    net.Listener // bound by bind; Serve closes it
+	ln    net.Listener   // bound by bind; Serve closes it
+	xlns  []net.Listener // the exposes' listeners, in the order of s.Server.Exposes; ServeExpose closes each
 }
 
 func openServer(s *config.Settings, t roleTrust) (running, error) {
@@ -65,11 +67,33 @@ func (r *serverRun) bind(ctx context.Context) error {
 	if err != nil {
 		return &configError{err: errors.New(r.s.Values.At("listen", "%v", err).String())}
 	}
+	for _, x := range r.s.Server.Exposes {
+		xln, err := lc.Listen(ctx, "tcp", x.Listen)
+		if err != nil {
+			ln.Close()
+			for _, l := range r.xlns {
+				l.Close()
+			}
+			return &configError{err: errors.New(r.s.Values.At("exposes", "expose %s on %s: %v", x.Name, x.Listen, err).String())}
+		}
+		r.xlns = append(r.xlns, xln)
+	}
 	r.ln = ln
 	return nil
 }
 
 func (r *serverRun) run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait() // the exposes' connections end with Serve's drain
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // before the Wait: a Serve that failed stops the exposes too
+	for i, x := range r.s.Server.Exposes {
+		wg.Go(func() {
+			if err := r.srv.ServeExpose(ctx, x.Name, r.xlns[i]); err != nil {
+				r.log.WithError(err).Error("expose failed")
+			}
+		})
+	}
 	if err := r.srv.Serve(ctx, r.ln); err != nil && !errors.Is(err, server.ErrShutdownForced) {
 		return fatal(r.log, err, "server failed")
 	} else if err != nil {
@@ -87,6 +111,9 @@ func (r *serverRun) ready() error {
 }
 
 func (r *serverRun) collector() prometheus.Collector { return admin.ServerCollector(r.srv) }
+
+// exposes reports each expose up (nil) or down, for /readyz.
+func (r *serverRun) exposes() map[string]error { return r.srv.ExposesDown() }
 
 func (r *serverRun) reload(_ context.Context, next *config.Settings) (logrus.Fields, error) {
 	closed, err := r.srv.Reload(next.ServerState())

@@ -61,6 +61,7 @@ func serverSettings() []setting {
 		str("listen", "127.0.0.1:8443", "`ADDR` to accept clients on (IPv4 or [IPv6]:port), or systemd:NAME for the socket systemd passes as FileDescriptorName=NAME"),
 		list("allow", "client address `CIDR` or bare IP that may connect (repeatable; required; 0.0.0.0/0 and ::/0 allow all)"),
 		list("route", "backend `NAME=HOST:PORT` or NAME=unix:/PATH, then options: ,proxy-v2 (or ,proxy-v1) sends the backend a PROXY v2 (v1) header (repeatable)", sc("Routes")),
+		list("expose", "reverse tunnel `LISTEN=NAME,allow=CIDR,publisher=RULE`: connections to LISTEN from an allow address go to a client that publishes NAME and whose certificate matches a publisher rule (both repeatable and required; also ,max-conns-per-addr=N ,max-streams-per-publisher=N; repeatable)", sc("Exposes")),
 		str("raw-route", "", "route `NAME` for plain TLS clients that offer no ALPN (stunnel, openssl s_client); without it they are refused", sc("RawRoute")),
 		list("proxy-protocol-from", "load balancer `CIDR` whose connections must start with a PROXY v1/v2 header naming the client (repeatable)"),
 		duration("proxy-header-timeout", netfilter.DefaultProxyHeaderTimeout, "how long a --proxy-protocol-from upstream may take to send its PROXY header", sc("ProxyHeaderTimeout")),
@@ -91,8 +92,10 @@ func clientSettings() []setting {
 		boolean("raw", false, "plain TLS: one mutual-TLS connection per local connection, no ALPN, no multiplexing (for stunnel, ghostunnel, or a --raw-route)"),
 		str("source", "", "local `IP` to dial the servers from (default: chosen by the kernel)"),
 		list("forward", "local `[HOST:]PORT=ROUTE` whose connections go to ROUTE (repeatable; a bare port listens on 127.0.0.1; systemd:NAME=ROUTE takes a socket systemd passes)", cc("Forwards")),
+		list("publish", "publish the service at `NAME=HOST:PORT` (or NAME=unix:/PATH; ,proxy-v2 sends it a PROXY v2 header) to the server's expose NAME: its inbound connections come here (repeatable)", cc("Publish")),
+		integer("publish-max-streams", client.DefaultPublishMaxStreams, "streams the server may have open toward this client at once for its publications; more get status \"over a limit\"", cc("PublishMaxStreams")),
 		duration("connect-timeout", client.DefaultConnectTimeout, "how long a local connection waits for the session while it is down", cc("ConnectTimeout")),
-		duration("dial-timeout", client.DefaultDialTimeout, "limit on one dial of the server, TCP and TLS", cc("DialTimeout")),
+		duration("dial-timeout", client.DefaultDialTimeout, "limit on one dial of the server, TCP and TLS, and on one dial of a published target", cc("DialTimeout")),
 		duration("keepalive", client.DefaultKeepalive, "session ping interval; a dead server is noticed within this plus --keepalive-timeout", cc("Keepalive")),
 		duration("keepalive-timeout", client.DefaultKeepaliveTimeout, "how long a ping may go unanswered before the session is dropped and redialled", cc("KeepaliveTimeout")),
 		duration("idle-timeout", 0, "close a stream idle this long both ways (0: never)", cc("IdleTimeout")),
@@ -185,6 +188,7 @@ var configKeyOverrides = map[string]string{
 	"crl":     "crl.files",
 	"route":   "routes",
 	"forward": "forwards",
+	"expose":  "exposes",
 
 	"require-ocsp-staple": "ocsp.require_staple",
 }

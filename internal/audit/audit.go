@@ -22,6 +22,12 @@ const (
 	ReloadApplied   = "reload_applied"
 	ReloadRejected  = "reload_rejected"
 
+	// Reverse tunnels (docs/PROTOCOL.md section 7): a client publishes a
+	// name the server exposes on a listener of its own.
+	PublishAdded   = "publish_added"   // a publication is live (expose; the server: identity, addr; the client: backend)
+	PublishRefused = "publish_refused" // a publication was refused (expose, status, reason; the server: rule_set)
+	PublishRemoved = "publish_removed" // a live publication ended (expose, reason, duration)
+
 	ProtocolViolation = "protocol_violation" // a session ended because its peer broke the yamux protocol or a session bound (kind)
 	StreamReset       = "stream_reset"       // the server reset an open stream for a limit (reason)
 
@@ -58,6 +64,11 @@ const (
 // ReasonAdminClose is the reason of a session_closed line for a session an
 // operator closed (tunnel status --close).
 const ReasonAdminClose = "admin_close"
+// Values of the Direction field.
+const (
+	DirectionForward = "forward" // a client's connection to a server route
+	DirectionReverse = "reverse" // an inbound connection of an expose, to a client's published target
+)
 
 // Field names. Values that come from a peer are capped in length by the
 // code that logs them.
@@ -88,6 +99,9 @@ const (
 	Warning    = "warning"     // what a config_warning is about: allow_covers_all, key_file_mode
 	Path       = "path"        // an admin endpoint's path, or a file
 	Flag       = "flag"        // the flag of the setting a config_warning is about
+	Expose     = "expose"      // the name of a reverse tunnel: exposed by the server, published by clients
+	Direction  = "direction"   // of a stream: forward (the client opened it) or reverse (the server did, for an expose)
+	Inbound    = "inbound"     // the address an expose's inbound connection came from, host:port
 
 	// Fields of reload_applied.
 	RestartNeeded  = "restart_needed"  // config keys that changed but take effect only after a restart

@@ -15,15 +15,17 @@ import (
 )
 
 // The config file (docs/CONFIG.md) is YAML whose keys are the settings'
-// keys: a dotted key ("tls.cert") sits in a section (tls: {cert: ...}). Two
-// list keys hold mappings: a server's routes, with their rules, and a
-// client's forwards. Everything else in the file is an error, reported with
+// keys: a dotted key ("tls.cert") sits in a section (tls: {cert: ...}). Four
+// list keys hold mappings: a server's routes, with their rules, and
+// exposes, a client's forwards and publications. Everything else in the file is an error, reported with
 // its line.
 
 // Keys of the settings the file parser treats specially.
 const (
 	keyRoutes   = "routes"
 	keyForwards = "forwards"
+	keyExposes  = "exposes"
+	keyPublish  = "publish"
 )
 
 // fileValue is what a config file says for one setting.
@@ -105,6 +107,10 @@ func (fc *fileConfig) parseMapping(m *yaml.Node, prefix string) []Problem {
 			ps = fc.parseRoutes(vn, path)
 		case known && path == keyForwards:
 			ps = fc.parseForwards(vn, path)
+		case known && path == keyExposes:
+			ps = fc.parseExposes(vn, path)
+		case known && path == keyPublish:
+			ps = fc.parsePublish(vn, path)
 		case known:
 			ps = fc.parseValue(st, vn, path)
 		case prefix == "" && fc.isSection(key):

@@ -150,59 +150,22 @@ func (fc *fileConfig) parseRoute(item *yaml.Node, path string) (spec string, acc
 // parseForwards reads the forwards list: each item is "[HOST:]PORT=ROUTE"
 // or a mapping with listen and route.
 func (fc *fileConfig) parseForwards(n *yaml.Node, key string) []Problem {
-	if n.Kind != yaml.SequenceNode {
-		return []Problem{fc.at(n, key, "want a list of forwards")}
-	}
-	fv := fileValue{key: key, line: n.Line}
-	var probs []Problem
-	for i, item := range n.Content {
-		path := fmt.Sprintf("%s[%d]", key, i)
-		var spec string
-		switch item.Kind {
-		case yaml.ScalarNode:
-			v, p := fc.scalar(item, path)
-			if p != nil {
-				probs = append(probs, *p)
-				continue
-			}
-			spec = v
-		case yaml.MappingNode:
-			var listen, route string
-			ok := true
-			for j := 0; j+1 < len(item.Content); j += 2 {
-				kn, vn := item.Content[j], item.Content[j+1]
-				kp := path + "." + kn.Value
-				v, p := fc.scalar(vn, kp)
-				if p != nil {
-					probs, ok = append(probs, *p), false
-					continue
-				}
-				switch kn.Value {
-				case "listen":
-					listen = v
-				case "route":
-					route = v
-				default:
-					probs, ok = append(probs, fc.at(kn, kp, "unknown key (a forward has listen and route)")), false
-				}
-			}
-			if !ok {
-				continue
-			}
-			spec = listen + "=" + route
-		default:
-			probs = append(probs, fc.at(item, path, "want [HOST:]PORT=ROUTE or a mapping with listen and route"))
-			continue
+	return fc.parseSpecs(n, key, "forwards", fc.forwardSpec, func(spec string) error {
+		_, err := client.ParseForward(spec)
+		return err
+	})
+}
+
+// forwardSpec turns a forwards item's mapping into --forward's text.
+func (fc *fileConfig) forwardSpec(m *yaml.Node, path string) (string, []Problem) {
+	w := &specWriter{fc: fc, path: path}
+	got := map[string]string{}
+	w.each(m, "a forward has listen and route", func(k string, v *yaml.Node, kp string) bool {
+		if k != "listen" && k != "route" {
+			return false
 		}
-		if _, err := client.ParseForward(spec); err != nil {
-			probs = append(probs, fc.at(item, path, "%v", err))
-			continue
-		}
-		fv.vals = append(fv.vals, spec)
-		fv.lines = append(fv.lines, item.Line)
-	}
-	if len(probs) == 0 {
-		fc.values[keyForwards] = fv
-	}
-	return probs
+		got[k] = w.value(v, kp)
+		return true
+	})
+	return got["listen"] + "=" + got["route"], w.probs
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -22,9 +23,19 @@ type Server struct {
 	// response in that file instead (re-read on reload). At most one.
 	OCSPStaple     bool
 	OCSPStapleFile string
+	// Exposes are the reverse tunnels, each with the address its listener
+	// binds; Config.Exposes holds the same, without the addresses.
+	Exposes []Expose
 	// Config is all of the server's Config but what the running process
 	// supplies: Trust, Revocation, TLS, Filter and Log.
 	Config server.Config
+}
+
+// Expose is one expose: the address the process binds for it, and its
+// rules.
+type Expose struct {
+	Listen string
+	server.Expose
 }
 
 // Client is the client role's own settings.
@@ -41,25 +52,45 @@ type Client struct {
 
 // reloadable are the settings a reload applies (server.State,
 // client.State), by role; a change to any other takes a restart.
+// (exposes: their rules; see RestartNeeded for the rest of them.)
 var reloadable = map[string][]string{
-	"server": {"tls.cert", "tls.key", "tls.ca", "crl.files", "allow", keyRoutes},
-	"client": {"tls.cert", "tls.key", "tls.ca", "crl.files", keyForwards},
+	"server": {"tls.cert", "tls.key", "tls.ca", "crl.files", "allow", keyRoutes, keyExposes},
+	"client": {"tls.cert", "tls.key", "tls.ca", "crl.files", keyForwards, keyPublish},
 }
 
 // ServerState is what a reload of a running server applies.
 func (s *Settings) ServerState() server.State {
-	return server.State{Material: s.Material, Allowlist: s.Server.Allow, Routes: s.Server.Config.Routes}
+	return server.State{Material: s.Material, Allowlist: s.Server.Allow, Routes: s.Server.Config.Routes, Exposes: s.Server.Config.Exposes}
 }
 
 // ClientState is what a reload of a running client applies.
 func (s *Settings) ClientState() client.State {
-	return client.State{Material: s.Material, Forwards: s.Client.Config.Forwards}
+	return client.State{Material: s.Material, Forwards: s.Client.Config.Forwards, Publish: s.Client.Config.Publish}
 }
 
 // RestartNeeded returns the keys whose values differ from running's that a
-// reload does not apply: they take effect only after a restart.
+// reload does not apply: they take effect only after a restart. A reload
+// applies the rules of the exposes the server runs; exposes added, moved
+// to another address or given another per-address cap need a restart
+// (exposes is then listed too).
 func (s *Settings) RestartNeeded(running *Settings) []string {
-	return s.Values.Changed(running.Values, reloadable[s.Role])
+	out := s.Values.Changed(running.Values, reloadable[s.Role])
+	if s.Server != nil && running.Server != nil && !slices.Equal(exposeListeners(s.Server), exposeListeners(running.Server)) {
+		out = append(out, keyExposes)
+	}
+	return out
+}
+
+// exposeListeners are what of s's exposes a restart binds: name, address
+// and per-address cap, sorted. (A reload withdraws an expose removed, but
+// its listener stays bound, resetting every connection, until a restart.)
+func exposeListeners(s *Server) []string {
+	var out []string
+	for _, x := range s.Exposes {
+		out = append(out, fmt.Sprintf("%s@%s#%d", x.Name, x.Listen, x.MaxConnsPerAddr))
+	}
+	slices.Sort(out)
+	return out
 }
 
 // RoutesReplaced reports whether routes given as flags replaced the config
@@ -98,8 +129,18 @@ func (v *Values) serverSettings(ps *problems) *Server {
 		}
 		cfg.Routes = append(cfg.Routes, r)
 	}
-	if len(specs) == 0 {
-		ps.at(keyRoutes, "required: at least one NAME=HOST:PORT")
+	exposes := v.list(keyExposes, "")
+	for _, spec := range exposes {
+		listen, x, err := server.ParseExpose(spec)
+		if err != nil {
+			ps.at(keyExposes, "%v", err)
+			continue
+		}
+		s.Exposes = append(s.Exposes, Expose{Listen: listen, Expose: x})
+		cfg.Exposes = append(cfg.Exposes, x)
+	}
+	if len(specs) == 0 && len(exposes) == 0 {
+		ps.at(keyRoutes, "required: at least one NAME=HOST:PORT (or an expose, %s)", v.Flag(keyExposes))
 	}
 	cfg.RawRoute = v.text("raw_route")
 	if from := v.list("proxy_protocol_from", ","); len(from) > 0 {
@@ -180,8 +221,20 @@ func (v *Values) clientSettings(ps *problems) *Client {
 		}
 		cfg.Forwards = append(cfg.Forwards, f)
 	}
-	if len(specs) == 0 {
-		ps.at(keyForwards, "required: at least one [HOST:]PORT=ROUTE")
+	pubs := v.list(keyPublish, "")
+	for _, spec := range pubs {
+		p, err := client.ParsePublish(spec)
+		if err != nil {
+			ps.at(keyPublish, "%v", err)
+			continue
+		}
+		cfg.Publish = append(cfg.Publish, p)
+	}
+	if len(specs) == 0 && len(pubs) == 0 {
+		ps.at(keyForwards, "required: at least one [HOST:]PORT=ROUTE (or a publication, %s)", v.Flag(keyPublish))
+	}
+	if cfg.PublishMaxStreams = int(v.integer(ps, "publish_max_streams")); cfg.PublishMaxStreams < 1 {
+		ps.at("publish_max_streams", "%d is not a positive number", cfg.PublishMaxStreams)
 	}
 	v.durations(ps, keyed[time.Duration]{
 		{"connect_timeout", &cfg.ConnectTimeout}, {"dial_timeout", &cfg.DialTimeout},

@@ -42,6 +42,13 @@ func (s *Settings) WriteSummary(w io.Writer) {
 		for _, f := range c.Forwards {
 			sw.line("forward", f.Listen+" -> route "+f.Route)
 		}
+		for _, p := range c.Publish {
+			opts := ""
+			if p.ProxyV2 {
+				opts = " (proxy-v2)"
+			}
+			sw.line("publish", p.Name+" -> "+p.Target+opts)
+		}
 	}
 	sw.trust(s)
 	for _, wn := range s.Warnings() {
@@ -79,6 +86,19 @@ func (sw *summary) server(s *Settings) {
 		sw.line("route", fmt.Sprintf("%s -> %s%s: %s", r.Name, r.Target, opts, r.Access))
 		if r.Access != nil && r.Access.Allow != nil && !overlaps(r.Access.Allow, sv.Allow) {
 			sw.warn(sw.v.file.routes[r.Name]+".allow", "admits no address the listener allows: the route is closed to everyone")
+		}
+	}
+	for _, x := range sv.Exposes {
+		caps := ""
+		if x.MaxConnsPerAddr > 0 {
+			caps += fmt.Sprintf("; %d connections per address", x.MaxConnsPerAddr)
+		}
+		if x.MaxStreamsPerPublisher > 0 {
+			caps += fmt.Sprintf("; %d streams per publisher", x.MaxStreamsPerPublisher)
+		}
+		sw.line("expose", fmt.Sprintf("%s -> publishers of %s: allow %s; publishers %s%s", x.Listen, x.Name, x.Allow, x.Publishers, caps))
+		for _, wn := range allowWarnings(x.Allow) {
+			sw.warn(sw.v.Where(keyExposes), "expose "+x.Name+": "+wn.Msg)
 		}
 	}
 	if sv.Config.RawRoute != "" {

@@ -30,6 +30,12 @@ func (s *Settings) Warnings() []Warning {
 	var out []Warning
 	if s.Server != nil {
 		out = allowWarnings(s.Server.Allow)
+		for _, x := range s.Server.Exposes {
+			for _, w := range allowWarnings(x.Allow) {
+				w.Key, w.Msg = keyExposes, "expose "+x.Name+": "+w.Msg
+				out = append(out, w)
+			}
+		}
 	}
 	for _, f := range []struct{ key, path, what string }{
 		{"tls.key", s.TLS.KeyFile, "private key"}, {"tls.key", s.TLS.PINFile(), "PKCS#11 PIN"},

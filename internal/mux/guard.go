@@ -288,6 +288,8 @@ func (g *guard) release(id uint32, rst bool) {
 		st.rq.drop()
 		st.closedAt = time.Now()
 		g.lingering++
+		poke(st.rwake) // a Read or Write waiting on the stream returns net.ErrClosed
+		poke(st.wake)
 	}
 	g.mu.Unlock()
 	g.wake()

@@ -187,3 +187,26 @@ func TestStreamSessionLossIsReset(t *testing.T) {
 		t.Errorf("Write after the session closed = %v, want ErrReset", err)
 	}
 }
+
+// Close from another goroutine ends a Read and a Write waiting on the
+// stream, as it does a TCP socket's: they return net.ErrClosed, without
+// waiting for the peer.
+func TestStreamCloseWakesWaiters(t *testing.T) {
+	_, cs, ss := sessionPair(t)
+	local, _ := openPair(t, cs, ss)
+	done := make(chan error, 1)
+	go func() {
+		_, err := local.Read(make([]byte, 1)) // nothing comes
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the Read wait; not synchronisation: the check holds either way
+	local.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("a Read waiting when the stream was closed returned %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a Read waiting on a stream still waits 5s after Close")
+	}
+}

@@ -112,7 +112,9 @@ func AppendHeader(dst []byte, route string) ([]byte, error) {
 	return append(dst, route...), nil
 }
 
-// ReadHeader reads one header from r and returns the route name. It reads
+// ReadHeader reads one version-1 header from r and returns the route name;
+// a version-2 header is an ErrBadVersion (a server reads headers with
+// ReadRequest, which knows both). It reads
 // exactly the header's bytes, never more, so the application bytes that
 // follow stay in r. A malformed header is a *HeaderError; an error reading r
 // before the first byte is returned as it is (io.EOF for a stream closed at
@@ -128,18 +130,7 @@ func ReadHeader(r io.Reader) (string, error) {
 	if buf[0] != Version {
 		return "", &HeaderError{Reason: "version " + strconv.Itoa(int(buf[0])), Err: ErrBadVersion}
 	}
-	n := int(buf[1])
-	if n == 0 {
-		return "", &HeaderError{Reason: "route name length 0"}
-	}
-	if _, err := io.ReadFull(r, buf[2:2+n]); err != nil {
-		return "", &HeaderError{Reason: "short route name", Err: err}
-	}
-	name := string(buf[2 : 2+n])
-	if err := CheckRouteName(name); err != nil {
-		return "", &HeaderError{Reason: "invalid route name", Err: err}
-	}
-	return name, nil
+	return readName(r, buf[2:], int(buf[1]))
 }
 
 // WriteStatus writes the one status byte.
