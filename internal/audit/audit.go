@@ -64,6 +64,7 @@ const (
 // ReasonAdminClose is the reason of a session_closed line for a session an
 // operator closed (tunnel status --close).
 const ReasonAdminClose = "admin_close"
+
 // Values of the Direction field.
 const (
 	DirectionForward = "forward" // a client's connection to a server route
