@@ -497,8 +497,8 @@ func TestReverseInboundNotAllowed(t *testing.T) {
 
 	expectReset(t, "127.0.0.1", addr, []byte("GET / HTTP/1.0\r\n\r\n"))
 	ev := srv.waitEvent(t, waitTimeout, "expose conn_rejected", isEvent("conn_rejected", "component", "expose", "reason", "ip_not_allowed"))
-	if ev["addr"] != "127.0.0.1" || ev["expose"] != "svc" {
-		t.Errorf("conn_rejected: %v, want addr 127.0.0.1, expose svc", ev)
+	if host, _, _ := net.SplitHostPort(fmt.Sprint(ev["addr"])); host != "127.0.0.1" || ev["expose"] != "svc" {
+		t.Errorf("conn_rejected: %v, want addr 127.0.0.1:PORT, expose svc", ev)
 	}
 
 	ok, err := dialFrom("127.0.0.2", addr)
