@@ -59,6 +59,10 @@ func (s *Server) serveRaw(ctx context.Context, tc *tls.Conn, addr string, peer P
 	rc := &rawConn{tc: tc, id: id, since: time.Now(), addr: addr, peer: peer, log: log}
 	s.trackRaw(rc, true)
 	defer s.trackRaw(rc, false)
+	if reason, why := s.admitCheck(peer); reason != "" {
+		log.WithFields(logrus.Fields{audit.Event: audit.SessionRevoked, fieldMode: ModeRaw, audit.Reason: reason}).Warn("closing raw connection: " + why)
+		return
+	}
 	s.activeStreams.Add(1)
 	defer s.activeStreams.Add(-1)
 	s.stats.streamsTotal.Add(1)

@@ -139,19 +139,34 @@ func (s *Server) route(name string) (Route, bool) {
 	return r, ok
 }
 
-// admitSession runs the current policy's check on a session that has just
-// been tracked, and closes it if refused. It reports whether it may go on.
+// admitSession checks a session that has just been tracked against what
+// may have changed during its handshake (admitCheck), and closes it if
+// refused. It reports whether it may go on.
 func (s *Server) admitSession(ss *session) bool {
-	check := s.policy.Load().admit
-	if check == nil {
-		return true
-	}
-	reason := check(ss.peer)
+	reason, why := s.admitCheck(ss.peer)
 	if reason == "" {
 		return true
 	}
 	ss.log.WithFields(logrus.Fields{audit.Event: audit.SessionRevoked, audit.Reason: reason}).
-		Warn("closing session: its client is not accepted by the configuration loaded during its handshake")
+		Warn("closing session: " + why)
 	ss.mux.Close()
 	return false
+}
+
+// admitCheck runs, on a peer whose session or raw connection was just
+// tracked, the checks a Recheck during its handshake would have run had it
+// been tracked then: the current policy's (a reload) and revocation (a CRL
+// or OCSP response that came in, such as the one a fail-open handshake
+// itself sent for). Anything that changes later finds it tracked. It
+// returns "" to go on, or the reason and why, for the log.
+func (s *Server) admitCheck(p Peer) (reason, why string) {
+	if check := s.policy.Load().admit; check != nil {
+		if r := check(p); r != "" {
+			return r, "its client is not accepted by the configuration loaded during its handshake"
+		}
+	}
+	if rc := s.cfg.Revocation; rc != nil && rc.Revoked(p.Chains) != nil {
+		return trust.ReasonRevoked, "its client's certificate was found revoked during its handshake"
+	}
+	return "", ""
 }

@@ -75,6 +75,7 @@ func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, pe
 		return
 	}
 	ss.mux = m
+	testHoldSession()
 	s.track(ss)
 	defer s.untrack(ss)
 	if !s.admitSession(ss) { // the trust may have been reloaded during the handshake
