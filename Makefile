@@ -58,7 +58,7 @@ SOAK_DURATION ?= 10m
 soak:
 	TUNNEL_SOAK_DURATION=$(SOAK_DURATION) $(GO) test $(RACE) -count=1 -timeout 2h -run '^TestSoak$$' -v ./e2e/
 
-## fuzz: every fuzz target for FUZZTIME each (default 30s; CI runs this)
+## fuzz: every fuzz target for FUZZTIME each (default 30s; CI runs 10s)
 FUZZTIME ?= 30s
 fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
