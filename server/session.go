@@ -17,6 +17,7 @@ import (
 	"github.com/tunnel-dev/tunnel/internal/logthrottle"
 	"github.com/tunnel-dev/tunnel/internal/mux"
 	"github.com/tunnel-dev/tunnel/internal/pipe"
+	"github.com/tunnel-dev/tunnel/internal/testhook"
 	"github.com/tunnel-dev/tunnel/internal/wire"
 )
 
@@ -75,7 +76,9 @@ func (s *Server) serveSession(ctx context.Context, tc *tls.Conn, addr string, pe
 		return
 	}
 	ss.mux = m
-	testHoldSession()
+	// In the test build, held here while the file TUNNEL_TEST_HOLD_SESSION
+	// names exists: between the handshake's checks and the tracking.
+	testhook.Hold("TUNNEL_TEST_HOLD_SESSION")
 	s.track(ss)
 	defer s.untrack(ss)
 	if !s.admitSession(ss) { // the trust may have been reloaded during the handshake

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/internal/testhook"
 )
 
 // Errors of Signal.Check for a loop that never beat or has ended.
@@ -32,9 +34,10 @@ type Signal struct {
 
 // Beat records that the loop ran now and will run again within d. It is
 // called from the loop's own goroutine, so a loop stuck anywhere stops
-// beating; a test build can make it block there (testhooks.go).
+// beating. In the test build it blocks while the file TUNNEL_TEST_WEDGE
+// names exists, so the tests can watch a wedged loop's watchdog pings stop.
 func (s *Signal) Beat(d time.Duration) {
-	testWedge(s.Name)
+	testhook.Hold("TUNNEL_TEST_WEDGE")
 	s.due.Store(time.Now().Add(d).UnixNano())
 }
 
