@@ -27,6 +27,10 @@ type Status struct {
 	Sessions []Session `json:"sessions"`
 	Routes   []Route   `json:"routes,omitempty"`   // the server's routes
 	Forwards []Forward `json:"forwards,omitempty"` // the client's forwards
+	// Exposes are the server's reverse tunnels, with who publishes each;
+	// Publications the client's, with the server's answer to each.
+	Exposes      []Expose      `json:"exposes,omitempty"`
+	Publications []Publication `json:"publications,omitempty"`
 	// Session is the client's session state: up or down, and since when.
 	Session      *SessionState `json:"session,omitempty"`
 	Revocation   []Source      `json:"revocation"`
@@ -97,6 +101,43 @@ type Forward struct {
 	Streams int64  `json:"streams"`       // local connections now
 	Total   uint64 `json:"streams_total"` // since it was bound
 	Session string `json:"session"`       // the state of the session its streams go over
+}
+
+// Expose is one of the server's exposes (reverse tunnels).
+type Expose struct {
+	Name   string `json:"name"`
+	Listen string `json:"listen"` // bound
+	// Publishers are the clients that publish the name now, oldest
+	// first; none means the expose is down and its connections are reset.
+	Publishers   []Publisher `json:"publishers"`
+	Active       int64       `json:"active"`        // inbound connections now
+	StreamsTotal uint64      `json:"streams_total"` // carried to a publisher's target since start
+	BytesIn      uint64      `json:"bytes_in"`      // of closed streams, towards the published target
+	BytesOut     uint64      `json:"bytes_out"`
+}
+
+// Publisher is a live publication of an expose's name.
+type Publisher struct {
+	SessionID    string    `json:"session_id"` // the publishing session (tunnel status --close takes it)
+	Identity     Identity  `json:"identity"`
+	Addr         string    `json:"addr"`
+	Since        time.Time `json:"since"`
+	Streams      int64     `json:"streams"`       // open now
+	StreamsTotal uint64    `json:"streams_total"` // since it went live
+}
+
+// Publication is one of the client's publications.
+type Publication struct {
+	Name   string `json:"name"`
+	Target string `json:"target"`
+	// State is "live" (the server carries the expose's connections here),
+	// "refused" (Refused says with what status) or "pending" (no session,
+	// or the server has not answered yet).
+	State        string `json:"state"`
+	Refused      string `json:"refused,omitempty"`
+	Streams      int64  `json:"streams"`       // the server's streams open now
+	StreamsTotal uint64 `json:"streams_total"` // that reached the target
+	Failed       uint64 `json:"failed"`        // refused: the target unreachable
 }
 
 // Source is one source of revocation status.

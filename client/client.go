@@ -97,7 +97,7 @@ func (c *Client) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if c.keeper != nil { // raw mode dials per local connection, see raw.go
-		c.keeper.onUp = func(s *mux.Session) { c.pubs.attach(ctx, s, &wg) }
+		c.keeper.onUp = func(ks *kept) { c.pubs.attach(ctx, ks, &wg) }
 		c.keeper.onDown = c.pubs.detach
 		wg.Go(func() { c.keeper.Run(ctx) })
 	}

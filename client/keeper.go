@@ -36,7 +36,8 @@ type SessionKeeper struct {
 
 	// onUp and onDown, if set, are told when a session becomes the one
 	// handed out and when it stops being it; set before Run.
-	onUp, onDown func(*mux.Session)
+	onUp   func(*kept)
+	onDown func(*mux.Session)
 
 	mu      sync.Mutex
 	cur     *kept         // the session to open streams on; nil while down; guarded by mu
@@ -200,7 +201,7 @@ func (k *SessionKeeper) Run(ctx context.Context) {
 		attempt, failed = 0, 0
 		retire := k.publish(s)
 		if k.onUp != nil {
-			k.onUp(s.Session)
+			k.onUp(s)
 		}
 		k.wait(ctx, tick, nil, s.CloseChan(), retire)
 		k.unpublish(s)

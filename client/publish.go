@@ -170,6 +170,7 @@ type refusedKey struct {
 
 // pubSession is the publications of one session.
 type pubSession struct {
+	ks     *kept           // the session, with its log fields and counters
 	ctx    context.Context // ends when the keeper stops handing the session out
 	cancel context.CancelFunc
 	names  map[string]context.CancelFunc // an announcer per name; guarded by publisher.mu
@@ -190,16 +191,17 @@ func newPublisher(c *Client, ps []Publish) *publisher {
 // attach starts serving s, which the keeper just made current: the accept
 // loop of the server's streams (until s ends) and an announcer for each
 // publication (until detach). Goroutines join wg.
-func (pb *publisher) attach(ctx context.Context, s *mux.Session, wg *sync.WaitGroup) {
+func (pb *publisher) attach(ctx context.Context, ks *kept, wg *sync.WaitGroup) {
+	s := ks.Session
 	pctx, cancel := context.WithCancel(ctx)
-	ps := &pubSession{ctx: pctx, cancel: cancel, names: map[string]context.CancelFunc{}, wg: wg}
+	ps := &pubSession{ks: ks, ctx: pctx, cancel: cancel, names: map[string]context.CancelFunc{}, wg: wg}
 	pb.mu.Lock()
 	pb.sessions[s] = ps
 	for name := range pb.set {
 		pb.startLocked(s, ps, name)
 	}
 	pb.mu.Unlock()
-	wg.Go(func() { pb.acceptLoop(ctx, s, wg) })
+	wg.Go(func() { pb.acceptLoop(ctx, ks, wg) })
 }
 
 // detach withdraws s's publications: the keeper no longer hands s out
@@ -253,7 +255,7 @@ func (pb *publisher) update(ps []Publish) {
 func (pb *publisher) startLocked(s *mux.Session, ps *pubSession, name string) {
 	ctx, cancel := context.WithCancel(ps.ctx)
 	ps.names[name] = cancel
-	ps.wg.Go(func() { pb.announce(ctx, s, name) })
+	ps.wg.Go(func() { pb.announce(ctx, ps.ks, name) })
 }
 
 // lookup returns the publication of name now, with its counters.
@@ -269,14 +271,14 @@ func (pb *publisher) lookup(name string) (Publish, *pubCounters, bool) {
 // a publish stream, and while the server keeps it open the publication is
 // live. A refusal is retried with backoff, except bad_header (a server
 // that predates reverse tunnels), which is retried on the next session.
-func (pb *publisher) announce(ctx context.Context, s *mux.Session, name string) {
-	c := pb.c
+func (pb *publisher) announce(ctx context.Context, ks *kept, name string) {
+	c, s := pb.c, ks.Session
 	for attempt := 0; ctx.Err() == nil && !s.IsClosed(); attempt++ {
 		p, pc, ok := pb.lookup(name)
 		if !ok {
 			return
 		}
-		log := c.log.WithFields(logrus.Fields{audit.Expose: name, audit.Backend: p.Target})
+		log := c.log.WithFields(logrus.Fields{audit.Expose: name, audit.Backend: p.Target, audit.SessionID: ks.id})
 		st, err := c.openPublish(s, name)
 		if goingAway(err) {
 			// The server sent GoAway (it withdrew our publications with it):
@@ -393,31 +395,32 @@ func (pb *publisher) refused(log *logrus.Entry, pc *pubCounters, name string, co
 	log.WithFields(fields).Warn(msg)
 }
 
-// acceptLoop serves the streams the server opens on s until s ends.
-func (pb *publisher) acceptLoop(ctx context.Context, s *mux.Session, wg *sync.WaitGroup) {
+// acceptLoop serves the streams the server opens on ks until it ends.
+func (pb *publisher) acceptLoop(ctx context.Context, ks *kept, wg *sync.WaitGroup) {
 	for {
-		st, err := s.Accept()
+		st, err := ks.Accept()
 		if err != nil {
 			return
 		}
-		wg.Go(func() { pb.serveReverse(ctx, st) })
+		wg.Go(func() { pb.serveReverse(ctx, ks, st) })
 	}
 }
 
 // serveReverse serves one stream the server opened: the connect header,
 // the publication, the target dial (and its PROXY header), the status,
-// then the copy. It closes st.
-func (pb *publisher) serveReverse(ctx context.Context, st *mux.Stream) {
+// then the copy, counted in ks's streams and bytes. It closes st.
+func (pb *publisher) serveReverse(ctx context.Context, ks *kept, st *mux.Stream) {
 	c := pb.c
 	defer st.Close()
+	slog := c.log.WithFields(logrus.Fields{audit.Direction: audit.DirectionReverse, audit.SessionID: ks.id})
 	st.SetReadDeadline(time.Now().Add(c.cfg.ConnectTimeout))
 	hdr, err := wire.ReadConnect(st)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
-		pb.reverseRefused(st, c.log.WithField(audit.Direction, audit.DirectionReverse), "", nil, wire.StatusBadHeader, err)
+		pb.reverseRefused(st, slog, "", nil, wire.StatusBadHeader, err)
 		return
 	}
-	log := c.log.WithFields(logrus.Fields{audit.Expose: hdr.Name, audit.Direction: audit.DirectionReverse, audit.Inbound: hdr.Source.String()})
+	log := slog.WithFields(logrus.Fields{audit.Expose: hdr.Name, audit.Inbound: hdr.Source.String()})
 	p, pc, ok := pb.lookup(hdr.Name)
 	if !ok {
 		pb.reverseRefused(st, log, hdr.Name, nil, wire.StatusUnknownRoute, nil)
@@ -439,11 +442,16 @@ func (pb *publisher) serveReverse(ctx context.Context, st *mux.Stream) {
 	pc.streams.Add(1)
 	pc.active.Add(1)
 	defer pc.active.Add(-1)
+	ks.streams.Add(1)
+	defer ks.streams.Add(-1)
 	if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		log.WithField(audit.Event, audit.StreamOpened).Debug("reverse stream opened")
 	}
 	start := time.Now()
-	in, out, err := pipe.Run(st, target, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory})
+	// target first, as a forward copy has its local side first, so the
+	// session's byte counts read the same way for both: towards the
+	// server, and back.
+	out, in, err := pipe.Run(target, st, pipe.Options{Idle: c.cfg.IdleTimeout, Memory: c.memory, Count: &ks.bytes})
 	log.WithFields(audit.StreamClosedFields(in, out, start, err)).Info("stream closed")
 }
 

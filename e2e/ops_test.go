@@ -332,3 +332,75 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestStatusExposesAndPublications: the server's tunnel status lists each
+// expose with its bound address and who publishes it (session id,
+// identity, streams), and an expose nobody publishes as DOWN; the
+// client's lists its publications, live or refused with the status.
+func TestStatusExposesAndPublications(t *testing.T) {
+	t.Parallel()
+	pk := pkiDir(t)
+	echo := echoBackend(t)
+	srv := exposeServer(t, pk, nil, []string{exposeSpec("svc", []string{"cn:app1"}), exposeSpec("idle", []string{"cn:nobody"})},
+		"--admin", "127.0.0.1:0")
+	sadmin := srv.adminAddr(t)
+	cli := startProc(t, append(publisherArgs(pk, srv.addr(t), pk.clientCert, pk.clientKey, "svc="+echo, "idle="+echo),
+		"--admin", "127.0.0.1:0")...)
+	cadmin := cli.adminAddr(t)
+	cli.waitEvent(t, waitTimeout, "publish_added svc", isEvent("publish_added", "expose", "svc"))
+	cli.waitEvent(t, waitTimeout, "publish_refused idle", isEvent("publish_refused", "expose", "idle", "status", "forbidden"))
+	opened := srv.waitEvent(t, waitTimeout, "session_opened", isEvent("session_opened", "identity_cn", "app1"))
+	svcAddr := srv.exposeAddr(t, "svc")
+	holdStream(t, svcAddr, 5000) // one inbound connection open
+
+	st := statusJSON(t, sadmin)
+	xs := list(st["exposes"])
+	if len(xs) != 2 || xs[0]["name"] != "svc" || xs[0]["listen"] != svcAddr || xs[0]["active"] != float64(1) || xs[1]["name"] != "idle" {
+		t.Fatalf("status exposes %v", xs)
+	}
+	pubs := list(xs[0]["publishers"])
+	if len(pubs) != 1 || pubs[0]["session_id"] != opened["session_id"] || pubs[0]["identity"].(map[string]any)["cn"] != "app1" ||
+		pubs[0]["streams"] != float64(1) || pubs[0]["streams_total"] != float64(1) {
+		t.Errorf("status publishers of svc %v, want the session %v with one stream", pubs, opened["session_id"])
+	}
+	if n := len(list(xs[1]["publishers"])); n != 0 {
+		t.Errorf("idle has %d publishers", n)
+	}
+	out, _, code := runTunnel(t, "status", "--admin", sadmin)
+	for _, want := range []string{"exposes: 2", "svc", svcAddr, "idle", "0 (DOWN)", "publishers: 1", opened["session_id"].(string), "app1"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("tunnel status (server) lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("tunnel status (server):\n%s", out)
+
+	// The reverse stream counts on the client's session as a forward
+	// stream would, bytes live each way.
+	var cst map[string]any
+	for deadline := time.Now().Add(waitTimeout); ; {
+		cst = statusJSON(t, cadmin)
+		if ss := list(cst["sessions"]); len(ss) == 1 && ss[0]["streams"] == float64(1) && ss[0]["bytes_in"] == float64(5000) && ss[0]["bytes_out"] == float64(5000) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client status sessions %v, want one stream and 5000 bytes each way", cst["sessions"])
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	csid := cst["session"].(map[string]any)["id"]
+	if n := len(cli.matching(isEvent("stream_opened", "direction", "reverse", "session_id", fmt.Sprint(csid)))); n != 1 {
+		t.Errorf("%d reverse stream_opened lines on the client with its session_id %v, want 1", n, csid)
+	}
+	cp := list(cst["publications"])
+	if len(cp) != 2 || cp[0]["name"] != "idle" || cp[0]["state"] != "refused" || cp[0]["refused"] != "forbidden" ||
+		cp[1]["name"] != "svc" || cp[1]["state"] != "live" || cp[1]["target"] != echo || cp[1]["streams"] != float64(1) {
+		t.Errorf("client status publications %v", cp)
+	}
+	out, _, code = runTunnel(t, "status", "--admin", cadmin)
+	for _, want := range []string{"publications: 2", "refused (forbidden)", "live"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("tunnel status (client) lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("tunnel status (client):\n%s", out)
+}

@@ -60,6 +60,7 @@ type ExposeStats struct {
 
 // PublisherStats describe one live publication, for `tunnel status`.
 type PublisherStats struct {
+	SessionID     string // the publishing session's session_id (tunnel status --close takes it)
 	Identity      trust.Identity
 	Addr          string // the publishing session's client address
 	Since         time.Time
@@ -85,7 +86,7 @@ func (s *Server) exposeStats() map[string]ExposeStats {
 		}
 		for _, p := range s.pubs.of(name) {
 			st.Publishers = append(st.Publishers, PublisherStats{
-				Identity: p.ss.peer.Identity, Addr: p.ss.addr, Since: p.since,
+				SessionID: p.ss.id, Identity: p.ss.peer.Identity, Addr: p.ss.addr, Since: p.since,
 				StreamsActive: p.active.Load(), StreamsTotal: p.total.Load(),
 			})
 		}

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/tunnel-dev/tunnel/admin"
 	"github.com/tunnel-dev/tunnel/client"
@@ -27,6 +29,20 @@ func (r *serverRun) status(st *admin.Status) {
 	for _, rt := range r.srv.Routes() {
 		st.Routes = append(st.Routes, admin.Route{Name: rt.Name, Target: rt.Target, Proxy: rt.Proxy, Raw: rt.Raw, Streams: rt.Open,
 			StreamsTotal: rt.Streams, BytesIn: rt.BytesIn, BytesOut: rt.BytesOut})
+	}
+	xs := r.srv.Stats().Exposes
+	for i, x := range r.s.Server.Exposes {
+		xst := xs[x.Name]
+		e := admin.Expose{Name: x.Name, Listen: x.Listen, Publishers: []admin.Publisher{}, Active: xst.Active,
+			StreamsTotal: xst.Streams, BytesIn: xst.BytesIn, BytesOut: xst.BytesOut}
+		if i < len(r.xlns) {
+			e.Listen = r.xlns[i].Addr().String()
+		}
+		for _, p := range xst.Publishers {
+			e.Publishers = append(e.Publishers, admin.Publisher{SessionID: p.SessionID, Identity: admin.IdentityOf(p.Identity), Addr: p.Addr,
+				Since: p.Since, Streams: p.StreamsActive, StreamsTotal: p.StreamsTotal})
+		}
+		st.Exposes = append(st.Exposes, e)
 	}
 }
 
@@ -68,6 +84,19 @@ func (r *clientRun) status(st *admin.Status) {
 	for _, f := range r.cl.Forwards() {
 		st.Forwards = append(st.Forwards, admin.Forward{Listen: f.Listen, Addr: f.Addr, Route: f.Route, Streams: f.Open, Total: f.Total,
 			Session: state.State})
+	}
+	pubs := r.cl.Stats().Publications
+	for _, name := range slices.Sorted(maps.Keys(pubs)) {
+		p := pubs[name]
+		state := "pending"
+		switch {
+		case p.Live:
+			state = "live"
+		case p.Refused != "":
+			state = "refused"
+		}
+		st.Publications = append(st.Publications, admin.Publication{Name: name, Target: p.Target, State: state, Refused: p.Refused,
+			Streams: p.Active, StreamsTotal: p.Streams, Failed: p.Failed})
 	}
 }
 

@@ -168,6 +168,36 @@ func (ac *adminClient) printStatus(ctx context.Context, w io.Writer, asJSON bool
 	return writeStatus(w, &st)
 }
 
+// writeExposes prints the server's exposes, then who publishes each (an
+// expose nobody publishes is DOWN: its connections are reset).
+func writeExposes(tw io.Writer, xs []admin.Expose, ago func(time.Time) string) {
+	if len(xs) == 0 {
+		return
+	}
+	fmt.Fprintf(tw, "\nexposes: %d\n", len(xs))
+	fmt.Fprintln(tw, "  NAME\tLISTEN\tPUBLISHERS\tACTIVE\tTOTAL\tIN\tOUT")
+	n := 0
+	for _, x := range xs {
+		pubs := fmt.Sprint(len(x.Publishers))
+		if len(x.Publishers) == 0 {
+			pubs = "0 (DOWN)"
+		}
+		n += len(x.Publishers)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%s\t%s\n", x.Name, x.Listen, pubs, x.Active, x.StreamsTotal,
+			byteSize(int64(x.BytesIn)), byteSize(int64(x.BytesOut)))
+	}
+	if n == 0 {
+		return
+	}
+	fmt.Fprintf(tw, "\npublishers: %d\n", n)
+	fmt.Fprintln(tw, "  EXPOSE\tSESSION\tIDENTITY\tADDR\tSINCE\tSTREAMS\tTOTAL")
+	for _, x := range xs {
+		for _, p := range x.Publishers {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%d\n", x.Name, p.SessionID, identityText(p.Identity), p.Addr, ago(p.Since), p.Streams, p.StreamsTotal)
+		}
+	}
+}
+
 // writeStatus prints st for a person, in sections of aligned columns.
 func writeStatus(w io.Writer, st *admin.Status) error {
 	now := st.Now
@@ -226,6 +256,7 @@ func writeStatus(w io.Writer, st *admin.Status) error {
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\t%s\n", name, target, r.Streams, r.StreamsTotal, byteSize(int64(r.BytesIn)), byteSize(int64(r.BytesOut)))
 		}
+		writeExposes(tw, st.Exposes, ago)
 	}
 	if st.Role == "client" {
 		fmt.Fprintf(tw, "\nforwards: %d\n", len(st.Forwards))
@@ -236,6 +267,17 @@ func writeStatus(w io.Writer, st *admin.Status) error {
 				listen += " (" + f.Listen + ")"
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", listen, f.Route, f.Streams, f.Total, f.Session)
+		}
+		if len(st.Publications) > 0 {
+			fmt.Fprintf(tw, "\npublications: %d\n", len(st.Publications))
+			fmt.Fprintln(tw, "  NAME\tTARGET\tSTATE\tSTREAMS\tTOTAL\tFAILED")
+			for _, p := range st.Publications {
+				state := p.State
+				if p.Refused != "" {
+					state += " (" + p.Refused + ")"
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%d\n", p.Name, p.Target, state, p.Streams, p.StreamsTotal, p.Failed)
+			}
 		}
 	}
 
