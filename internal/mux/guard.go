@@ -129,6 +129,12 @@ type gstream struct {
 	rq    recvBuf       // received and not read
 	rfin  bool          // the peer's FIN, once the data before it is in rq
 	rwake chan struct{} // a reader waiting for data looks again
+
+	// sink, if set (Stream.SetSink), takes received bytes on the guard's
+	// reader while no Read or Lend holds them; sinking while it runs,
+	// outside g.mu, with bytes of rq lent to it.
+	sink    func([]byte) int
+	sinking bool
 }
 
 // guard is the frame guard: the connection a yamux session reads and writes,
@@ -153,6 +159,7 @@ type guard struct {
 	rbuf    header                         // the header being handed to yamux
 	rout    []byte                         // rbuf's bytes that yamux has not read yet
 	rst     *gstream                       // the stream whose data frame body is being read
+	rid     uint32                         // its id
 	rdata   int                            // body bytes of that frame still to read into rst.rq
 	rfin    bool                           // that frame carries FIN
 	rpend   bool                           // rbuf holds its flags, for yamux once the body is in

@@ -162,7 +162,7 @@ func (g *guard) pass(h header) {
 // yamux keeps each stream's state (open, FIN, RST) but never holds its data.
 // g.mu is held.
 func (g *guard) deliver(st *gstream, h header) {
-	g.rst, g.rdata, g.rfin = st, int(h.length()), h.has(flagFIN)
+	g.rst, g.rid, g.rdata, g.rfin = st, h.streamID(), int(h.length()), h.has(flagFIN)
 	g.rpend = h.flags() != 0
 	if g.rpend {
 		g.rbuf = makeHeader(typeData, h.flags(), h.streamID(), 0)
@@ -191,16 +191,54 @@ func (g *guard) readBody() error {
 		}
 	}
 	// The reader is woken when the frame is in, or once a batch worth a
-	// write to the backend is: not for every TLS record of a large frame.
+	// write to the backend is: not for every TLS record of a large frame;
+	// not at all if the stream's sink took everything.
+	grant := false
 	if g.rdata == 0 || st.rq.n >= wakeBatch {
-		poke(st.rwake)
+		grant = g.sinkLocked(g.rid, st)
+		if st.rq.n > 0 || st.rfin || st.sink == nil {
+			poke(st.rwake)
+		}
 	}
 	g.mu.Unlock()
+	if grant {
+		g.wake() // the flusher writes the window update: this goroutine must not block on a write
+	}
 	if err != nil && !(n == 0 && g.interrupted(err)) && (n == 0 || g.rdata > 0) {
 		return err
 	}
 	return nil
 }
+
+// sinkLocked gives st's buffered bytes to its sink, if it has one and no
+// Read or Lend holds them, one chunk at a time until the sink takes less
+// than it is given: a copy loop parked in Lend is then not woken for bytes
+// the sink wrote on from this goroutine. g.mu is held, and released while
+// the sink runs. It reports whether credit is due to the peer.
+func (g *guard) sinkLocked(id uint32, st *gstream) (grant bool) {
+	for st.sink != nil && !st.sinking && !st.rq.lent && st.rq.n > 0 && st.closedAt.IsZero() {
+		b, fn := st.rq.lend(sinkMax), st.sink
+		st.sinking = true
+		g.mu.Unlock()
+		n := fn(b)
+		g.mu.Lock()
+		st.sinking = false
+		if g.streams[id] != st || !st.closedAt.IsZero() {
+			return grant // gone meanwhile: drop kept what was lent
+		}
+		st.rq.giveBack(n)
+		if n > 0 {
+			grant = g.consumedLocked(id, st, n) || grant
+		}
+		if n < len(b) {
+			break // the destination is full: the copy loop writes the rest, waiting
+		}
+	}
+	return grant
+}
+
+// sinkMax bounds one sink call, as the copy loop bounds one write.
+const sinkMax = 128 << 10
 
 // drop discards the frame h: its body, if any, is read and thrown away.
 func (g *guard) drop(h header) {

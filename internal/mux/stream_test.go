@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -208,5 +210,93 @@ func TestStreamCloseWakesWaiters(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a Read waiting on a stream still waits 5s after Close")
+	}
+}
+
+// A sink takes a stream's bytes on the session's reader as they arrive:
+// everything while it takes everything, with Lend never woken; what it
+// declines waits for Lend, in order; the FIN reaches Lend as io.EOF once
+// the bytes before it are out; and a nil sink gives the bytes back to Lend.
+func TestStreamSink(t *testing.T) {
+	_, cs, ss := sessionPair(t)
+	st, err := cs.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ss.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := peer.Lend(100)
+	if err != nil || string(b) != "hello" {
+		t.Fatalf("first Lend: %q, %v", b, err)
+	}
+	peer.Return(len(b))
+
+	var mu sync.Mutex
+	var sunk []byte
+	take := 1 << 30 // bytes the sink takes before it declines the rest
+	peer.SetSink(func(p []byte) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := min(len(p), take)
+		take -= n
+		sunk = append(sunk, p[:n]...)
+		return n
+	})
+	got := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return string(sunk)
+	}
+	st.Write([]byte("sunk one "))
+	st.Write([]byte("sunk two"))
+	waitFor(t, 5*time.Second, "the sink to take both writes", func() bool { return got() == "sunk one sunk two" })
+	peer.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if b, err := peer.Lend(100); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Lend after the sink took everything: %q, %v; want a timeout", b, err)
+	}
+	peer.SetReadDeadline(time.Time{})
+
+	mu.Lock()
+	take = 3
+	mu.Unlock()
+	st.Write([]byte("abcdefgh"))
+	st.CloseWrite()
+	var rest []byte
+	for {
+		b, err := peer.Lend(100)
+		rest = append(rest, b...)
+		if len(b) > 0 {
+			peer.Return(len(b))
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got() != "sunk one sunk twoabc" || string(rest) != "defgh" {
+		t.Errorf("sink took %q and Lend got %q; want the first 3 bytes sunk, the rest lent, then EOF", got(), rest)
+	}
+
+	// Without a sink, Lend gets everything again.
+	st2, err := cs.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer2, err := ss.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer2.SetSink(func(p []byte) int { t.Error("a removed sink was called"); return 0 })
+	peer2.SetSink(nil)
+	st2.Write([]byte("x"))
+	if b, err := peer2.Lend(10); err != nil || string(b) != "x" {
+		t.Errorf("Lend with the sink removed: %q, %v", b, err)
 	}
 }

@@ -49,6 +49,15 @@ func (g *guard) lendData(id uint32, max int) ([]byte, chan struct{}, error) {
 	return st.rq.lend(max), nil, nil
 }
 
+// setSink sets stream id's sink (Stream.SetSink).
+func (g *guard) setSink(id uint32, fn func([]byte) int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if st := g.streams[id]; st != nil {
+		st.sink = fn
+	}
+}
+
 // giveBackData ends a lendData of which n bytes were used.
 func (g *guard) giveBackData(id uint32, n int) {
 	g.mu.Lock()
@@ -73,6 +82,8 @@ func (g *guard) readableLocked(id uint32) (*gstream, chan struct{}, error) {
 	switch {
 	case st == nil || !st.closedAt.IsZero():
 		return nil, nil, errStreamGone
+	case st.sinking:
+		return nil, st.rwake, nil // the sink holds the first bytes; it pokes if it leaves any
 	case st.rq.n > 0:
 		return st, nil, nil
 	case st.rfin:

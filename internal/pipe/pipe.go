@@ -214,12 +214,24 @@ type Lender interface {
 	Return(n int)
 }
 
+// A Sinker is a Lender that can also hand its bytes, as they arrive and
+// while no Lend holds them, to a function that must not block, which
+// returns how many it wrote on (a mux.Stream: on its session's reader).
+// Run gives it one when the destination is a socket it can write to at
+// once, and takes it back when the direction ends.
+type Sinker interface {
+	SetSink(fn func([]byte) int)
+}
+
 // direction copies src to dst until src reaches EOF or something fails, and
 // returns the bytes written to dst, which it also adds to count if set.
-func (p *pipe) direction(src, dst net.Conn, name string, count *atomic.Int64) int64 {
-	in := p.source(src)
-	defer in.close()
+func (p *pipe) direction(src, dst net.Conn, name string, count *atomic.Int64) (total int64) {
+	in := p.source(src, dst, count)
 	var n int64
+	defer func() {
+		in.close()
+		total = n + in.sunk()
+	}()
 	for {
 		b, rerr := in.next()
 		if len(b) > 0 {
@@ -258,27 +270,44 @@ func (p *pipe) direction(src, dst net.Conn, name string, count *atomic.Int64) in
 }
 
 // source is where a direction's bytes come from: next returns the next
-// bytes to write, done says how many of them were written.
+// bytes to write, done says how many of them were written, sunk how many
+// reached the destination without them (a Sinker's).
 type source interface {
 	next() ([]byte, error)
 	done(n int)
+	sunk() int64
 	close()
 }
 
-func (p *pipe) source(src net.Conn) source {
+func (p *pipe) source(src, dst net.Conn, count *atomic.Int64) source {
 	if l, ok := src.(Lender); ok {
-		return &lentSource{p: p, conn: src, l: l}
+		s := &lentSource{p: p, conn: src, l: l, count: count}
+		if sk, ok := src.(Sinker); ok {
+			if w := tryWriter(dst); w != nil {
+				s.sinker, s.try = sk, w
+			}
+		}
+		return s
 	}
 	small := smallPool.Get().(*[]byte)
 	return &bufSource{p: p, conn: src, small: small, buf: *small}
 }
 
-// lentSource writes on the bytes a Lender lends: no copy, no buffer.
+// lentSource writes on the bytes a Lender lends: no copy, no buffer. For a
+// Sinker, once its first lend is back (a stream whose status the Lender
+// checks at its first Lend is past it), the Sinker's own goroutine writes
+// what it can to the destination at once, so this one is woken only for
+// what does not fit.
 type lentSource struct {
-	p    *pipe
-	conn net.Conn
-	l    Lender
-	out  bool // a lend is out
+	p      *pipe
+	conn   net.Conn
+	l      Lender
+	out    bool // a lend is out
+	count  *atomic.Int64
+	sinker Sinker           // or nil
+	try    func([]byte) int // a non-blocking write to the destination, for sinker
+	sinkOn bool             // sinker has the sink
+	nsunk  atomic.Int64     // bytes the sink wrote
 }
 
 func (s *lentSource) next() ([]byte, error) {
@@ -295,9 +324,32 @@ func (s *lentSource) next() ([]byte, error) {
 func (s *lentSource) done(n int) {
 	s.l.Return(n)
 	s.out = false
+	if s.sinker != nil && !s.sinkOn && n > 0 {
+		s.sinkOn = true
+		s.sinker.SetSink(s.sink)
+	}
 }
 
+// sink is the Sinker's: it runs on the Sinker's goroutine, never blocks,
+// and counts what it wrote as the direction would.
+func (s *lentSource) sink(b []byte) int {
+	n := s.try(b)
+	if n > 0 {
+		s.p.touch()
+		s.nsunk.Add(int64(n))
+		if s.count != nil {
+			s.count.Add(int64(n))
+		}
+	}
+	return n
+}
+
+func (s *lentSource) sunk() int64 { return s.nsunk.Load() }
+
 func (s *lentSource) close() {
+	if s.sinkOn {
+		s.sinker.SetSink(nil)
+	}
 	if s.out {
 		s.l.Return(0)
 	}
@@ -367,6 +419,8 @@ func (s *bufSource) done(int) {
 		s.buf = *s.small
 	}
 }
+
+func (s *bufSource) sunk() int64 { return 0 }
 
 func (s *bufSource) close() {
 	if s.big != nil {
