@@ -19,7 +19,7 @@ import (
 // oldCommit is the commit before reverse tunnels (issue 18's base): its
 // server answers a version-2 header bad_header, and its client resets any
 // stream the server opens.
-const oldCommit = "3423880"
+const oldCommit = "a849d28"
 
 var (
 	oldOnce sync.Once
