@@ -81,62 +81,43 @@ func status(s string) string {
 // Ready says that start-up is complete: every listener is bound and the
 // revocation bootstrap is over. Only the first call sends.
 func (n *Notifier) Ready(st string) {
-	if n == nil {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.state != stateStarting {
-		return
-	}
-	n.state = stateReady
-	n.send("READY=1", status(st))
+	n.move(stateReady, func(s int) bool { return s == stateStarting }, "READY=1", status(st))
 }
 
 // Reloading says a reload begins, with the monotonic clock reading that
 // Type=notify-reload matches against its reload request. It sends only
 // after Ready and before Stopping; Reloaded must follow.
 func (n *Notifier) Reloading(st string) {
-	if n == nil {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.state != stateReady {
-		return
-	}
-	n.state = stateReloading
-	n.send("RELOADING=1", strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n"), status(st))
+	n.move(stateReloading, func(s int) bool { return s == stateReady },
+		"RELOADING=1", strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n"), status(st))
 }
 
 // Reloaded says the reload that Reloading announced is over, applied or
 // rejected (the process runs on either way): READY=1 again.
 func (n *Notifier) Reloaded(st string) {
-	if n == nil {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.state != stateReloading {
-		return
-	}
-	n.state = stateReady
-	n.send("READY=1", status(st))
+	n.move(stateReady, func(s int) bool { return s == stateReloading }, "READY=1", status(st))
 }
 
 // Stopping says the process is shutting down (draining). Only the first
 // call sends; nothing is sent after it.
 func (n *Notifier) Stopping(st string) {
+	n.move(stateStopping, func(s int) bool { return s != stateStopping }, "STOPPING=1", status(st))
+}
+
+// move enters state to and sends lines if the state now is one that from
+// allows; otherwise it does nothing, so systemd never sees a message out of
+// order. A nil Notifier does nothing.
+func (n *Notifier) move(to int, from func(int) bool, lines ...string) {
 	if n == nil {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.state == stateStopping {
+	if !from(n.state) {
 		return
 	}
-	n.state = stateStopping
-	n.send("STOPPING=1", status(st))
+	n.state = to
+	n.send(lines...)
 }
 
 // Status updates the STATUS= line, unless the process is stopping.
