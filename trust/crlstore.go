@@ -141,15 +141,15 @@ type CRLStore struct {
 	caps CRLStoreLimits // cfg.Limits with defaults
 	log  logrus.FieldLogger
 
-	mu          sync.Mutex
-	entries     map[string]*crlEntry // tracked URLs; at most caps.TrackedURLs
-	refusedURLs *lru[string, string] // refused URL -> its reason; forgets the least recently used
-	hosts       map[string]int       // host -> number of tracked URLs
-	winStart    time.Time            // the new-URL rate window
-	winCount    int
-	closed      bool
+	mu       sync.Mutex
+	entries  map[string]*crlEntry // tracked URLs; at most caps.TrackedURLs
+	refusals urlRefusals          // Distribution Points never fetched
+	hosts    map[string]int       // host -> number of tracked URLs
+	winStart time.Time            // the new-URL rate window
+	winCount int
+	closed   bool
 
-	fetchOK, fetchFailed, refused atomic.Uint64
+	fetchOK, fetchFailed atomic.Uint64
 
 	fetchSched // the loop, its caps and cap-hit counters
 }
@@ -179,7 +179,7 @@ func NewCRLStore(cfg CRLStoreConfig) *CRLStore {
 	caps := cfg.Limits.withDefaults()
 	return &CRLStore{
 		cfg: cfg, caps: caps, log: log.WithField(audit.Component, "crl"),
-		entries: map[string]*crlEntry{}, refusedURLs: newLRU[string, string](caps.RefusedURLs),
+		entries: map[string]*crlEntry{}, refusals: newURLRefusals(caps.RefusedURLs),
 		hosts: map[string]int{}, fetchSched: newFetchSched(),
 	}
 }
@@ -270,24 +270,14 @@ func (s *CRLStore) track(raw string, issuer *x509.Certificate, pin bool) (string
 	if s.closed {
 		return "", ReasonFetchDisabled
 	}
-	if reason, ok := s.refusedURLs.get(raw); ok {
+	if reason, ok := s.refusals.seen.get(raw); ok {
 		return "", reason
 	}
 	u, reason, err := s.cfg.Fetcher.precheck(raw)
 	if reason != "" {
-		if s.refusedURLs.add(raw, reason) {
-			s.limitHit(s.log, LimitSeenURLs, raw, "refused Distribution Point forgotten to remember a new one")
-		}
-		if reason == ReasonURLRefused {
-			s.refused.Add(1)
-			s.log.WithFields(logrus.Fields{audit.Event: audit.CRLUnavailable, audit.URL: truncate(raw, 200),
-				audit.Reason: reason, audit.Error: err.Error()}).Warn("CRL Distribution Point refused; it will not be fetched")
-		} else {
-			// Legal in certificates (ldap:// is common in AD CS); we fetch
-			// only http(s). The certificate needs a CRL from elsewhere.
-			s.log.WithFields(logrus.Fields{audit.URL: truncate(raw, 200), audit.Reason: reason}).
-				Info("CRL Distribution Point has a scheme that is not fetched")
-		}
+		// A scheme we do not fetch is legal in certificates (ldap:// is
+		// common in AD CS): the certificate needs a CRL from elsewhere.
+		s.refusals.refuse(&s.fetchSched, s.log, crlURLs, raw, reason, err)
 		return "", reason
 	}
 	if !pin {
@@ -393,6 +383,14 @@ func (s *CRLStore) Attempted(url string) bool {
 	}
 }
 
+// crlURLs names Distribution Points in the CRL store's lines.
+var crlURLs = urlKind{
+	event:      audit.CRLUnavailable,
+	refused:    "CRL Distribution Point refused; it will not be fetched",
+	notFetched: "CRL Distribution Point has a scheme that is not fetched",
+	forgotten:  "refused Distribution Point forgotten to remember a new one",
+}
+
 // Wait blocks until every URL in urls has had a first fetch attempt, or
 // ctx ends. URLs the store does not track are not waited for.
 func (s *CRLStore) Wait(ctx context.Context, urls []string) error {
@@ -427,7 +425,7 @@ func (s *CRLStore) RefreshAll() {
 // Stats returns the store's counters.
 func (s *CRLStore) Stats() CRLStoreStats {
 	st := CRLStoreStats{FetchesOK: s.fetchOK.Load(), FetchesFailed: s.fetchFailed.Load(),
-		URLsRefused: s.refused.Load(), LimitHits: s.limitCounts()}
+		URLsRefused: s.refusals.refused.Load(), LimitHits: s.limitCounts()}
 	s.mu.Lock()
 	st.Tracked = len(s.entries)
 	for _, e := range s.entries {

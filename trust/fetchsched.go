@@ -97,3 +97,39 @@ func (f *fetchSched) limitCounts() map[string]uint64 {
 	})
 	return out
 }
+
+// urlRefusals remembers the URLs a store will never fetch: precheck's
+// verdict, which is the same each time, so a certificate that names one
+// again costs a lookup, not a parse and a log line. It forgets the least
+// recently used URL when full. Guarded by its store's mu.
+type urlRefusals struct {
+	seen    *lru[string, string] // URL -> reason
+	refused atomic.Uint64        // URLs the URL checks and the SSRF guard refused (not a scheme we do not fetch)
+}
+
+func newURLRefusals(max int) urlRefusals {
+	return urlRefusals{seen: newLRU[string, string](max)}
+}
+
+// urlKind is how a store names its URLs in its log lines.
+type urlKind struct {
+	event      string // of the warning for a URL the checks refused
+	refused    string // its message
+	notFetched string // the message for a scheme we do not fetch (ldap://, file://: legal in certificates)
+	forgotten  string // the limit line when the table forgets one
+}
+
+// refuse remembers that raw is refused for reason (err says why, for a
+// refused URL), counts it and logs it once, as kind names it.
+func (r *urlRefusals) refuse(f *fetchSched, log logrus.FieldLogger, kind urlKind, raw, reason string, err error) {
+	if r.seen.add(raw, reason) {
+		f.limitHit(log, LimitSeenURLs, raw, kind.forgotten)
+	}
+	if reason == ReasonURLRefused {
+		r.refused.Add(1)
+		log.WithFields(logrus.Fields{audit.Event: kind.event, audit.URL: truncate(raw, 200),
+			audit.Reason: reason, audit.Error: err.Error()}).Warn(kind.refused)
+		return
+	}
+	log.WithFields(logrus.Fields{audit.URL: truncate(raw, 200), audit.Reason: reason}).Info(kind.notFetched)
+}

@@ -83,15 +83,15 @@ type OCSPStore struct {
 	caps CRLStoreLimits
 	log  logrus.FieldLogger
 
-	mu          sync.Mutex
-	entries     map[string]*ocspEntry // by ocspKey; at most cfg.MaxResponses
-	responders  *lru[string, bool]    // responder URLs seen; bounds the new-URL rate
-	refusedURLs *lru[string, string]  // refused URL -> reason
-	winStart    time.Time
-	winCount    int
-	closed      bool
+	mu         sync.Mutex
+	entries    map[string]*ocspEntry // by ocspKey; at most cfg.MaxResponses
+	responders *lru[string, bool]    // responder URLs seen; bounds the new-URL rate
+	refusals   urlRefusals           // responder URLs never queried
+	winStart   time.Time
+	winCount   int
+	closed     bool
 
-	fetchOK, fetchFailed, refused atomic.Uint64
+	fetchOK, fetchFailed atomic.Uint64
 
 	fetchSched // the loop, its caps and cap-hit counters
 }
@@ -127,7 +127,7 @@ func NewOCSPStore(cfg OCSPStoreConfig) *OCSPStore {
 	caps := cfg.Limits.withDefaults()
 	return &OCSPStore{cfg: cfg, caps: caps, log: log.WithField(audit.Component, "ocsp"),
 		entries: map[string]*ocspEntry{}, responders: newLRU[string, bool](caps.TrackedURLs),
-		refusedURLs: newLRU[string, string](caps.RefusedURLs), fetchSched: newFetchSched()}
+		refusals: newURLRefusals(caps.RefusedURLs), fetchSched: newFetchSched()}
 }
 
 // Start launches the goroutine that fetches and refreshes.
@@ -218,28 +218,26 @@ func (s *OCSPStore) lookup(cert, issuer *x509.Certificate, register, pin bool, n
 	return v
 }
 
+// ocspURLs names responder URLs in the OCSP store's lines.
+var ocspURLs = urlKind{
+	event:      audit.OCSPUnavailable,
+	refused:    "OCSP responder URL refused; it will not be queried",
+	notFetched: "OCSP responder URL has a scheme that is not fetched",
+	forgotten:  "refused OCSP responder forgotten to remember a new one",
+}
+
 // trackLocked adds an entry for cert at responder raw, or returns why not.
 func (s *OCSPStore) trackLocked(raw, key string, cert, issuer *x509.Certificate, pin bool, now time.Time) (*ocspEntry, string) {
 	if s.closed {
 		return nil, ReasonFetchDisabled
 	}
-	if reason, ok := s.refusedURLs.get(raw); ok {
+	if reason, ok := s.refusals.seen.get(raw); ok {
 		return nil, reason
 	}
 	u, reason, err := s.cfg.Fetcher.precheck(raw) // no network; the verdict is the same each time
 	if _, known := s.responders.get(raw); !known {
 		if reason != "" {
-			if s.refusedURLs.add(raw, reason) {
-				s.limitHit(s.log, LimitSeenURLs, raw, "refused OCSP responder forgotten to remember a new one")
-			}
-			if reason == ReasonURLRefused {
-				s.refused.Add(1)
-				s.log.WithFields(logrus.Fields{audit.Event: audit.OCSPUnavailable, audit.URL: truncate(raw, 200),
-					audit.Reason: reason, audit.Error: err.Error()}).Warn("OCSP responder URL refused; it will not be queried")
-			} else {
-				s.log.WithFields(logrus.Fields{audit.URL: truncate(raw, 200), audit.Reason: reason}).
-					Info("OCSP responder URL has a scheme that is not fetched")
-			}
+			s.refusals.refuse(&s.fetchSched, s.log, ocspURLs, raw, reason, err)
 			return nil, reason
 		}
 		if !pin {
@@ -345,7 +343,7 @@ func (s *OCSPStore) RefreshAll() {
 
 // Stats returns the store's counters.
 func (s *OCSPStore) Stats() OCSPStoreStats {
-	st := OCSPStoreStats{FetchesOK: s.fetchOK.Load(), FetchesFailed: s.fetchFailed.Load(), URLsRefused: s.refused.Load(),
+	st := OCSPStoreStats{FetchesOK: s.fetchOK.Load(), FetchesFailed: s.fetchFailed.Load(), URLsRefused: s.refusals.refused.Load(),
 		LimitHits: s.limitCounts()}
 	now := time.Now()
 	s.mu.Lock()
