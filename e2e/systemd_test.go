@@ -321,17 +321,8 @@ func TestSystemdSocketActivation(t *testing.T) {
 	activate := requireTool(t, "systemd-socket-activate")
 	pk := pkiDir(t)
 	echo := echoBackend(t)
-	var srv *proc
-	var addr string
-	for attempt := 0; ; attempt++ {
-		addr = freeAddr(t, "127.0.0.1")
-		srv = startProcBin(t, activate, nil, append([]string{"-l", addr, "--fdname=tunnel", tunnelBin},
-			withFlag(serverArgs(pk, "systemd:tunnel", "echo="+echo), "--listen", "systemd:tunnel")...)...)
-		if activated(srv, addr) || attempt == 2 {
-			break
-		}
-		t.Logf("port %s was taken meanwhile; another one", addr) // freeAddr's race
-	}
+	srv, addr := startActivated(t, activate, append([]string{"--fdname=tunnel", tunnelBin},
+		withFlag(serverArgs(pk, "systemd:tunnel", "echo="+echo), "--listen", "systemd:tunnel")...))
 	cli := startProc(t, clientArgs(pk, addr, "echo")...) // its dial starts the server
 	cli.waitEvent(t, waitTimeout, "session_opened", isEvent("session_opened"))
 	if got := srv.addr(t); got != addr {
@@ -353,6 +344,25 @@ func TestSystemdSocketActivation(t *testing.T) {
 		t.Errorf("conn_rejected addr %q, want host:port", a)
 	}
 	echoCheck(t, fwd, 12, 64<<10) // the allowed client is still served
+}
+
+// startActivated starts systemd-socket-activate (activate) with args on a
+// free loopback port, and returns it and the port. freeAddr's pick can be
+// taken by another test before the tool binds it: then it tries another
+// port, and fails the test after three.
+func startActivated(t *testing.T, activate string, args []string) (*proc, string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		addr := freeAddr(t, "127.0.0.1")
+		p := startProcBin(t, activate, nil, append([]string{"-l", addr}, args...)...)
+		if activated(p, addr) {
+			return p, addr
+		}
+		if attempt == 3 {
+			t.Fatalf("systemd-socket-activate bound none of 3 free ports (the last %s)", addr)
+		}
+		t.Logf("port %s was taken meanwhile; another one", addr)
+	}
 }
 
 // activated waits for systemd-socket-activate's "Listening on" line,
@@ -394,11 +404,7 @@ func TestSystemdSocketErrors(t *testing.T) {
 	}
 
 	activate := requireTool(t, "systemd-socket-activate")
-	addr := freeAddr(t, "127.0.0.1")
-	p := startProcBin(t, activate, nil, append([]string{"-l", addr, "--fdname=other", tunnelBin}, args...)...)
-	if !activated(p, addr) {
-		t.Skipf("port %s was taken meanwhile", addr)
-	}
+	p, addr := startActivated(t, activate, append([]string{"--fdname=other", tunnelBin}, args...))
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second) // starts the server
 	if err == nil {
 		defer c.Close()
